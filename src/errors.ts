@@ -1,0 +1,26 @@
+/** Every error tsibox throws on purpose is a TsiboxError with a stable `code`. */
+export type TsiboxErrorCode =
+  | 'KVM_UNAVAILABLE'
+  | 'KVM_IOCTL'
+  | 'SYSCALL'
+  | 'GUEST_MEMORY_RANGE'
+  | 'INVALID_ARGUMENT'
+  | 'INVALID_STATE'
+  | 'GUEST_IMAGE'
+  | 'VM_ERROR'
+  | 'VM_TIMEOUT'
+  | 'DEVICE_ERROR'
+  | 'NOT_SUPPORTED';
+
+export class TsiboxError extends Error {
+  readonly code: TsiboxErrorCode;
+  /** errno for SYSCALL / KVM_IOCTL errors. */
+  readonly errno?: number;
+
+  constructor(code: TsiboxErrorCode, message: string, options?: { cause?: unknown; errno?: number }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'TsiboxError';
+    this.code = code;
+    if (options?.errno !== undefined) this.errno = options.errno;
+  }
+}
