@@ -10,6 +10,8 @@ export type TsiboxErrorCode =
   | 'VM_ERROR'
   | 'VM_TIMEOUT'
   | 'DEVICE_ERROR'
+  /** A guest's virtqueue broke the virtio rules; the device now needs a reset. */
+  | 'VIRTQUEUE_INVALID'
   | 'NOT_SUPPORTED';
 
 export class TsiboxError extends Error {
