@@ -20,14 +20,12 @@ export const EAGAIN = 11;
 export const sys = {
   open: libc.func('int open(const char *path, int flags)'),
   close: libc.func('int close(int fd)'),
-  read: libc.func('long read(int fd, _Out_ uint8_t *buf, size_t len)'),
-  write: libc.func('long write(int fd, const uint8_t *buf, size_t len)'),
+  read: libc.func('long read(int fd, void *buf, size_t len)'),
+  write: libc.func('long write(int fd, const void *buf, size_t len)'),
   /** ioctl with an integer (or no) argument. */
   ioctlInt: libc.func('int ioctl(int fd, unsigned long request, unsigned long arg)'),
   /** ioctl with a pointer to a caller-owned buffer (read and written by the kernel). */
-  ioctlBuf: libc.func('int ioctl(int fd, unsigned long request, _Inout_ uint8_t *arg)'),
-  /** ioctl with a raw address (e.g. a struct inside mmap'ed memory). */
-  ioctlPtr: libc.func('int ioctl(int fd, unsigned long request, void *arg)'),
+  ioctlBuf: libc.func('int ioctl(int fd, unsigned long request, void *arg)'),
   mmap: libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)'),
   munmap: libc.func('int munmap(void *addr, size_t len)'),
   madvise: libc.func('int madvise(void *addr, size_t len, int advice)'),
@@ -35,8 +33,8 @@ export const sys = {
   getpid: libc.func('int getpid()'),
   gettid: libc.func('int gettid()'),
   tgkill: libc.func('int tgkill(int tgid, int tid, int sig)'),
-  pthreadSigmask: libc.func('int pthread_sigmask(int how, const uint8_t *set, _Out_ uint8_t *old)'),
-  sigtimedwait: libc.func('int sigtimedwait(const uint8_t *set, _Out_ uint8_t *info, const uint8_t *timeout)'),
+  pthreadSigmask: libc.func('int pthread_sigmask(int how, const void *set, void *old)'),
+  sigtimedwait: libc.func('int sigtimedwait(const void *set, void *info, const void *timeout)'),
   strerror: libc.func('const char *strerror(int errnum)'),
   libcSigrtmin: libc.func('int __libc_current_sigrtmin()'),
 };
