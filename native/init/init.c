@@ -1,0 +1,840 @@
+/*
+ * tsibox guest init (PID 1).
+ *
+ * Sets up the guest (mounts, hostname, loopback), reads the workload description
+ * from the kernel command line (tokens `tsibox.<key>=<value>`, see
+ * docs/guest-init.md), runs the workload as its only direct child, reaps every
+ * process, reports the workload's exit status to the host and ends the VM.
+ *
+ * Exit statuses: the workload's own status; 128+N when it was killed by signal N;
+ * 125 init could not set the guest up; 126 the program could not be executed;
+ * 127 the program was not found.
+ *
+ * Built static: gcc -static -Os -o init init.c
+ *
+ * Host-side debugging: `init --parse '<cmdline>'` (not as PID 1) parses a command
+ * line and prints the result, one hex-encoded item per line, without touching the
+ * system.
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <net/if.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ST_SETUP 125
+#define ST_EXEC 126
+#define ST_NOTFOUND 127
+
+#define CMDLINE_FILE "/.tsibox/cmdline"
+#define STATUS_MARKER "tsibox: exit-status="
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+/* ---------- small helpers ---------- */
+
+static int log_fd = 2;   /* where init's own messages go (the console once /dev is up) */
+static int debug_on = 0;
+
+static void vmsg(const char *prefix, const char *fmt, va_list ap)
+{
+	char buf[1024];
+	int n = snprintf(buf, sizeof buf, "tsibox-init: %s", prefix);
+	if (n < 0) return;
+	int m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+	if (m < 0) return;
+	n += m;
+	if ((size_t)n > sizeof buf - 2) n = (int)sizeof buf - 2;
+	buf[n++] = '\n';
+	if (write(log_fd, buf, (size_t)n) < 0) { /* nothing to do */ }
+}
+
+static void err(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vmsg("error: ", fmt, ap);
+	va_end(ap);
+}
+
+static void warn(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vmsg("warning: ", fmt, ap);
+	va_end(ap);
+}
+
+static void dbg(const char *fmt, ...)
+{
+	if (!debug_on) return;
+	va_list ap;
+	va_start(ap, fmt);
+	vmsg("", fmt, ap);
+	va_end(ap);
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+	void *q = realloc(p, n ? n : 1);
+	if (!q) {
+		err("out of memory");
+		exit(ST_SETUP);
+	}
+	return q;
+}
+
+static char *xstrndup(const char *s, size_t n)
+{
+	char *d = xrealloc(NULL, n + 1);
+	memcpy(d, s, n);
+	d[n] = 0;
+	return d;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR) continue;
+			return -1;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {}
+}
+
+static long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+/* mkdir -p; returns 0 or -1 with errno set. */
+static int mkdir_p(const char *path, mode_t mode)
+{
+	char tmp[PATH_MAX];
+	size_t len = strlen(path);
+	if (len == 0 || len >= sizeof tmp) { errno = ENAMETOOLONG; return -1; }
+	memcpy(tmp, path, len + 1);
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p != '/') continue;
+		*p = 0;
+		if (mkdir(tmp, mode) < 0 && errno != EEXIST) return -1;
+		*p = '/';
+	}
+	if (mkdir(tmp, mode) < 0 && errno != EEXIST) return -1;
+	return 0;
+}
+
+/* ---------- configuration from the command line ---------- */
+
+struct rlim { int resource; rlim_t cur, max; };
+
+struct strv { char **v; size_t n; };
+
+static void strv_push(struct strv *s, char *x)
+{
+	s->v = xrealloc(s->v, (s->n + 2) * sizeof *s->v);
+	s->v[s->n++] = x;
+	s->v[s->n] = NULL;
+}
+
+struct config {
+	struct strv argv;
+	struct strv env;       /* KEY=VALUE, later keys replace earlier ones */
+	struct strv ports;     /* port names to wait for */
+	char *exec;            /* program to run; default argv[0] */
+	char *workdir;
+	char *hostname;
+	struct rlim *rl;
+	size_t nrl;
+	int have_user;
+	uid_t uid;
+	gid_t gid;
+	long port_timeout_ms;
+	int poweroff;          /* 0: reboot(RB_AUTOBOOT), 1: RB_POWER_OFF, 2: RB_HALT_SYSTEM */
+};
+
+static struct config cfg = { .port_timeout_ms = 5000 };
+
+/* Percent-decoding: "%XX" (two hex digits) is that byte; every other byte is itself.
+ * A malformed escape or an encoded NUL is an error. */
+static int hexval(int c)
+{
+	if (c >= '0' && c <= '9') return c - '0';
+	if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+	return -1;
+}
+
+static char *pct_decode(const char *s, size_t n, const char *key)
+{
+	char *d = xrealloc(NULL, n + 1);
+	size_t j = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] != '%') { d[j++] = s[i]; continue; }
+		if (i + 2 >= n) {
+			err("tsibox.%s: truncated %%-escape", key);
+			free(d);
+			return NULL;
+		}
+		int hi = hexval((unsigned char)s[i + 1]), lo = hexval((unsigned char)s[i + 2]);
+		if (hi < 0 || lo < 0) {
+			err("tsibox.%s: bad %%-escape \"%.3s\"", key, s + i);
+			free(d);
+			return NULL;
+		}
+		int c = hi * 16 + lo;
+		if (c == 0) {
+			err("tsibox.%s: encoded NUL byte", key);
+			free(d);
+			return NULL;
+		}
+		d[j++] = (char)c;
+		i += 2;
+	}
+	d[j] = 0;
+	return d;
+}
+
+/* Split a list value at ',' and decode each element. "" is one empty element. */
+static int decode_list(const char *val, const char *key, struct strv *out)
+{
+	const char *p = val;
+	for (;;) {
+		const char *c = strchr(p, ',');
+		size_t n = c ? (size_t)(c - p) : strlen(p);
+		char *e = pct_decode(p, n, key);
+		if (!e) return -1;
+		strv_push(out, e);
+		if (!c) return 0;
+		p = c + 1;
+	}
+}
+
+static void env_set(char *kv)
+{
+	size_t klen = (size_t)(strchr(kv, '=') - kv);
+	for (size_t i = 0; i < cfg.env.n; i++) {
+		if (strncmp(cfg.env.v[i], kv, klen + 1) == 0) {
+			free(cfg.env.v[i]);
+			cfg.env.v[i] = kv;
+			return;
+		}
+	}
+	strv_push(&cfg.env, kv);
+}
+
+static const char *env_get(const char *key)
+{
+	size_t klen = strlen(key);
+	for (size_t i = 0; i < cfg.env.n; i++)
+		if (strncmp(cfg.env.v[i], key, klen) == 0 && cfg.env.v[i][klen] == '=')
+			return cfg.env.v[i] + klen + 1;
+	return NULL;
+}
+
+static const struct { const char *name; int res; } rlimit_names[] = {
+	{ "CPU", RLIMIT_CPU }, { "FSIZE", RLIMIT_FSIZE }, { "DATA", RLIMIT_DATA },
+	{ "STACK", RLIMIT_STACK }, { "CORE", RLIMIT_CORE }, { "RSS", RLIMIT_RSS },
+	{ "NPROC", RLIMIT_NPROC }, { "NOFILE", RLIMIT_NOFILE }, { "MEMLOCK", RLIMIT_MEMLOCK },
+	{ "AS", RLIMIT_AS }, { "LOCKS", RLIMIT_LOCKS }, { "SIGPENDING", RLIMIT_SIGPENDING },
+	{ "MSGQUEUE", RLIMIT_MSGQUEUE }, { "NICE", RLIMIT_NICE }, { "RTPRIO", RLIMIT_RTPRIO },
+	{ "RTTIME", RLIMIT_RTTIME },
+};
+
+static int parse_rlim_value(const char *s, rlim_t *out)
+{
+	if (!strcmp(s, "unlimited") || !strcmp(s, "inf") || !strcmp(s, "-1")) {
+		*out = RLIM_INFINITY;
+		return 0;
+	}
+	if (!*s || !isdigit((unsigned char)*s)) return -1;
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || *end) return -1;
+	*out = (rlim_t)v;
+	return 0;
+}
+
+/* NAME:CUR:MAX, NAME is a name above (optionally with RLIMIT_) or a number. */
+static int parse_rlimit(const char *item)
+{
+	char *copy = xstrndup(item, strlen(item));
+	char *c1 = strchr(copy, ':');
+	char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+	int res = -1;
+	if (!c1 || !c2 || strchr(c2 + 1, ':')) goto bad;
+	*c1 = 0;
+	*c2 = 0;
+	const char *name = copy;
+	if (!strncasecmp(name, "RLIMIT_", 7)) name += 7;
+	for (size_t i = 0; i < sizeof rlimit_names / sizeof rlimit_names[0]; i++)
+		if (!strcasecmp(name, rlimit_names[i].name)) res = rlimit_names[i].res;
+	if (res < 0 && isdigit((unsigned char)*name)) {
+		char *end;
+		long v = strtol(name, &end, 10);
+		if (!*end && v >= 0 && v < RLIM_NLIMITS) res = (int)v;
+	}
+	rlim_t cur, max;
+	if (res < 0 || parse_rlim_value(c1 + 1, &cur) || parse_rlim_value(c2 + 1, &max)) goto bad;
+	cfg.rl = xrealloc(cfg.rl, (cfg.nrl + 1) * sizeof *cfg.rl);
+	cfg.rl[cfg.nrl++] = (struct rlim){ res, cur, max };
+	free(copy);
+	return 0;
+bad:
+	err("tsibox.rlimit: bad item \"%s\" (want NAME:CUR:MAX)", item);
+	free(copy);
+	return -1;
+}
+
+static int parse_uint(const char *s, unsigned long *out)
+{
+	if (!*s || !isdigit((unsigned char)*s)) return -1;
+	char *end;
+	errno = 0;
+	*out = strtoul(s, &end, 10);
+	return errno || *end ? -1 : 0;
+}
+
+/* One `tsibox.KEY=VALUE` token (without the "tsibox." prefix). */
+static int apply_token(const char *key, size_t klen, const char *val)
+{
+	char k[32];
+	if (klen >= sizeof k) klen = sizeof k - 1;
+	memcpy(k, key, klen);
+	k[klen] = 0;
+
+	if (!strcmp(k, "argv")) return decode_list(val, k, &cfg.argv);
+	if (!strcmp(k, "env")) {
+		struct strv l = { 0 };
+		if (decode_list(val, k, &l)) return -1;
+		for (size_t i = 0; i < l.n; i++) {
+			char *eq = strchr(l.v[i], '=');
+			if (!eq || eq == l.v[i]) {
+				err("tsibox.env: \"%s\" is not KEY=VALUE", l.v[i]);
+				return -1;
+			}
+			env_set(l.v[i]);
+		}
+		free(l.v);
+		return 0;
+	}
+	if (!strcmp(k, "ports")) return decode_list(val, k, &cfg.ports);
+	if (!strcmp(k, "rlimit")) {
+		struct strv l = { 0 };
+		if (decode_list(val, k, &l)) return -1;
+		for (size_t i = 0; i < l.n; i++)
+			if (parse_rlimit(l.v[i])) return -1;
+		return 0;
+	}
+	char **single = !strcmp(k, "exec") ? &cfg.exec
+		: !strcmp(k, "workdir") ? &cfg.workdir
+		: !strcmp(k, "hostname") ? &cfg.hostname : NULL;
+	if (single) {
+		char *d = pct_decode(val, strlen(val), k);
+		if (!d) return -1;
+		free(*single);
+		*single = d;
+		return 0;
+	}
+	if (!strcmp(k, "user")) {
+		/* UID[:GID] */
+		char *u = pct_decode(val, strlen(val), k);
+		if (!u) return -1;
+		char *colon = strchr(u, ':');
+		unsigned long uid, gid;
+		if (colon) *colon = 0;
+		if (parse_uint(u, &uid) || (colon && parse_uint(colon + 1, &gid))) {
+			err("tsibox.user: want UID[:GID], got \"%s\"", val);
+			free(u);
+			return -1;
+		}
+		cfg.have_user = 1;
+		cfg.uid = (uid_t)uid;
+		cfg.gid = colon ? (gid_t)gid : (gid_t)uid;
+		free(u);
+		return 0;
+	}
+	if (!strcmp(k, "port_timeout_ms")) {
+		unsigned long v;
+		if (parse_uint(val, &v)) { err("tsibox.port_timeout_ms: not a number"); return -1; }
+		cfg.port_timeout_ms = (long)v;
+		return 0;
+	}
+	if (!strcmp(k, "debug")) {
+		debug_on = strcmp(val, "0") != 0;
+		return 0;
+	}
+	if (!strcmp(k, "poweroff")) {
+		if (!strcmp(val, "reboot")) cfg.poweroff = 0;
+		else if (!strcmp(val, "poweroff")) cfg.poweroff = 1;
+		else if (!strcmp(val, "halt")) cfg.poweroff = 2;
+		else { err("tsibox.poweroff: want reboot, poweroff or halt"); return -1; }
+		return 0;
+	}
+	warn("ignoring unknown parameter tsibox.%s", k);
+	return 0;
+}
+
+/* Walk a kernel-style command line: whitespace separates tokens except inside
+ * double quotes; the quote characters themselves are dropped. */
+static int parse_cmdline(const char *text)
+{
+	size_t n = strlen(text);
+	char *tok = xrealloc(NULL, n + 1);
+	size_t i = 0;
+	while (i < n) {
+		while (i < n && isspace((unsigned char)text[i])) i++;
+		if (i >= n) break;
+		size_t t = 0;
+		int inq = 0;
+		while (i < n && (inq || !isspace((unsigned char)text[i]))) {
+			if (text[i] == '"') inq = !inq;
+			else tok[t++] = text[i];
+			i++;
+		}
+		tok[t] = 0;
+		if (!strcmp(tok, "--")) break; /* the rest belongs to init's argv, not to us */
+		if (strncmp(tok, "tsibox.", 7)) continue;
+		char *eq = strchr(tok, '=');
+		const char *key = tok + 7;
+		size_t klen = eq ? (size_t)(eq - key) : strlen(key);
+		if (apply_token(key, klen, eq ? eq + 1 : "1")) {
+			free(tok);
+			return -1;
+		}
+	}
+	free(tok);
+	return 0;
+}
+
+static char *read_file(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) return NULL;
+	size_t cap = 4096, len = 0;
+	char *buf = xrealloc(NULL, cap);
+	for (;;) {
+		if (len + 1 >= cap) buf = xrealloc(buf, cap *= 2);
+		ssize_t r = read(fd, buf + len, cap - len - 1);
+		if (r < 0 && errno == EINTR) continue;
+		if (r <= 0) break;
+		len += (size_t)r;
+	}
+	close(fd);
+	buf[len] = 0;
+	return buf;
+}
+
+static void set_defaults(void)
+{
+	if (!env_get("PATH")) strv_push(&cfg.env, xstrndup("PATH=" DEFAULT_PATH, strlen("PATH=" DEFAULT_PATH)));
+	if (!env_get("HOME")) strv_push(&cfg.env, xstrndup("HOME=/", 6));
+	if (cfg.argv.n == 0) strv_push(&cfg.argv, xstrndup("/bin/sh", 7));
+	if (!cfg.exec) cfg.exec = xstrndup(cfg.argv.v[0], strlen(cfg.argv.v[0]));
+	if (!cfg.hostname) cfg.hostname = xstrndup("tsibox", 6);
+}
+
+/* ---------- guest setup ---------- */
+
+static int do_mount(const char *src, const char *target, const char *type,
+		    unsigned long flags, const char *data, int required)
+{
+	if (mkdir_p(target, 0755) < 0) {
+		if (required) { err("mkdir %s: %s", target, strerror(errno)); return -1; }
+		warn("mkdir %s: %s", target, strerror(errno));
+		return 0;
+	}
+	if (mount(src, target, type, flags, data) == 0 || errno == EBUSY) return 0;
+	if (required) {
+		err("mount %s on %s: %s", type, target, strerror(errno));
+		return -1;
+	}
+	dbg("mount %s on %s: %s (skipped)", type, target, strerror(errno));
+	return 0;
+}
+
+static int setup_mounts(void)
+{
+	const unsigned long nse = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+	if (do_mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755", 1)) return -1;
+	/* From here on /dev/console exists even if the initramfs has no /dev/console. */
+	int c = open("/dev/console", O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (c >= 0) log_fd = c;
+	if (do_mount("proc", "/proc", "proc", nse, NULL, 1)) return -1;
+	if (do_mount("sysfs", "/sys", "sysfs", nse, NULL, 1)) return -1;
+	do_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666", 0);
+	do_mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", 0);
+	do_mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", 0);
+	do_mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", 0);
+	do_mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nse, NULL, 0);
+	/* The usual /dev links (best effort; devtmpfs does not create them). */
+	if (symlink("/proc/self/fd", "/dev/fd") < 0 && errno != EEXIST) dbg("symlink /dev/fd: %s", strerror(errno));
+	if (symlink("/proc/self/fd/0", "/dev/stdin") < 0 && errno != EEXIST) dbg("symlink /dev/stdin failed");
+	if (symlink("/proc/self/fd/1", "/dev/stdout") < 0 && errno != EEXIST) dbg("symlink /dev/stdout failed");
+	if (symlink("/proc/self/fd/2", "/dev/stderr") < 0 && errno != EEXIST) dbg("symlink /dev/stderr failed");
+	return 0;
+}
+
+static int setup_loopback(void)
+{
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0) { err("socket: %s", strerror(errno)); return -1; }
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) { err("SIOCGIFFLAGS lo: %s", strerror(errno)); close(s); return -1; }
+	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+	if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) { err("SIOCSIFFLAGS lo: %s", strerror(errno)); close(s); return -1; }
+	close(s);
+	return 0;
+}
+
+/* ---------- console ports ---------- */
+
+enum { P_STDIN, P_STDOUT, P_STDERR, P_STATUS, P_COUNT };
+static const char *const port_names[P_COUNT] = { "tsibox.stdin", "tsibox.stdout", "tsibox.stderr", "tsibox.status" };
+static char *port_dev[P_COUNT];
+
+/* Scan /sys/class/virtio-ports/<dev>/name; remember /dev/<dev> for our port names.
+ * Returns how many of the names in `want` have been found. */
+static size_t scan_ports(const struct strv *want)
+{
+	DIR *d = opendir("/sys/class/virtio-ports");
+	if (d) {
+		struct dirent *e;
+		while ((e = readdir(d))) {
+			if (e->d_name[0] == '.') continue;
+			char path[PATH_MAX];
+			snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+			char *name = read_file(path);
+			if (!name) continue;
+			name[strcspn(name, "\n")] = 0;
+			char dev[PATH_MAX];
+			snprintf(dev, sizeof dev, "/dev/%s", e->d_name);
+			for (int i = 0; i < P_COUNT; i++)
+				if (!strcmp(name, port_names[i]) && !port_dev[i] && access(dev, F_OK) == 0)
+					port_dev[i] = xstrndup(dev, strlen(dev));
+			/* other wanted names: only their presence matters */
+			free(name);
+		}
+		closedir(d);
+	}
+	size_t found = 0;
+	for (size_t w = 0; w < want->n; w++) {
+		for (int i = 0; i < P_COUNT; i++)
+			if (port_dev[i] && !strcmp(want->v[w], port_names[i])) { found++; break; }
+	}
+	return found;
+}
+
+static int find_ports(void)
+{
+	for (size_t w = 0; w < cfg.ports.n; w++) {
+		int known = 0;
+		for (int i = 0; i < P_COUNT; i++) known |= !strcmp(cfg.ports.v[w], port_names[i]);
+		if (!known) { err("tsibox.ports: unknown port name \"%s\"", cfg.ports.v[w]); return -1; }
+	}
+	long deadline = now_ms() + cfg.port_timeout_ms;
+	for (;;) {
+		if (scan_ports(&cfg.ports) == cfg.ports.n) break;
+		if (now_ms() >= deadline) {
+			for (size_t w = 0; w < cfg.ports.n; w++) {
+				int ok = 0;
+				for (int i = 0; i < P_COUNT; i++)
+					ok |= port_dev[i] && !strcmp(cfg.ports.v[w], port_names[i]);
+				if (!ok) err("console port %s did not appear within %ld ms", cfg.ports.v[w], cfg.port_timeout_ms);
+			}
+			return -1;
+		}
+		sleep_ms(2);
+	}
+	for (int i = 0; i < P_COUNT; i++)
+		dbg("port %s: %s", port_names[i], port_dev[i] ? port_dev[i] : "(console)");
+	return 0;
+}
+
+/* ---------- running the workload ---------- */
+
+struct exec_failure { int status; int err; char what[96]; };
+
+static void child_fail(int pipefd, int status, int e, const char *what)
+{
+	struct exec_failure f = { status, e, { 0 } };
+	snprintf(f.what, sizeof f.what, "%s", what);
+	char line[512];
+	int n = snprintf(line, sizeof line, "tsibox-init: %s: %s\n", what, strerror(e));
+	if (n > 0) write_all(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+	write_all(pipefd, (const char *)&f, sizeof f);
+	_exit(status);
+}
+
+/* execve, searching PATH from the workload's environment when the name has no '/'. */
+static void child_exec(int pipefd)
+{
+	const char *prog = cfg.exec;
+	char what[128];
+	snprintf(what, sizeof what, "exec %.100s", prog);
+	if (!*prog) child_fail(pipefd, ST_NOTFOUND, ENOENT, what);
+	if (strchr(prog, '/')) {
+		execve(prog, cfg.argv.v, cfg.env.v);
+		int e = errno;
+		child_fail(pipefd, (e == ENOENT || e == ENOTDIR) ? ST_NOTFOUND : ST_EXEC, e, what);
+	}
+	const char *path = env_get("PATH");
+	if (!path) path = DEFAULT_PATH;
+	int saw_other = 0, other = 0;
+	const char *p = path;
+	for (;;) {
+		const char *c = strchr(p, ':');
+		size_t dl = c ? (size_t)(c - p) : strlen(p);
+		char full[PATH_MAX];
+		if (dl == 0) snprintf(full, sizeof full, "%s", prog);
+		else snprintf(full, sizeof full, "%.*s/%s", (int)dl, p, prog);
+		execve(full, cfg.argv.v, cfg.env.v);
+		if (errno != ENOENT && errno != ENOTDIR && !saw_other) { saw_other = 1; other = errno; }
+		if (!c) break;
+		p = c + 1;
+	}
+	if (saw_other) child_fail(pipefd, ST_EXEC, other, what);
+	child_fail(pipefd, ST_NOTFOUND, ENOENT, what);
+}
+
+static void child_main(int pipefd, const int stdio[3])
+{
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	setsid();
+	for (int i = 0; i < 3; i++) {
+		if (stdio[i] != i && dup2(stdio[i], i) < 0) child_fail(pipefd, ST_SETUP, errno, "dup2 stdio");
+	}
+	for (int i = 0; i < 3; i++)
+		if (stdio[i] > 2) {
+			int dup = 0;
+			for (int j = 0; j < i; j++) dup |= stdio[j] == stdio[i];
+			if (!dup) close(stdio[i]);
+		}
+	for (size_t i = 0; i < cfg.nrl; i++) {
+		struct rlimit r = { cfg.rl[i].cur, cfg.rl[i].max };
+		if (setrlimit(cfg.rl[i].resource, &r) < 0) {
+			char what[64];
+			snprintf(what, sizeof what, "setrlimit %d %llu:%llu", cfg.rl[i].resource,
+				 (unsigned long long)r.rlim_cur, (unsigned long long)r.rlim_max);
+			child_fail(pipefd, ST_SETUP, errno, what);
+		}
+	}
+	if (cfg.workdir && *cfg.workdir && mkdir_p(cfg.workdir, 0755) < 0)
+		child_fail(pipefd, ST_SETUP, errno, "create workdir");
+	if (cfg.have_user) {
+		if (setgroups(0, NULL) < 0) child_fail(pipefd, ST_SETUP, errno, "setgroups");
+		if (setgid(cfg.gid) < 0) child_fail(pipefd, ST_SETUP, errno, "setgid");
+		if (setuid(cfg.uid) < 0) child_fail(pipefd, ST_SETUP, errno, "setuid");
+	}
+	if (cfg.workdir && *cfg.workdir && chdir(cfg.workdir) < 0)
+		child_fail(pipefd, ST_SETUP, errno, "chdir workdir");
+	child_exec(pipefd);
+}
+
+static int status_fd = -1;
+
+/* Kill and reap whatever is left, report, end the VM. Never returns. */
+static void finish(int status) __attribute__((noreturn));
+static void finish(int status)
+{
+	kill(-1, SIGKILL);
+	long deadline = now_ms() + 2000;
+	for (;;) {
+		pid_t p = waitpid(-1, NULL, WNOHANG);
+		if (p > 0) continue;
+		if (p < 0 && errno == ECHILD) break;
+		if (now_ms() >= deadline) { warn("some processes did not die"); break; }
+		sleep_ms(1);
+	}
+	sync();
+	char buf[64];
+	int n;
+	if (status_fd >= 0) {
+		n = snprintf(buf, sizeof buf, "%d\n", status);
+		if (write_all(status_fd, buf, (size_t)n) < 0) warn("writing the status port: %s", strerror(errno));
+		close(status_fd);
+	}
+	n = snprintf(buf, sizeof buf, STATUS_MARKER "%d\n", status);
+	write_all(log_fd, buf, (size_t)n);
+	dbg("ending the VM");
+	int how = cfg.poweroff == 1 ? RB_POWER_OFF : cfg.poweroff == 2 ? RB_HALT_SYSTEM : RB_AUTOBOOT;
+	reboot(how);
+	/* Still here: nothing else can be done but wait. */
+	err("reboot: %s", strerror(errno));
+	for (;;) pause();
+}
+
+static int status_of(int ws)
+{
+	if (WIFEXITED(ws)) return WEXITSTATUS(ws);
+	if (WIFSIGNALED(ws)) return 128 + WTERMSIG(ws);
+	return ST_SETUP;
+}
+
+static int run_workload(void)
+{
+	int stdio[3];
+	static const int modes[3] = { O_RDONLY, O_WRONLY, O_WRONLY };
+	for (int i = 0; i < 3; i++) {
+		const char *dev = port_dev[P_STDIN + i];
+		stdio[i] = -1;
+		if (dev) {
+			stdio[i] = open(dev, modes[i] | O_NOCTTY | O_CLOEXEC);
+			if (stdio[i] < 0) { err("open %s: %s", dev, strerror(errno)); return ST_SETUP; }
+		} else {
+			stdio[i] = open("/dev/console", O_RDWR | O_NOCTTY | O_CLOEXEC);
+			if (stdio[i] < 0) { err("open /dev/console: %s", strerror(errno)); return ST_SETUP; }
+		}
+	}
+	int pfd[2];
+	if (pipe2(pfd, O_CLOEXEC) < 0) { err("pipe: %s", strerror(errno)); return ST_SETUP; }
+	dbg("running %s", cfg.exec);
+	pid_t pid = fork();
+	if (pid < 0) { err("fork: %s", strerror(errno)); return ST_SETUP; }
+	if (pid == 0) {
+		close(pfd[0]);
+		if (status_fd >= 0) close(status_fd);
+		child_main(pfd[1], stdio);
+	}
+	close(pfd[1]);
+	for (int i = 0; i < 3; i++) close(stdio[i]);
+
+	/* The pipe closes on a successful exec; a record arrives when setup or exec fails. */
+	struct exec_failure f;
+	ssize_t r;
+	do r = read(pfd[0], &f, sizeof f); while (r < 0 && errno == EINTR);
+	close(pfd[0]);
+	int failed = r == (ssize_t)sizeof f;
+	if (failed) dbg("%s failed: %s -> status %d", f.what, strerror(f.err), f.status);
+
+	/* Reap everything; forward the usual termination signals to the workload. */
+	sigset_t all;
+	sigfillset(&all);
+	for (;;) {
+		int ws;
+		pid_t p;
+		while ((p = waitpid(-1, &ws, WNOHANG)) > 0) {
+			if (p == pid) {
+				int st = failed ? f.status : status_of(ws);
+				dbg("workload exited, status %d", st);
+				return st;
+			}
+		}
+		if (p < 0 && errno == ECHILD) return ST_SETUP; /* cannot happen */
+		siginfo_t si;
+		int sig = sigwaitinfo(&all, &si);
+		if (sig < 0) continue;
+		switch (sig) {
+		case SIGCHLD:
+			break;
+		case SIGINT: case SIGTERM: case SIGHUP: case SIGQUIT:
+		case SIGUSR1: case SIGUSR2: case SIGWINCH:
+			kill(pid, sig);
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+/* ---------- host-side parse mode ---------- */
+
+static void put_hex(const char *label, const char *s)
+{
+	printf("%s ", label);
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) printf("%02x", *p);
+	printf("\n");
+}
+
+static int parse_mode(const char *cmdline)
+{
+	if (parse_cmdline(cmdline)) return ST_SETUP;
+	set_defaults();
+	put_hex("exec", cfg.exec);
+	for (size_t i = 0; i < cfg.argv.n; i++) put_hex("argv", cfg.argv.v[i]);
+	for (size_t i = 0; i < cfg.env.n; i++) put_hex("env", cfg.env.v[i]);
+	if (cfg.workdir) put_hex("workdir", cfg.workdir);
+	put_hex("hostname", cfg.hostname);
+	for (size_t i = 0; i < cfg.ports.n; i++) put_hex("port", cfg.ports.v[i]);
+	for (size_t i = 0; i < cfg.nrl; i++)
+		printf("rlimit %d %lld %lld\n", cfg.rl[i].resource,
+		       cfg.rl[i].cur == RLIM_INFINITY ? -1LL : (long long)cfg.rl[i].cur,
+		       cfg.rl[i].max == RLIM_INFINITY ? -1LL : (long long)cfg.rl[i].max);
+	if (cfg.have_user) printf("user %u %u\n", (unsigned)cfg.uid, (unsigned)cfg.gid);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (getpid() != 1) {
+		if (argc == 3 && !strcmp(argv[1], "--parse")) return parse_mode(argv[2]);
+		fprintf(stderr, "tsibox-init: not PID 1 (usage outside a VM: %s --parse '<cmdline>')\n", argv[0]);
+		return 2;
+	}
+
+	/* Init handles every signal itself (sigwaitinfo); the workload unblocks them. */
+	sigset_t all;
+	sigfillset(&all);
+	sigprocmask(SIG_BLOCK, &all, NULL);
+	umask(022);
+	if (chdir("/") < 0) { /* ignore */ }
+
+	if (setup_mounts()) finish(ST_SETUP);
+
+	char *cl = read_file("/proc/cmdline");
+	if (!cl) { err("read /proc/cmdline: %s", strerror(errno)); finish(ST_SETUP); }
+	if (parse_cmdline(cl)) finish(ST_SETUP);
+	free(cl);
+	char *extra = read_file(CMDLINE_FILE);
+	if (extra) {
+		dbg("reading %s", CMDLINE_FILE);
+		if (parse_cmdline(extra)) finish(ST_SETUP);
+		free(extra);
+	}
+	set_defaults();
+
+	if (sethostname(cfg.hostname, strlen(cfg.hostname)) < 0)
+		warn("sethostname: %s", strerror(errno));
+	if (setup_loopback()) finish(ST_SETUP);
+	if (find_ports()) finish(ST_SETUP);
+	if (port_dev[P_STATUS]) {
+		status_fd = open(port_dev[P_STATUS], O_WRONLY | O_NOCTTY | O_CLOEXEC);
+		if (status_fd < 0) { err("open %s: %s", port_dev[P_STATUS], strerror(errno)); finish(ST_SETUP); }
+	}
+	finish(run_workload());
+}

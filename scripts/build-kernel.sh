@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Build (or locate) the tsibox guest kernel.
+#
+#   scripts/build-kernel.sh [--key | --print-path | --force]
+#
+# Source: Debian's linux-source-6.1 package (/usr/src/linux-source-6.1.tar.xz).
+# Config: `make tinyconfig` + native/kernel/config-fragment (merge_config.sh) +
+#         olddefconfig. Patches: native/kernel/patches/*.patch, applied in order.
+# Cache:  ${XDG_CACHE_HOME:-$HOME/.cache}/tsibox/kernel/<key>/{vmlinux,bzImage,config}
+#         where <key> hashes the recipe version, the source package version, the
+#         fragment and the patches (see cache_key below; src/guest/kernel.ts computes
+#         the same key).
+# Work:   ${TSIBOX_WORK_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tsibox/work}/kernel-<key>
+#
+# Progress goes to stderr ("tsibox-kernel: ..."); the only stdout line is the cache
+# directory holding vmlinux and bzImage. A cache hit returns at once.
+set -euo pipefail
+
+RECIPE=tsibox-kernel-v1
+PKG=linux-source-6.1
+TARBALL=/usr/src/linux-source-6.1.tar.xz
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FRAGMENT="$HERE/native/kernel/config-fragment"
+PATCHDIR="$HERE/native/kernel/patches"
+CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/tsibox"
+WORK_ROOT="${TSIBOX_WORK_DIR:-$CACHE_ROOT/work}"
+JOBS="${TSIBOX_KERNEL_JOBS:-$(nproc)}"
+
+log() { printf 'tsibox-kernel: %s\n' "$*" >&2; }
+die() { printf 'tsibox-kernel: error: %s\n' "$*" >&2; exit 1; }
+
+need_pkgs() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    die "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})"
+  fi
+  log "installing ${missing[*]} (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+    || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; } \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# The key: sha256 over these lines, first 16 hex digits.
+#   <recipe>\nsource <pkg> <version>\nfragment <sha256>\n[patch <name> <sha256>\n]...
+cache_key() {
+  local version f
+  version="$(dpkg-query -W -f='${Version}' "$PKG")"
+  {
+    printf '%s\n' "$RECIPE"
+    printf 'source %s %s\n' "$PKG" "$version"
+    printf 'fragment %s\n' "$(sha "$FRAGMENT")"
+    for f in $(patches); do printf 'patch %s %s\n' "$(basename "$f")" "$(sha "$f")"; done
+  } | sha256sum | cut -c1-16
+}
+
+patches() { [ -d "$PATCHDIR" ] && find "$PATCHDIR" -maxdepth 1 -name '*.patch' -type f | LC_ALL=C sort || true; }
+
+mode=build
+case "${1:-}" in
+  --key) mode=key ;;
+  --print-path) mode=print ;;
+  --force) mode=force ;;
+  '') ;;
+  -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) die "unknown option $1" ;;
+esac
+
+if [ "$mode" = key ] || [ "$mode" = print ]; then
+  dpkg-query -W -f='${Status}' "$PKG" 2>/dev/null | grep -q 'install ok installed' \
+    || die "$PKG is not installed; run scripts/build-kernel.sh"
+  key="$(cache_key)"
+  if [ "$mode" = key ]; then echo "$key"; else echo "$CACHE_ROOT/kernel/$key"; fi
+  exit 0
+fi
+
+need_pkgs "$PKG" build-essential bc bison flex libelf-dev libssl-dev xz-utils
+[ -f "$TARBALL" ] || die "$TARBALL missing although $PKG is installed"
+
+key="$(cache_key)"
+OUT="$CACHE_ROOT/kernel/$key"
+if [ "$mode" != force ] && [ -s "$OUT/vmlinux" ] && [ -s "$OUT/bzImage" ]; then
+  log "cached: $OUT"
+  echo "$OUT"
+  exit 0
+fi
+
+mkdir -p "$CACHE_ROOT/kernel" "$WORK_ROOT"
+# One build per key at a time; a second caller waits and then hits the cache.
+exec 9>"$CACHE_ROOT/kernel/.lock-$key"
+if ! flock -n 9; then
+  log "another build of $key is running; waiting for it"
+  flock 9
+  if [ "$mode" != force ] && [ -s "$OUT/vmlinux" ] && [ -s "$OUT/bzImage" ]; then
+    log "cached: $OUT"; echo "$OUT"; exit 0
+  fi
+fi
+
+start=$(date +%s)
+WORK="$WORK_ROOT/kernel-$key"
+SRC="$WORK/linux"
+LOG="$WORK/build.log"
+rm -rf "$WORK"
+mkdir -p "$WORK"
+log "building kernel $key ($PKG $(dpkg-query -W -f='${Version}' "$PKG"), $JOBS jobs)"
+log "work dir $WORK (full log: $LOG)"
+
+log "[1/5] unpacking $TARBALL"
+mkdir -p "$SRC"
+tar -xf "$TARBALL" -C "$SRC" --strip-components=1
+
+n=0
+for p in $(patches); do
+  n=$((n + 1))
+  log "[2/5] applying patch $(basename "$p")"
+  patch -d "$SRC" -p1 --forward --batch <"$p" >>"$LOG" 2>&1 || die "patch $(basename "$p") failed (see $LOG)"
+done
+[ "$n" -eq 0 ] && log "[2/5] no patches"
+
+log "[3/5] configuring (tinyconfig + config-fragment)"
+make -C "$SRC" ARCH=x86_64 tinyconfig >>"$LOG" 2>&1 || die "make tinyconfig failed (see $LOG)"
+(cd "$SRC" && ARCH=x86_64 scripts/kconfig/merge_config.sh -m .config "$FRAGMENT") >>"$LOG" 2>&1 \
+  || die "merge_config.sh failed (see $LOG)"
+make -C "$SRC" ARCH=x86_64 olddefconfig >>"$LOG" 2>&1 || die "make olddefconfig failed (see $LOG)"
+
+# Every option the fragment asks for must have survived olddefconfig.
+bad=0
+while IFS= read -r line; do
+  case "$line" in
+    CONFIG_*=*)
+      opt="${line%%=*}"
+      grep -qxF "$line" "$SRC/.config" || { log "config: wanted '$line', got '$(grep -E "^(# )?$opt[= ]" "$SRC/.config" || echo unset)'"; bad=1; } ;;
+    '# CONFIG_'*' is not set')
+      opt="${line#\# }"; opt="${opt%% *}"
+      grep -qE "^$opt=" "$SRC/.config" && { log "config: wanted '$line', got '$(grep -E "^$opt=" "$SRC/.config")'"; bad=1; } ;;
+  esac
+done <"$FRAGMENT"
+[ "$bad" -eq 0 ] || die "config fragment not satisfied (dependencies missing?)"
+
+log "[4/5] compiling (make -j$JOBS vmlinux bzImage); this takes a few minutes"
+set +e
+make -C "$SRC" ARCH=x86_64 -j"$JOBS" vmlinux bzImage 2>&1 | tee -a "$LOG" | awk -v t0="$start" '
+  /^  (CC|AS|AR|LD)/ { n++; if (n % 100 == 0) { printf "tsibox-kernel:       %d objects, %ds\n", n, systime() - t0 > "/dev/stderr"; fflush("/dev/stderr") } }
+  END { printf "tsibox-kernel:       %d objects done\n", n > "/dev/stderr" }'
+rc=${PIPESTATUS[0]}
+set -e
+if [ "$rc" -ne 0 ]; then
+  tail -n 30 "$LOG" >&2
+  die "kernel build failed (see $LOG)"
+fi
+
+log "[5/5] installing into $OUT"
+TMP="$CACHE_ROOT/kernel/.tmp-$key-$$"
+rm -rf "$TMP"
+mkdir -p "$TMP"
+cp "$SRC/vmlinux" "$TMP/vmlinux"
+cp "$SRC/arch/x86/boot/bzImage" "$TMP/bzImage"
+cp "$SRC/.config" "$TMP/config"
+cp "$SRC/System.map" "$TMP/System.map"
+{
+  echo "key=$key"
+  echo "recipe=$RECIPE"
+  echo "source=$PKG $(dpkg-query -W -f='${Version}' "$PKG")"
+  echo "kernelrelease=$(make -s -C "$SRC" ARCH=x86_64 kernelrelease 2>/dev/null)"
+  echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "build_seconds=$(( $(date +%s) - start ))"
+  for p in $(patches); do echo "patch=$(basename "$p")"; done
+} >"$TMP/build-info"
+rm -rf "$OUT"
+mv "$TMP" "$OUT"
+if [ -z "${TSIBOX_KEEP_WORK:-}" ]; then rm -rf "$WORK"; fi
+log "done in $(( $(date +%s) - start ))s: vmlinux $(stat -c %s "$OUT/vmlinux") bytes, bzImage $(stat -c %s "$OUT/bzImage") bytes"
+echo "$OUT"
