@@ -139,6 +139,15 @@ export class MmioTransport implements BusDevice {
     }
   }
 
+  /**
+   * Resets the device as if the driver wrote 0 to Status. The VMM calls this before
+   * it unmaps guest memory, so no device path (a stream callback, a timer) can reach
+   * the rings afterwards.
+   */
+  reset(): void {
+    this.#reset();
+  }
+
   // ---- registers ----
 
   #readRegister(offset: number): number {

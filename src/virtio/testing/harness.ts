@@ -36,5 +36,5 @@ export function createHarness<D extends VirtioDevice>(device: D, opts: HarnessOp
     ...(opts.onInternalError ? { onInternalError: opts.onInternalError } : {}),
   });
   const driver = new SoftwareDriver(transport, memory, opts);
-  return { device, memory, transport, driver, irq, close: () => { memory.close(); } };
+  return { device, memory, transport, driver, irq, close: () => { transport.reset(); memory.close(); } };
 }

@@ -1,0 +1,54 @@
+// npm run fuzz -- <target> [--iterations N] [--seed S]
+// Runs a seeded fuzz target and prints `iterations=N failures=F seed=S` last; the exit
+// code is nonzero when anything failed. Targets register below (tsi comes later).
+import { parseArgs } from 'node:util';
+import { Prng, virtqueueTarget, type FuzzTarget } from '../src/virtio/testing/fuzz-virtqueue.js';
+
+const targets: Record<string, () => FuzzTarget> = {
+  virtqueue: virtqueueTarget,
+};
+
+/** Failures reported in full before the rest are only counted. */
+const MAX_REPORTED = 5;
+
+function main(): number {
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: {
+      iterations: { type: 'string', default: '10000' },
+      seed: { type: 'string' },
+    },
+  });
+  const name = positionals[0];
+  const make = name === undefined ? undefined : targets[name];
+  if (make === undefined) {
+    process.stderr.write(`usage: npm run fuzz -- <${Object.keys(targets).join('|')}> [--iterations N] [--seed S]\n`);
+    return 2;
+  }
+  const iterations = Number(values.iterations);
+  const seed = values.seed === undefined ? (Date.now() ^ (process.pid << 16)) >>> 0 : Number(values.seed) >>> 0;
+  if (!Number.isSafeInteger(iterations) || iterations < 0) {
+    process.stderr.write(`--iterations must be a non-negative integer\n`);
+    return 2;
+  }
+  const rng = new Prng(seed);
+  const target = make();
+  let failures = 0;
+  const started = performance.now();
+  try {
+    for (let i = 0; i < iterations; i++) {
+      const failure = target.iterate(rng);
+      if (failure === null) continue;
+      failures++;
+      if (failures <= MAX_REPORTED) process.stdout.write(`iteration ${i}: ${failure}\n`);
+    }
+  } finally {
+    target.close();
+  }
+  const seconds = (performance.now() - started) / 1000;
+  process.stdout.write(`${name}: ${iterations} iterations in ${seconds.toFixed(1)} s\n`);
+  process.stdout.write(`iterations=${iterations} failures=${failures} seed=${seed}\n`);
+  return failures === 0 ? 0 : 1;
+}
+
+process.exitCode = main();
