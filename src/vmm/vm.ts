@@ -70,6 +70,7 @@ export class Vm {
   #state: State = 'created';
   #exit: Omit<VmExit, 'stats'> | null = null;
   #done: Promise<VmExit> | null = null;
+  #started: { promise: Promise<void>; resolve: () => void } = deferred();
 
   private constructor(kvm: Kvm, vmFd: KvmVmFd, memory: GuestMemory, vcpus: KvmVcpuFd[], opts: VmOptions) {
     this.#kvm = kvm;
@@ -183,6 +184,7 @@ export class Vm {
       const ready = this.#threads.map((t) => t.spawn(this.#vmFd.fd, this.#opts.serialIrq ?? false));
       await Promise.all(ready);
       for (const t of this.#threads) t.go();
+      this.#started.resolve();
       await Promise.all(this.#threads.map((t) => t.exited()));
     } catch (err) {
       this.#end({ reason: 'error', detail: (err as Error).message });
@@ -191,12 +193,18 @@ export class Vm {
       if (timer) clearTimeout(timer);
     }
     this.#state = 'ended';
+    this.#started.resolve();
     for (const w of this.#watchers) w.stop();
     const allParked = this.#threads.every((t) => t.parked);
     const exit = this.#exit ?? (allParked ? { reason: 'halted' as const } : { reason: 'error' as const, detail: 'vCPU threads ended without a reason' });
     const stats = this.#threads.map((t) => t.stats ?? { exits: 0, pioExits: 0, mmioExits: 0, busRoundTrips: 0, kicks: 0 });
     this.log.debug({ exit, stats }, 'vm ended');
     return { ...exit, stats };
+  }
+
+  /** Resolves once every vCPU thread is up and has been let into the guest (or the VM ended first). */
+  started(): Promise<void> {
+    return this.#started.promise;
   }
 
   /** Stops a running VM (reason 'stopped'); resolves when every vCPU thread is gone. */
@@ -227,4 +235,10 @@ export class Vm {
   #assertOpen(): void {
     if (this.#state === 'closed') throw new TsiboxError('INVALID_STATE', 'the VM is closed');
   }
+}
+
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => { resolve = r; });
+  return { promise, resolve };
 }
