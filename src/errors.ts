@@ -12,7 +12,9 @@ export type TsiboxErrorCode =
   | 'DEVICE_ERROR'
   /** A guest's virtqueue broke the virtio rules; the device now needs a reset. */
   | 'VIRTQUEUE_INVALID'
-  | 'NOT_SUPPORTED';
+  | 'NOT_SUPPORTED'
+  /** Building or locating the guest kernel / initramfs failed. */
+  | 'GUEST_BUILD';
 
 export class TsiboxError extends Error {
   readonly code: TsiboxErrorCode;

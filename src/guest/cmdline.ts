@@ -1,0 +1,219 @@
+/**
+ * The kernel command-line contract between the host and the tsibox guest init
+ * (native/init/init.c). See docs/guest-init.md.
+ */
+import { gzipSync } from 'node:zlib';
+import { TsiboxError } from '../errors.js';
+
+/** Exit statuses init reports besides the workload's own. */
+export const EXIT_INIT_FAILED = 125;
+export const EXIT_EXEC_FAILED = 126;
+export const EXIT_NOT_FOUND = 127;
+
+/** virtio-console port names init looks for (multiport device). */
+export const PORT_STDIN = 'tsibox.stdin';
+export const PORT_STDOUT = 'tsibox.stdout';
+export const PORT_STDERR = 'tsibox.stderr';
+export const PORT_STATUS = 'tsibox.status';
+
+/** The line init writes to /dev/console just before ending the VM. */
+export const STATUS_MARKER = 'tsibox: exit-status=';
+
+/** Linux x86 COMMAND_LINE_SIZE, including the terminating NUL. */
+export const X86_COMMAND_LINE_SIZE = 2048;
+
+/** Path inside the guest of the optional extra command-line file. */
+export const CMDLINE_FILE = '/.tsibox/cmdline';
+
+export type Bytes = string | Uint8Array;
+
+/** Resource names init accepts (RLIMIT_ prefix optional, any case). */
+export type RlimitName =
+  | 'CPU' | 'FSIZE' | 'DATA' | 'STACK' | 'CORE' | 'RSS' | 'NPROC' | 'NOFILE' | 'MEMLOCK'
+  | 'AS' | 'LOCKS' | 'SIGPENDING' | 'MSGQUEUE' | 'NICE' | 'RTPRIO' | 'RTTIME';
+
+export interface Rlimit {
+  resource: RlimitName | number;
+  /** Soft limit; 'unlimited' or a non-negative integer. */
+  cur: number | bigint | 'unlimited';
+  max: number | bigint | 'unlimited';
+}
+
+export interface InitConfig {
+  /** argv of the workload (argv[0] included). Default: ['/bin/sh']. */
+  argv?: Bytes[];
+  /** Program to execute; default argv[0]. Without '/', PATH (from env) is searched. */
+  exec?: Bytes;
+  /** Environment; init adds PATH and HOME when absent. */
+  env?: Record<string, Bytes> | Array<[string, Bytes]>;
+  /** Working directory (created when missing). */
+  workdir?: Bytes;
+  hostname?: string;
+  rlimits?: Rlimit[];
+  /** Run as UID (and GID; default GID = UID). */
+  user?: { uid: number; gid?: number };
+  /** Console port names init must wait for (e.g. all four PORT_* names). */
+  ports?: string[];
+  /** How long init waits for those ports (ms, default 5000). */
+  portTimeoutMs?: number;
+  /** How init ends the VM: reboot(RB_AUTOBOOT) (default), RB_POWER_OFF or RB_HALT_SYSTEM. */
+  poweroff?: 'reboot' | 'poweroff' | 'halt';
+  /** init prints what it does on the console. */
+  debug?: boolean;
+}
+
+const SAFE = new Uint8Array(256);
+for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~/:@+=') {
+  SAFE[c.charCodeAt(0)] = 1;
+}
+
+function toBytes(v: Bytes): Uint8Array {
+  return typeof v === 'string' ? Buffer.from(v, 'utf8') : v;
+}
+
+/**
+ * Percent-encode one value: every byte outside [A-Za-z0-9-_.~/:@+=] becomes %XX.
+ * The result has no whitespace, quotes, commas or '%' of its own, so it survives the
+ * kernel's command-line parser and init's list splitting. NUL bytes are rejected.
+ */
+export function encodeValue(v: Bytes): string {
+  const b = toBytes(v);
+  let out = '';
+  for (const byte of b) {
+    if (byte === 0) throw new TsiboxError('INVALID_ARGUMENT', 'a NUL byte cannot be passed to the guest');
+    out += SAFE[byte] ? String.fromCharCode(byte) : '%' + byte.toString(16).toUpperCase().padStart(2, '0');
+  }
+  return out;
+}
+
+/** Inverse of encodeValue (for tests and diagnostics). */
+export function decodeValue(s: string): Buffer {
+  const out: number[] = [];
+  for (let i = 0; i < s.length; i++) {
+    if (s[i] !== '%') {
+      out.push(s.charCodeAt(i));
+      continue;
+    }
+    const h = s.slice(i + 1, i + 3);
+    if (!/^[0-9a-fA-F]{2}$/.test(h)) throw new TsiboxError('INVALID_ARGUMENT', `bad %-escape in ${JSON.stringify(s)}`);
+    out.push(parseInt(h, 16));
+    i += 2;
+  }
+  return Buffer.from(out);
+}
+
+function limitValue(v: number | bigint | 'unlimited'): string {
+  if (v === 'unlimited') return 'unlimited';
+  const n = BigInt(v);
+  if (n < 0n) throw new TsiboxError('INVALID_ARGUMENT', `rlimit value ${v} is negative`);
+  return n.toString();
+}
+
+/**
+ * The init tokens for a workload, in order. Join them with ' ' and append them to the
+ * kernel command line, or write them (one per line) to CMDLINE_FILE in an extra
+ * initramfs archive (see cmdlineArchive) when they are too long for the command line.
+ */
+export function initTokens(cfg: InitConfig): string[] {
+  const t: string[] = [];
+  if (cfg.argv !== undefined) {
+    if (cfg.argv.length === 0) throw new TsiboxError('INVALID_ARGUMENT', 'argv must have at least one element');
+    t.push('tsibox.argv=' + cfg.argv.map(encodeValue).join(','));
+  }
+  if (cfg.exec !== undefined) t.push('tsibox.exec=' + encodeValue(cfg.exec));
+  const env = cfg.env === undefined ? [] : Array.isArray(cfg.env) ? cfg.env : Object.entries(cfg.env);
+  if (env.length > 0) {
+    t.push(
+      'tsibox.env=' +
+        env
+          .map(([k, v]) => {
+            if (k === '' || k.includes('=')) throw new TsiboxError('INVALID_ARGUMENT', `bad environment name ${JSON.stringify(k)}`);
+            return encodeValue(Buffer.concat([Buffer.from(k + '=', 'utf8'), toBytes(v)]));
+          })
+          .join(','),
+    );
+  }
+  if (cfg.workdir !== undefined) t.push('tsibox.workdir=' + encodeValue(cfg.workdir));
+  if (cfg.hostname !== undefined) t.push('tsibox.hostname=' + encodeValue(cfg.hostname));
+  if (cfg.rlimits && cfg.rlimits.length > 0) {
+    t.push(
+      'tsibox.rlimit=' +
+        cfg.rlimits.map((r) => `${String(r.resource)}:${limitValue(r.cur)}:${limitValue(r.max)}`).map(encodeValue).join(','),
+    );
+  }
+  if (cfg.user) {
+    const { uid, gid } = cfg.user;
+    if (!Number.isInteger(uid) || uid < 0 || (gid !== undefined && (!Number.isInteger(gid) || gid < 0))) {
+      throw new TsiboxError('INVALID_ARGUMENT', 'uid/gid must be non-negative integers');
+    }
+    t.push(`tsibox.user=${uid}${gid === undefined ? '' : ':' + gid}`);
+  }
+  if (cfg.ports && cfg.ports.length > 0) t.push('tsibox.ports=' + cfg.ports.map(encodeValue).join(','));
+  if (cfg.portTimeoutMs !== undefined) t.push(`tsibox.port_timeout_ms=${Math.max(0, Math.floor(cfg.portTimeoutMs))}`);
+  if (cfg.poweroff !== undefined) t.push(`tsibox.poweroff=${cfg.poweroff}`);
+  if (cfg.debug) t.push('tsibox.debug=1');
+  return t;
+}
+
+/**
+ * A kernel command line: `base` (kernel options chosen by the loader) followed by the
+ * init tokens. Throws when the result does not fit COMMAND_LINE_SIZE; callers can then
+ * pass the tokens through cmdlineArchive instead.
+ */
+export function buildCmdline(base: string, cfg: InitConfig): string {
+  const line = [base.trim(), ...initTokens(cfg)].filter((s) => s !== '').join(' ');
+  if (Buffer.byteLength(line) >= X86_COMMAND_LINE_SIZE) {
+    throw new TsiboxError(
+      'INVALID_ARGUMENT',
+      `kernel command line is ${Buffer.byteLength(line)} bytes, the limit is ${X86_COMMAND_LINE_SIZE - 1}; pass the workload with cmdlineArchive()`,
+    );
+  }
+  return line;
+}
+
+function newcEntry(name: string, mode: number, data: Uint8Array, ino: number): Buffer {
+  const nameBytes = Buffer.from(name + '\0', 'utf8');
+  const fields = [ino, mode, 0, 0, 1, 0, data.length, 0, 0, 0, 0, nameBytes.length, 0];
+  const hdr = Buffer.from('070701' + fields.map((f) => f.toString(16).toUpperCase().padStart(8, '0')).join(''), 'ascii');
+  const pad = (n: number): Buffer => Buffer.alloc((4 - (n % 4)) % 4);
+  const head = Buffer.concat([hdr, nameBytes]);
+  return Buffer.concat([head, pad(head.length), Buffer.from(data), pad(data.length)]);
+}
+
+/**
+ * A gzip'd newc archive holding CMDLINE_FILE with the given tokens (one per line).
+ * Append it to the initramfs (after padding that to a multiple of 4 bytes); Linux
+ * unpacks concatenated archives in order and init reads the file after /proc/cmdline.
+ */
+export function cmdlineArchive(tokens: string[]): Buffer {
+  const body = Buffer.from(tokens.join('\n') + '\n', 'utf8');
+  const cpio = Buffer.concat([
+    newcEntry('.tsibox', 0o040755, new Uint8Array(), 1),
+    newcEntry(CMDLINE_FILE.slice(1), 0o100644, body, 2),
+    newcEntry('TRAILER!!!', 0, new Uint8Array(), 3),
+  ]);
+  return gzipSync(cpio);
+}
+
+/** Pad an archive to a multiple of 4 bytes so another can be appended. */
+export function padTo4(b: Uint8Array): Buffer {
+  const pad = (4 - (b.length % 4)) % 4;
+  return Buffer.concat([Buffer.from(b), Buffer.alloc(pad)]);
+}
+
+/**
+ * The exit status from console output: the last `tsibox: exit-status=N` line. init
+ * writes it after every other guest process is gone, so the last one is init's own.
+ */
+export function parseStatusMarker(consoleText: string): number | undefined {
+  const re = /tsibox: exit-status=(\d+)\r?\n/g;
+  let last: number | undefined;
+  for (let m = re.exec(consoleText); m !== null; m = re.exec(consoleText)) last = Number(m[1]);
+  return last;
+}
+
+/** The status port carries ASCII decimal + "\n". */
+export function parseStatusPort(data: string): number | undefined {
+  const m = /^(\d{1,3})\n/.exec(data);
+  return m ? Number(m[1]) : undefined;
+}

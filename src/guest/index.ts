@@ -1,0 +1,4 @@
+export { cacheRoot, packageRoot, type ProgressFn } from './build.js';
+export { kernelPaths, ensureKernel, type KernelPaths, type EnsureOptions } from './kernel.js';
+export { initramfsPath, ensureInitramfs } from './initramfs.js';
+export * from './cmdline.js';
