@@ -1,0 +1,9 @@
+// Every benchmark `tsibox bench` offers: one registration per bench.
+import { registerBench } from './registry.js';
+import { exitsBench } from './exits.js';
+import { ioeventfdBench } from './ioeventfd.js';
+
+registerBench(exitsBench);
+registerBench(ioeventfdBench);
+
+export { findBench, listBenches, registerBench, type BenchDefinition, type BenchOptions, type BenchResult } from './registry.js';

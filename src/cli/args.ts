@@ -1,0 +1,90 @@
+// A small argument parser: `--name value`, `--name=value`, boolean `--flag`, `--` ends
+// options, everything else is positional. Mistakes throw UsageError (exit status 2).
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+export type OptionType = 'boolean' | 'string' | 'integer';
+
+export interface OptionSpec {
+  type: OptionType;
+  /** Shown by help, e.g. "N". */
+  value?: string;
+  description: string;
+  /** Inclusive bounds for 'integer'. */
+  min?: number;
+  max?: number;
+  /** Allowed values for 'string' or 'integer'. */
+  choices?: readonly (string | number)[];
+}
+
+export type OptionSpecs = Record<string, OptionSpec>;
+
+export interface ParsedArgs {
+  positionals: string[];
+  options: Record<string, string | number | boolean>;
+}
+
+export function parseArgs(argv: readonly string[], specs: OptionSpecs): ParsedArgs {
+  const positionals: string[] = [];
+  const options: Record<string, string | number | boolean> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      positionals.push(...argv.slice(i + 1));
+      break;
+    }
+    if (!arg.startsWith('--') || arg === '-') {
+      if (arg.startsWith('-') && arg !== '-') throw new UsageError(`unknown option ${arg}`);
+      positionals.push(arg);
+      continue;
+    }
+    const eq = arg.indexOf('=');
+    const name = arg.slice(2, eq < 0 ? undefined : eq);
+    const spec = Object.hasOwn(specs, name) ? specs[name] : undefined;
+    if (!spec) throw new UsageError(`unknown option --${name}`);
+    if (name in options) throw new UsageError(`--${name} given twice`);
+    if (spec.type === 'boolean') {
+      if (eq >= 0) throw new UsageError(`--${name} takes no value`);
+      options[name] = true;
+      continue;
+    }
+    let raw: string;
+    if (eq >= 0) raw = arg.slice(eq + 1);
+    else {
+      const next = argv[i + 1];
+      if (next === undefined || next.startsWith('--')) throw new UsageError(`--${name} needs a value`);
+      raw = next;
+      i++;
+    }
+    options[name] = convert(name, raw, spec);
+  }
+  return { positionals, options };
+}
+
+function convert(name: string, raw: string, spec: OptionSpec): string | number {
+  let value: string | number = raw;
+  if (spec.type === 'integer') {
+    if (!/^[0-9]+$/.test(raw)) throw new UsageError(`--${name} must be a whole number, got ${JSON.stringify(raw)}`);
+    const n = Number(raw);
+    if (!Number.isSafeInteger(n)) throw new UsageError(`--${name} is too large`);
+    if (spec.min !== undefined && n < spec.min) throw new UsageError(`--${name} must be at least ${spec.min}, got ${n}`);
+    if (spec.max !== undefined && n > spec.max) throw new UsageError(`--${name} must be at most ${spec.max}, got ${n}`);
+    value = n;
+  }
+  if (spec.choices && !spec.choices.includes(value)) {
+    throw new UsageError(`--${name} must be one of ${spec.choices.join(', ')}, got ${raw}`);
+  }
+  return value;
+}
+
+/** "  --name VALUE  description" lines for help texts. */
+export function describeOptions(specs: OptionSpecs): string[] {
+  const rows = Object.entries(specs).map(([name, s]) => [`--${name}${s.type === 'boolean' ? '' : ` ${s.value ?? 'VALUE'}`}`, s.description] as const);
+  const w = Math.max(0, ...rows.map(([l]) => l.length));
+  return rows.map(([l, d]) => `  ${l.padEnd(w)}  ${d}`);
+}

@@ -1,0 +1,9 @@
+// Every `tsibox` subcommand: one registration each.
+import { registerCommand } from './registry.js';
+import { helpCommand } from './commands/help.js';
+import { doctorCommand } from './commands/doctor.js';
+import { benchCommand } from './commands/bench.js';
+
+registerCommand(helpCommand);
+registerCommand(doctorCommand);
+registerCommand(benchCommand);
