@@ -17,6 +17,7 @@ import {
   ensureInitramfs,
   ensureKernel,
   initTokens,
+  kernelPaths,
   padTo4,
   parseStatusMarker,
   parseStatusPort,
@@ -39,6 +40,8 @@ let kernel: KernelPaths | undefined;
 let initrd: string | undefined;
 let skipReason: string | undefined;
 
+// A kernel build in this setup takes minutes: lift tap's per-file timeout for it.
+if (kernelPaths() === undefined) t.setTimeout(20 * 60_000);
 try {
   kernel = await ensureKernel({ onProgress: (l) => t.comment(l) });
   initrd = await ensureInitramfs({ onProgress: (l) => t.comment(l) });
