@@ -1,13 +1,13 @@
 // The host checks `tsibox doctor` runs. Each returns a CheckResult and never throws.
 import { execFile } from 'node:child_process';
 import { closeSync, existsSync, openSync, readdirSync, statSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Kvm, KVM_DEVICE } from '../kvm/system.js';
 import { KVM_API_VERSION, KVM_CAP } from '../kvm/ioctl-numbers.js';
 import { probeRing0, NATIVE_RATIO_LIMIT } from './ring0.js';
 import type { CheckResult } from './check.js';
+import { kernelPaths, cacheRoot } from '../guest/index.js';
 
 const execFileP = promisify(execFile);
 
@@ -117,8 +117,23 @@ export async function checkTool(name: string, cmd: string, args: string[], why: 
 }
 
 export function kernelCacheDir(): string {
-  const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
-  return join(base, 'tsibox', 'kernel');
+  return join(cacheRoot(), 'kernel');
+}
+
+/** The kernel for the current sources (src/guest), else whatever builds the cache holds. */
+export function checkGuestKernel(): CheckResult {
+  let current: ReturnType<typeof kernelPaths>;
+  try {
+    current = kernelPaths();
+  } catch {
+    current = undefined;
+  }
+  if (current !== undefined) {
+    return { name: 'guest-kernel', status: 'ok', detail: `built for the current sources: ${current.dir}`, data: { ...current } };
+  }
+  const any = checkKernelCache();
+  if (any.status !== 'ok') return any;
+  return { ...any, status: 'warn', detail: `none for the current sources (tsibox kernel builds it); older builds in ${any.detail}` };
 }
 
 /** Looks for a built guest kernel: <cache>/tsibox/kernel/<build>/ holding bzImage or vmlinux. */
@@ -155,6 +170,6 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<CheckResult[]
     checkTool('passt', 'passt', ['--version'], 'virtio-net through passt needs it'),
     checkTool('gcc', 'gcc', ['--version'], 'building native/ needs it'),
   ]);
-  results.push(...tools, checkKernelCache());
+  results.push(...tools, checkGuestKernel());
   return results;
 }
