@@ -64,7 +64,7 @@ export class VcpuThread {
       control: this.#control,
       serialIrq,
     };
-    const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data, stdout: false, stderr: false });
+    const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data, stdout: false, stderr: false, execArgv: [] });
     this.#worker = worker;
     this.#ready = new Promise<void>((resolve, reject) => {
       worker.on('message', (msg: VcpuMessage) => {

@@ -21,7 +21,7 @@ export const TSS_LIMIT = TSS_IOMAP_BASE + IOMAP_PORTS / 8;
 const TWO_MIB = 0x20_0000n;
 
 /** A flat 4 GiB code/data descriptor (8 bytes). */
-function flatDescriptor(access: number, flags: number): bigint {
+export function flatDescriptor(access: number, flags: number): bigint {
   return 0xffffn | (BigInt(access) << 40n) | (0xfn << 48n) | (BigInt(flags) << 52n);
 }
 
@@ -47,19 +47,35 @@ export function writeSystemTables(mem: GuestMemory): void {
   mem.writeU8(LAYOUT.TSS + TSS_LIMIT, 0xff);
 
   mem.fill(LAYOUT.IDT, 0x1000, 0);
+  writeIdentityPageTables(mem, true);
+}
 
+/**
+ * Identity-maps 0..4 GiB with 2 MiB pages (PML4 at 0x9000, PDPT at 0xa000, page
+ * directories at 0xb000..0xefff). `user` sets the U/S bit so CPL3 code may use them.
+ */
+export function writeIdentityPageTables(mem: GuestMemory, user: boolean): void {
+  const us = user ? PTE_US : 0n;
   mem.fill(LAYOUT.PML4, 0x1000, 0);
-  mem.writeU64(LAYOUT.PML4, BigInt(LAYOUT.PDPT) | PTE_P | PTE_RW | PTE_US);
+  mem.writeU64(LAYOUT.PML4, BigInt(LAYOUT.PDPT) | PTE_P | PTE_RW | us);
   mem.fill(LAYOUT.PDPT, 0x1000, 0);
   for (let i = 0; i < 4; i++) {
     const pd = LAYOUT.PD + i * 0x1000;
-    mem.writeU64(LAYOUT.PDPT + i * 8, BigInt(pd) | PTE_P | PTE_RW | PTE_US);
+    mem.writeU64(LAYOUT.PDPT + i * 8, BigInt(pd) | PTE_P | PTE_RW | us);
     for (let j = 0; j < 512; j++) {
       const phys = BigInt(i) * GIB + BigInt(j) * TWO_MIB;
-      mem.writeU64(pd + j * 8, phys | PTE_P | PTE_RW | PTE_US | PTE_PS);
+      mem.writeU64(pd + j * 8, phys | PTE_P | PTE_RW | us | PTE_PS);
     }
   }
 }
+
+/** Control registers for 64-bit paging with the identity map. */
+export const LONG_MODE_CONTROL = {
+  cr0: CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG,
+  cr3: BigInt(LAYOUT.PML4),
+  cr4: CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT,
+  efer: EFER_LME | EFER_LMA,
+} as const;
 
 function codeSegment(cpl: Cpl): Segment {
   return {
@@ -89,10 +105,7 @@ export function longModeSregs(current: Sregs, cpl: Cpl): Sregs {
     ldt: { base: 0n, limit: 0, selector: 0, type: 2, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 1 },
     gdt: { base: BigInt(LAYOUT.GDT), limit: 7 * 8 - 1 },
     idt: { base: BigInt(LAYOUT.IDT), limit: 0xfff },
-    cr0: CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG,
-    cr3: BigInt(LAYOUT.PML4),
-    cr4: CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT,
-    efer: EFER_LME | EFER_LMA,
+    ...LONG_MODE_CONTROL,
   };
 }
 
