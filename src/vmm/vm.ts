@@ -67,6 +67,7 @@ export class Vm {
   readonly #threads: VcpuThread[];
   readonly #eventFds: EventFd[] = [];
   readonly #watchers: EventFdWatcher[] = [];
+  readonly #onClose: Array<() => void> = [];
   #state: State = 'created';
   #exit: Omit<VmExit, 'stats'> | null = null;
   #done: Promise<VmExit> | null = null;
@@ -219,11 +220,28 @@ export class Vm {
     for (const t of this.#threads) t.requestStop();
   }
 
+  /**
+   * Runs `cb` when close() starts, after the vCPUs stopped and before any fd or the
+   * guest memory is released (devices detach from guest memory here). Callbacks run
+   * in registration order; one that throws is logged and the others still run.
+   */
+  onClose(cb: () => void): void {
+    this.#assertOpen();
+    this.#onClose.push(cb);
+  }
+
   /** Releases every fd and the guest memory. Stops the VM first if it runs. */
   async close(): Promise<void> {
     if (this.#state === 'closed') return;
     if (this.#state === 'running') await this.stop();
     this.#state = 'closed';
+    for (const cb of this.#onClose.splice(0)) {
+      try {
+        cb();
+      } catch (err) {
+        this.log.error({ err }, 'onClose callback threw');
+      }
+    }
     for (const w of this.#watchers) w.stop();
     for (const fd of this.#eventFds) fd.close();
     for (const v of this.vcpus) v.close();
