@@ -3,7 +3,9 @@ import { registerCommand } from './registry.js';
 import { helpCommand } from './commands/help.js';
 import { doctorCommand } from './commands/doctor.js';
 import { benchCommand } from './commands/bench.js';
+import { kernelCommand } from './commands/kernel.js';
 
 registerCommand(helpCommand);
 registerCommand(doctorCommand);
 registerCommand(benchCommand);
+registerCommand(kernelCommand);
