@@ -2,8 +2,10 @@
 import { registerBench } from './registry.js';
 import { exitsBench } from './exits.js';
 import { ioeventfdBench } from './ioeventfd.js';
+import { virtqueueBench } from './virtqueue.js';
 
 registerBench(exitsBench);
 registerBench(ioeventfdBench);
+registerBench(virtqueueBench);
 
 export { findBench, listBenches, registerBench, type BenchDefinition, type BenchOptions, type BenchResult } from './registry.js';

@@ -10,6 +10,7 @@ import { testGuestPath } from '../../src/paths.js';
 import { attachVirtioMmio, VIRTIO_MMIO_BASE } from '../../src/vmm/virtio-mmio-attach.js';
 import { ConsoleDevice } from '../../src/virtio/console/index.js';
 import { RngDevice } from '../../src/virtio/rng.js';
+import { benchVirtqueueKvm } from '../../src/virtio/bench.js';
 
 const GREETING = 'hello from the virtio-console guest\n';
 const MAILBOX = 0x3000;
@@ -147,4 +148,12 @@ t.test('virtio-rng bench guest: round trips, interrupts raised and suppressed', 
       await vm.close();
     }
   }
+});
+
+t.test('benchVirtqueueKvm reports req/s against the C ring walk', { skip }, async (t) => {
+  const r = await benchVirtqueueKvm({ rounds: 500, runs: 1 });
+  t.ok(r.value > 0 && Number.isFinite(r.value), `${Math.round(r.value)} req/s`);
+  t.ok(r.baseline > 0);
+  t.equal(r.kicks, 500);
+  t.equal(r.guestTookInterrupts, !PVM);
 });
