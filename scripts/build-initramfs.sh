@@ -21,18 +21,8 @@ BUSYBOX=/bin/busybox
 log() { printf 'tsibox-initramfs: %s\n' "$*" >&2; }
 die() { printf 'tsibox-initramfs: error: %s\n' "$*" >&2; exit 1; }
 
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-need_pkgs() {
-  local missing=() p
-  for p in "$@"; do installed "$p" || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  [ "$(id -u)" -eq 0 ] || die "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})"
-  log "installing ${missing[*]} (apt-get)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
-    || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; } \
-    || die "apt-get install ${missing[*]} failed"
-}
+# shellcheck source=lib/debian.sh
+. "$HERE/scripts/lib/debian.sh"
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 ver() { dpkg-query -W -f='${Version}' "$1"; }
@@ -59,13 +49,13 @@ case "${1:-}" in
 esac
 
 if [ "$mode" = key ] || [ "$mode" = print ]; then
-  installed busybox-static && installed libc6-dev || die "busybox-static/libc6-dev not installed; run scripts/build-initramfs.sh"
+  deb_installed busybox-static && deb_installed libc6-dev || die "busybox-static/libc6-dev not installed; run scripts/build-initramfs.sh"
   key="$(cache_key)"
   if [ "$mode" = key ]; then echo "$key"; else echo "$CACHE_ROOT/initramfs/$key/initramfs.cpio.gz"; fi
   exit 0
 fi
 
-need_pkgs busybox-static build-essential
+deb_ensure busybox-static build-essential
 [ -x "$BUSYBOX" ] || die "$BUSYBOX missing although busybox-static is installed"
 "$BUSYBOX" --list-full >/dev/null 2>&1 || die "$BUSYBOX is not busybox-static (is the dynamic busybox package installed instead?)"
 

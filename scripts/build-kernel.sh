@@ -29,21 +29,8 @@ JOBS="${TSIBOX_KERNEL_JOBS:-$(nproc)}"
 log() { printf 'tsibox-kernel: %s\n' "$*" >&2; }
 die() { printf 'tsibox-kernel: error: %s\n' "$*" >&2; exit 1; }
 
-need_pkgs() {
-  local missing=() p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  if [ "$(id -u)" -ne 0 ]; then
-    die "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})"
-  fi
-  log "installing ${missing[*]} (apt-get)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
-    || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; } \
-    || die "apt-get install ${missing[*]} failed"
-}
+# shellcheck source=lib/debian.sh
+. "$HERE/scripts/lib/debian.sh"
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
@@ -73,14 +60,14 @@ case "${1:-}" in
 esac
 
 if [ "$mode" = key ] || [ "$mode" = print ]; then
-  dpkg-query -W -f='${Status}' "$PKG" 2>/dev/null | grep -q 'install ok installed' \
+  deb_installed "$PKG" \
     || die "$PKG is not installed; run scripts/build-kernel.sh"
   key="$(cache_key)"
   if [ "$mode" = key ]; then echo "$key"; else echo "$CACHE_ROOT/kernel/$key"; fi
   exit 0
 fi
 
-need_pkgs "$PKG" build-essential bc bison flex libelf-dev libssl-dev xz-utils
+deb_ensure "$PKG" build-essential bc bison flex libelf-dev libssl-dev xz-utils
 [ -f "$TARBALL" ] || die "$TARBALL missing although $PKG is installed"
 
 key="$(cache_key)"
