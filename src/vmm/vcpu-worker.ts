@@ -5,13 +5,13 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { sys, errno, EINTR, EAGAIN } from '../sys/libc.js';
 import { KvmVcpuFd } from '../kvm/vcpu-fd.js';
 import { KvmVmFd } from '../kvm/vm-fd.js';
-import { KVM_EXIT, KVM_EXIT_IO_OUT, exitReasonName } from '../kvm/ioctl-numbers.js';
+import { KVM, KVM_EXIT, KVM_EXIT_IO_OUT, exitReasonName } from '../kvm/ioctl-numbers.js';
 import { KVM_RUN_OFFSETS as RUN } from '../kvm/structs.js';
 import { blockKickInThisThread, KickConsumer } from './kick-signal.js';
 import { Serial8250, COM1_PORT, COM1_IRQ } from './legacy/serial.js';
 import { PORT } from './legacy/ports.js';
 import {
-  CTL, RPC_IDLE, RPC_REQUEST, RPC_DONE, RPC_KIND_PIO, RPC_KIND_MMIO, RPC_OK, RPC_UNHANDLED,
+  CTL, RPC_IDLE, RPC_REQUEST, RPC_KIND_PIO, RPC_KIND_MMIO, RPC_OK, RPC_UNHANDLED,
   type VcpuWorkerData, type VcpuMessage, type VcpuStats, type VcpuEndReason,
 } from './vcpu-channel.js';
 
@@ -167,7 +167,7 @@ function runLoop(): void {
   const kick = new KickConsumer(data.kickSignal);
   const fd = vcpu.fd;
   const ioctl = sys.ioctlInt;
-  const KVM_RUN_REQ = 0xae80;
+  const KVM_RUN_REQ = KVM.RUN;
   for (;;) {
     if (end !== null || parked || Atomics.load(ctl, CTL.STOP) !== 0) break;
     const r = ioctl(fd, KVM_RUN_REQ, 0) as number;
