@@ -2,7 +2,7 @@
 import { TsiboxError } from '../errors.js';
 import { sys, errno, errnoName, closeFd, O_RDWR, O_CLOEXEC } from '../sys/libc.js';
 import { KVM, KVM_API_VERSION } from './ioctl-numbers.js';
-import { ioctlInt, ioctlBuf, ioctlError } from './ioctl.js';
+import { ioctlInt, ioctlError } from './ioctl.js';
 import { decodeCpuid, CPUID_ENTRY_SIZE, type CpuidEntry } from './structs.js';
 
 export const KVM_DEVICE = '/dev/kvm';
@@ -69,4 +69,3 @@ export class Kvm {
   }
 }
 
-export { ioctlBuf };

@@ -3,7 +3,7 @@
 import { TsiboxError } from '../errors.js';
 import { sys, view, closeFd, syscallError, PROT_READ, PROT_WRITE, MAP_SHARED } from '../sys/libc.js';
 import { KVM } from './ioctl-numbers.js';
-import { ioctlInt, ioctlBuf } from './ioctl.js';
+import { ioctlBuf } from './ioctl.js';
 import {
   decodeRegs, encodeRegs, decodeSregs, encodeSregs, encodeCpuid, encodeMsrs, decodeMsrs,
   REGS_SIZE, SREGS_SIZE, FPU_SIZE, LAPIC_SIZE,
@@ -132,4 +132,3 @@ export class KvmVcpuFd {
   }
 }
 
-export { ioctlInt };

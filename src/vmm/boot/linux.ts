@@ -8,7 +8,6 @@ import type { GuestMemory } from '../memory.js';
 import type { Segment } from '../../kvm/structs.js';
 import { emptyRegs } from '../../kvm/structs.js';
 import { KVM_MP_STATE } from '../../kvm/ioctl-numbers.js';
-import { MMIO_GAP_END } from '../memory.js';
 import { flatDescriptor, writeIdentityPageTables, LONG_MODE_CONTROL } from '../x86/longmode.js';
 import { parseKernelImage, type KernelImage } from './kernel-image.js';
 
@@ -195,4 +194,3 @@ function setBootRegisters(vm: Vm, entry: number): void {
   // Application processors wait for INIT/SIPI from the kernel (the default state).
 }
 
-export { MMIO_GAP_END };
