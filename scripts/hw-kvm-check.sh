@@ -51,7 +51,12 @@ else
 fi
 
 NODE=""
-if command -v node >/dev/null; then NODE=node; elif [ -x "$CARRY/node" ]; then NODE="$CARRY/node"; fi
+if command -v node >/dev/null; then NODE=node
+elif [ -f "$CARRY/node.xz" ]; then xz -dc "$CARRY/node.xz" > /tmp/tsibox-node && chmod +x /tmp/tsibox-node && NODE=/tmp/tsibox-node
+elif [ -x "$CARRY/node" ]; then NODE="$CARRY/node"; fi
+# A production node_modules (koffi, pino, undici) packed by scripts/pack-device-carry.sh.
+[ -d node_modules/koffi ] || { [ -f "$CARRY/node_modules.tar" ] && tar -xf "$CARRY/node_modules.tar"; }
+[ -d dist ] || { [ -f "$CARRY/dist.tar" ] && tar -xf "$CARRY/dist.tar"; }
 if [ -z "$NODE" ]; then
   say node "absent: the TypeScript engine checks are skipped"
   exit 0
@@ -59,7 +64,9 @@ fi
 say node "$("$NODE" --version)"
 if [ -f dist/src/cli/main.js ]; then
   say doctor "$(timeout 60 "$NODE" dist/src/cli/main.js doctor 2>&1 | tr '\n' ' ' | head -c 2000)"
-  say bench-exits "$(timeout 120 "$NODE" dist/src/cli/main.js bench exits 2>&1 | tail -1)"
+  for b in exits ioeventfd virtqueue; do
+    timeout 120 "$NODE" dist/src/cli/main.js bench "$b" --quiet 2>&1 | sed "s/^/bench-$b: /"
+  done
 fi
 if [ -f dist/scripts/boot-check.js ]; then
   timeout 300 "$NODE" dist/scripts/boot-check.js --boots "$BOOTS" 2>&1 | tail -20
