@@ -23,6 +23,7 @@ virt=none
 case "$flags" in *" vmx"*) virt=vmx ;; *" svm"*) virt=svm ;; esac
 say cpu-virtualization-flag "$virt"
 case "$flags" in *" hypervisor"*) say running-under-hypervisor yes ;; *) say running-under-hypervisor no ;; esac
+say kvm-modules "$(ls /sys/module 2>/dev/null | grep -E '^kvm' | tr '\n' ' ')"
 if [ -e /dev/kvm ]; then
   say dev-kvm "$(ls -l /dev/kvm)"
 else
