@@ -13,8 +13,18 @@ export type TsiboxErrorCode =
   /** A guest's virtqueue broke the virtio rules; the device now needs a reset. */
   | 'VIRTQUEUE_INVALID'
   | 'NOT_SUPPORTED'
+  /** The engine asked for cannot run here (QEMU missing, ring 0 emulated for KVM). */
+  | 'ENGINE_UNAVAILABLE'
   /** Building or locating the guest kernel / initramfs failed. */
-  | 'GUEST_BUILD';
+  | 'GUEST_BUILD'
+  /** A host vsock port already has a listener or bridge. */
+  | 'VSOCK_PORT_IN_USE'
+  /** A port-map entry conflicts with an existing one (same host port or guest port). */
+  | 'PORT_MAP_CONFLICT'
+  /** A policy rule is malformed (bad CIDR, port range, protocol). */
+  | 'POLICY_INVALID'
+  /** A TSI peer (simulated guest, tests) broke docs/tsi-protocol.md. */
+  | 'TSI_PROTOCOL';
 
 export class TsiboxError extends Error {
   readonly code: TsiboxErrorCode;

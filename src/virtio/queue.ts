@@ -96,6 +96,21 @@ export class Virtqueue {
     return this.#broken;
   }
 
+  /** Where the device will read the avail ring next (vhost-user GET_VRING_BASE reports it). */
+  get lastAvailIndex(): number {
+    return this.#lastAvail;
+  }
+
+  /**
+   * Continues a ring that already ran (vhost-user SET_VRING_BASE with a non-zero base):
+   * the next avail entry is `lastAvail`, the used index is what the ring holds now.
+   */
+  resumeAt(lastAvail: number): void {
+    this.#lastAvail = lastAvail & 0xffff;
+    this.#usedIdx = this.#memory.readU16(this.#layout.usedAddr + 2);
+    this.#signalledUsed = this.#usedIdx;
+  }
+
   /** Marks the queue unusable (the device or the transport saw a rule broken). */
   invalidate(reason: string): void {
     if (this.#broken !== null) return;

@@ -1,0 +1,321 @@
+// The QEMU engine: runs the guest under `qemu-system-x86_64 -M microvm` (TCG, or KVM
+// where ring 0 runs natively) with shared memfd RAM, our kernel + initramfs and init's
+// command-line contract, QEMU's own virtio-serial ports for the workload's stdio and
+// exit status, and our devices served over vhost-user.
+//
+// Every channel to QEMU is one end of a socketpair handed to it as an inherited fd
+// (`-chardev socket,fd=N`): there is no socket file to clean up and nothing to connect
+// to. QEMU runs under `setpriv --pdeathsig KILL`, so it dies with the host process
+// even when that is SIGKILLed; a normal exit, error or timeout kills it explicitly.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { accessSync, constants as fsConstants, readFileSync, writeSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { delimiter, join } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import type { Logger } from 'pino';
+import { TsiboxError } from '../errors.js';
+import {
+  buildCmdline, cmdlineArchive, initTokens, padTo4, parseStatusMarker, parseStatusPort,
+  PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT, type InitConfig,
+} from '../guest/cmdline.js';
+import { closeFd } from '../sys/libc.js';
+import { memfdCreate, socketPair } from '../sys/socket.js';
+import type { VirtioDevice } from '../virtio/device.js';
+import { VhostUserConnection } from './vhost-user/connection.js';
+
+export const QEMU_BINARY = 'qemu-system-x86_64';
+export const QEMU_DEBIAN_PACKAGE = 'qemu-system-x86';
+/** Kernel options under QEMU microvm: 8250 console, triple-fault reboot (with -no-reboot QEMU exits). */
+export const QEMU_BASE_CMDLINE = 'console=ttyS0 reboot=t panic=-1 quiet';
+const CONSOLE_KEEP = 64 * 1024;
+
+/** A device of ours that QEMU reaches over vhost-user. */
+export interface VhostUserDeviceSpec {
+  device: VirtioDevice;
+  /** The QEMU device model: e.g. 'vhost-user-rng', 'vhost-user-vsock-device'. */
+  qemuDevice: string;
+  /** Extra `,key=value` properties for the -device option. */
+  qemuProps?: string;
+  /** Rings QEMU hands to the back end (default all the device has). */
+  activeQueues?: number;
+  /** Serve GET/SET_CONFIG (the front end reads the device's config space from us). */
+  config?: boolean;
+  name?: string;
+}
+
+export interface QemuRunOptions {
+  kernel: string;
+  initrd: string;
+  init: InitConfig;
+  cpus?: number;
+  memoryMiB?: number;
+  accel?: 'tcg' | 'kvm';
+  devices?: VhostUserDeviceSpec[];
+  /** Archives appended to the initramfs (e.g. guest helper programs). */
+  extraArchives?: Buffer[];
+  stdin?: Readable | Buffer | string;
+  stdout?: Writable;
+  stderr?: Writable;
+  timeoutMs?: number;
+  logger: Logger;
+  /** Called with QEMU's pid once it started (tests). */
+  onStart?: (pid: number) => void;
+  /** Without our stdio/status ports and vhost-user devices (the bench baseline). */
+  plain?: boolean;
+}
+
+export interface QemuRunResult {
+  /** The workload's status as init reported it. */
+  exitCode: number;
+  /** The guest's serial console (last 64 KiB). */
+  console: string;
+  /** ms from spawn to QEMU's exit. */
+  ms: number;
+}
+
+/** Where qemu-system-x86_64 is, or undefined. */
+export function findQemu(): string | undefined {
+  const override = process.env['TSIBOX_QEMU'];
+  if (override !== undefined && override !== '') return isExecutable(override) ? override : undefined;
+  for (const dir of (process.env['PATH'] ?? '/usr/bin:/bin').split(delimiter)) {
+    if (dir === '') continue;
+    const p = join(dir, QEMU_BINARY);
+    if (isExecutable(p)) return p;
+  }
+  return undefined;
+}
+
+function isExecutable(p: string): boolean {
+  try {
+    accessSync(p, fsConstants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function requireQemu(): string {
+  const q = findQemu();
+  if (q === undefined) {
+    throw new TsiboxError('ENGINE_UNAVAILABLE',
+      `${QEMU_BINARY} was not found in PATH; install it (Debian/Ubuntu: apt-get install ${QEMU_DEBIAN_PACKAGE})`);
+  }
+  return q;
+}
+
+let pdeathsigWrapper: string[] | null | undefined;
+
+/** `setpriv --pdeathsig KILL --` when util-linux's setpriv supports it, else null. */
+function parentDeathWrapper(): string[] | null {
+  if (pdeathsigWrapper === undefined) {
+    const r = spawnSync('setpriv', ['--help'], { encoding: 'utf8' });
+    pdeathsigWrapper = r.status === 0 && r.stdout.includes('--pdeathsig') ? ['setpriv', '--pdeathsig', 'KILL', '--'] : null;
+  }
+  return pdeathsigWrapper;
+}
+
+/** QEMU processes of this process, killed if it exits with them still running. */
+const liveChildren = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function track(child: ChildProcess): void {
+  liveChildren.add(child);
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    process.on('exit', () => {
+      for (const c of liveChildren) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    });
+  }
+}
+
+interface Port {
+  name: string;
+  ours: Socket;
+}
+
+/** Runs one guest to completion under QEMU. */
+export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
+  const qemu = requireQemu();
+  const log = opts.logger;
+  const memoryMiB = opts.memoryMiB ?? 256;
+  const cpus = opts.cpus ?? 1;
+  const accel = opts.accel ?? 'tcg';
+  const plain = opts.plain === true;
+  const devices = plain ? [] : (opts.devices ?? []);
+
+  // Descriptors the child inherits, in order from fd 3; we close our copies after spawn.
+  const childFds: number[] = [];
+  const closeAfterSpawn: number[] = [];
+  const cleanups: Array<() => void> = [];
+  const passFd = (fd: number): number => {
+    childFds.push(fd);
+    closeAfterSpawn.push(fd);
+    return 2 + childFds.length;
+  };
+
+  const args = [
+    '-M', `microvm,x-option-roms=off,isa-serial=on,acpi=off,memory-backend=mem`,
+    '-accel', accel, ...(accel === 'kvm' ? ['-cpu', 'host'] : []),
+    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+    '-m', `${memoryMiB}M`, '-smp', String(cpus),
+    '-object', `memory-backend-memfd,id=mem,size=${memoryMiB}M,share=on`,
+    '-serial', 'stdio',
+    '-kernel', opts.kernel,
+  ];
+
+  const ports: Port[] = [];
+  const init: InitConfig = { ...opts.init };
+  try {
+    if (!plain) {
+      const names = [PORT_STDIN, PORT_STDOUT, PORT_STDERR, PORT_STATUS];
+      args.push('-device', 'virtio-serial-device,max_ports=8');
+      names.forEach((name, i) => {
+        const [ours, theirs] = socketPair();
+        const sock = new Socket({ fd: ours, readable: true, writable: true });
+        sock.on('error', (err) => { log.debug({ err, port: name }, 'console port socket error'); });
+        ports.push({ name, ours: sock });
+        cleanups.push(() => { sock.destroy(); });
+        const n = passFd(theirs);
+        args.push('-chardev', `socket,id=port${i},fd=${n}`, '-device', `virtserialport,chardev=port${i},name=${name}`);
+      });
+      init.ports = [...(init.ports ?? []), ...names];
+    }
+
+    const connections: VhostUserConnection[] = [];
+    devices.forEach((d, i) => {
+      const [ours, theirs] = socketPair();
+      const conn = new VhostUserConnection(ours, {
+        device: d.device, logger: log, name: d.name ?? d.qemuDevice,
+        ...(d.activeQueues === undefined ? {} : { activeQueues: d.activeQueues }),
+        ...(d.config === undefined ? {} : { config: d.config }),
+      });
+      connections.push(conn);
+      cleanups.push(() => { conn.close(); });
+      const n = passFd(theirs);
+      args.push('-chardev', `socket,id=vu${i},fd=${n}`, '-device', `${d.qemuDevice},chardev=vu${i}${d.qemuProps ?? ''}`);
+    });
+
+    // The initramfs, with init's description in an extra archive when it is too long
+    // for the command line, and any extra archives: built in a memfd QEMU reads.
+    let cmdline: string;
+    const archives = [...(opts.extraArchives ?? [])];
+    try {
+      cmdline = buildCmdline(QEMU_BASE_CMDLINE, init);
+    } catch (err) {
+      if (!(err instanceof TsiboxError && err.code === 'INVALID_ARGUMENT' && /command line is/.test(err.message))) throw err;
+      cmdline = QEMU_BASE_CMDLINE;
+      archives.push(cmdlineArchive(initTokens(init)));
+    }
+    if (archives.length === 0) {
+      args.push('-initrd', opts.initrd);
+    } else {
+      const parts: Uint8Array[] = [readFileSync(opts.initrd), ...archives];
+      const image = Buffer.concat(parts.map((p, i) => (i < parts.length - 1 ? new Uint8Array(padTo4(p)) : p)));
+      const fd = memfdCreate('tsibox-initrd', image.length);
+      let off = 0;
+      while (off < image.length) off += writeSync(fd, image, off, image.length - off, off);
+      args.push('-initrd', `/dev/fd/${passFd(fd)}`);
+    }
+    args.push('-append', cmdline);
+
+    const wrapper = parentDeathWrapper();
+    if (wrapper === null) log.warn('setpriv --pdeathsig is not available: QEMU will not be killed if this process is SIGKILLed');
+    const argv = [...(wrapper ?? []), qemu, ...args];
+    log.debug({ argv }, 'starting QEMU');
+    const start = performance.now();
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', ...childFds] });
+    track(child);
+    for (const fd of closeAfterSpawn) closeFd(fd);
+    closeAfterSpawn.length = 0;
+    if (child.pid !== undefined) opts.onStart?.(child.pid);
+
+    let consoleText = '';
+    let qemuStderr = '';
+    child.stdout!.setEncoding('latin1').on('data', (d: string) => {
+      consoleText = (consoleText + d).slice(-CONSOLE_KEEP);
+    });
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      qemuStderr = (qemuStderr + d).slice(-CONSOLE_KEEP);
+    });
+
+    // stdio ports
+    const port = (name: string): Socket => ports.find((p) => p.name === name)!.ours;
+    let statusText = '';
+    const drained: Array<Promise<void>> = [];
+    const stdinSrc = opts.stdin;
+    let unpipeStdin = (): void => {};
+    if (!plain) {
+      const stdinSock = port(PORT_STDIN);
+      stdinSock.resume(); // the guest never writes here; keep the socket from stalling
+      if (stdinSrc === undefined) stdinSock.end();
+      else if (typeof stdinSrc === 'string' || Buffer.isBuffer(stdinSrc)) stdinSock.end(stdinSrc);
+      else {
+        stdinSrc.pipe(stdinSock);
+        unpipeStdin = () => { stdinSrc.unpipe(stdinSock); };
+      }
+      const sink = (name: string, out: Writable | undefined): void => {
+        const s = port(name);
+        drained.push(new Promise((resolve) => { s.once('close', () => { resolve(); }); }));
+        if (out !== undefined) s.pipe(out, { end: false });
+        else s.resume();
+      };
+      sink(PORT_STDOUT, opts.stdout);
+      sink(PORT_STDERR, opts.stderr);
+      const status = port(PORT_STATUS);
+      status.setEncoding('latin1').on('data', (d: string) => { statusText += d; });
+      drained.push(new Promise((resolve) => { status.once('close', () => { resolve(); }); }));
+    }
+
+    let timedOut = false;
+    const timer = opts.timeoutMs === undefined ? null : setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, opts.timeoutMs);
+
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
+      child.once('error', (err) => { reject(err); });
+      child.once('close', (code, signal) => { resolve({ code, signal }); });
+    });
+    let exit;
+    try {
+      exit = await exited;
+    } catch (err) {
+      throw new TsiboxError('ENGINE_UNAVAILABLE', `cannot start ${argv[0]}: ${(err as Error).message}`, { cause: err });
+    } finally {
+      if (timer !== null) clearTimeout(timer);
+      liveChildren.delete(child);
+    }
+    const ms = performance.now() - start;
+    unpipeStdin();
+    // QEMU is gone, so every port socket sees end of stream; wait until what it wrote is read.
+    await Promise.race([Promise.all(drained), new Promise((r) => setTimeout(r, 2000).unref())]);
+
+    if (timedOut) {
+      throw new TsiboxError('VM_TIMEOUT', `the sandbox did not finish within ${opts.timeoutMs} ms; console:\n${tail(consoleText)}`);
+    }
+    const fromPort = parseStatusPort(statusText);
+    const exitCode = fromPort ?? parseStatusMarker(consoleText);
+    if (exitCode === undefined) {
+      const how = exit.signal !== null ? `was killed by ${exit.signal}` : `exited with status ${exit.code}`;
+      const qmsg = qemuStderr.trim();
+      if (exit.code !== 0 && qmsg !== '') {
+        throw new TsiboxError('VM_ERROR', `${QEMU_BINARY} ${how}: ${qmsg}`);
+      }
+      throw new TsiboxError('VM_ERROR', `the guest ended without reporting an exit status (QEMU ${how})${qmsg ? `: ${qmsg}` : ''}; console:\n${tail(consoleText)}`);
+    }
+    if (fromPort === undefined) log.debug('status port was empty: used the console marker');
+    return { exitCode, console: consoleText, ms };
+  } finally {
+    for (const fd of closeAfterSpawn) closeFd(fd);
+    for (const c of cleanups.reverse()) {
+      try {
+        c();
+      } catch {
+        // best effort
+      }
+    }
+  }
+}
+
+function tail(text: string): string {
+  return text.split('\n').slice(-30).join('\n');
+}
