@@ -20,18 +20,20 @@ export interface OptionSpec {
   max?: number;
   /** Allowed values for 'string' or 'integer'. */
   choices?: readonly (string | number)[];
+  /** The option may repeat ('string' only); its value is then a string[]. */
+  repeatable?: boolean;
 }
 
 export type OptionSpecs = Record<string, OptionSpec>;
 
 export interface ParsedArgs {
   positionals: string[];
-  options: Record<string, string | number | boolean>;
+  options: Record<string, string | number | boolean | string[]>;
 }
 
 export function parseArgs(argv: readonly string[], specs: OptionSpecs): ParsedArgs {
   const positionals: string[] = [];
-  const options: Record<string, string | number | boolean> = {};
+  const options: Record<string, string | number | boolean | string[]> = {};
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--') {
@@ -47,7 +49,7 @@ export function parseArgs(argv: readonly string[], specs: OptionSpecs): ParsedAr
     const name = arg.slice(2, eq < 0 ? undefined : eq);
     const spec = Object.hasOwn(specs, name) ? specs[name] : undefined;
     if (!spec) throw new UsageError(`unknown option --${name}`);
-    if (name in options) throw new UsageError(`--${name} given twice`);
+    if (name in options && spec.repeatable !== true) throw new UsageError(`--${name} given twice`);
     if (spec.type === 'boolean') {
       if (eq >= 0) throw new UsageError(`--${name} takes no value`);
       options[name] = true;
@@ -61,7 +63,11 @@ export function parseArgs(argv: readonly string[], specs: OptionSpecs): ParsedAr
       raw = next;
       i++;
     }
-    options[name] = convert(name, raw, spec);
+    const value = convert(name, raw, spec);
+    if (spec.repeatable === true) {
+      const list = options[name];
+      options[name] = [...(Array.isArray(list) ? list : []), String(value)];
+    } else options[name] = value;
   }
   return { positionals, options };
 }

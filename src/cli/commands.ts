@@ -4,8 +4,10 @@ import { helpCommand } from './commands/help.js';
 import { doctorCommand } from './commands/doctor.js';
 import { benchCommand } from './commands/bench.js';
 import { kernelCommand } from './commands/kernel.js';
+import { runCommand } from './commands/run.js';
 
 registerCommand(helpCommand);
 registerCommand(doctorCommand);
 registerCommand(benchCommand);
 registerCommand(kernelCommand);
+registerCommand(runCommand);

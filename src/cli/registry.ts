@@ -1,10 +1,12 @@
 // The subcommands `tsibox` knows. Each one registers itself once (see ./commands.ts).
-import type { Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { UsageError, type OptionSpecs, type ParsedArgs } from './args.js';
 
 export interface CliIo {
   stdout: Writable;
   stderr: Writable;
+  /** Input for commands that forward it (default process.stdin). */
+  stdin?: Readable;
 }
 
 export interface Command {

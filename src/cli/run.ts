@@ -25,7 +25,9 @@ export async function runCli(argv: readonly string[], io: CliIo = { stdout: proc
     io.stderr.write(`tsibox: unknown command ${JSON.stringify(name)}\n${overview()}`);
     return EXIT_USAGE;
   }
-  if (rest.includes('--help') || rest.includes('-h')) {
+  const dashdash = rest.indexOf('--');
+  const own = dashdash < 0 ? rest : rest.slice(0, dashdash); // after `--` belongs to the guest program
+  if (own.includes('--help') || own.includes('-h')) {
     io.stdout.write(commandHelp(cmd));
     return EXIT_OK;
   }

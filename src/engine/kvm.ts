@@ -1,0 +1,91 @@
+// The in-process KVM engine for a whole sandbox: our Linux loader, our virtio-console
+// (stdio and status ports) and virtio-rng over virtio-mmio, i8042 reset to end the VM.
+// It needs KVM that runs guest ring 0 natively; Sandbox checks that before calling.
+import { readFileSync } from 'node:fs';
+import { Writable, type Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import { TsiboxError } from '../errors.js';
+import {
+  buildCmdline, cmdlineArchive, initTokens, padTo4, parseStatusMarker,
+  PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT, type InitConfig,
+} from '../guest/cmdline.js';
+import { loadLinux } from '../vmm/boot/linux.js';
+import { attachVirtioMmio, VIRTIO_GSI_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE } from '../vmm/virtio-mmio-attach.js';
+import { Vm } from '../vmm/vm.js';
+import { ConsoleDevice } from '../virtio/console/index.js';
+import { RngDevice } from '../virtio/rng.js';
+
+export const KVM_SANDBOX_CMDLINE = [
+  'console=ttyS0', 'reboot=k', 'panic=-1', 'nomodule', 'quiet',
+  'i8042.noaux', 'i8042.nomux', 'i8042.nopnp', 'i8042.dumbkbd',
+].join(' ');
+
+export interface KvmRunOptions {
+  kernel: string;
+  initrd: string;
+  init: InitConfig;
+  cpus?: number;
+  memoryMiB?: number;
+  extraArchives?: Buffer[];
+  stdin?: Readable | Buffer | string;
+  stdout?: Writable;
+  stderr?: Writable;
+  timeoutMs?: number;
+  logger: Logger;
+}
+
+export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; console: string }> {
+  let consoleText = '';
+  const serial = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      consoleText = (consoleText + chunk.toString('latin1')).slice(-64 * 1024);
+      done();
+    },
+  });
+  const vm = Vm.create({
+    memoryMiB: opts.memoryMiB ?? 256, vcpus: opts.cpus ?? 1, serial, serialIrq: true,
+    unhandledPio: 'ignore', unhandledMmio: 'ignore', logger: opts.logger,
+  });
+  try {
+    const consoleDev = new ConsoleDevice();
+    const devices = [consoleDev, new RngDevice()];
+    const mmio = devices.map((d, index) => {
+      attachVirtioMmio(vm, d, { index });
+      return `virtio_mmio.device=4K@0x${(VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_STRIDE).toString(16)}:${VIRTIO_GSI_BASE + index}`;
+    });
+    const init: InitConfig = { ...opts.init, ports: [PORT_STDIN, PORT_STDOUT, PORT_STDERR, PORT_STATUS] };
+    const base = `${KVM_SANDBOX_CMDLINE} ${mmio.join(' ')}`;
+    const archives = [...(opts.extraArchives ?? [])];
+    let cmdline: string;
+    try {
+      cmdline = buildCmdline(base, init);
+    } catch {
+      cmdline = base;
+      archives.push(cmdlineArchive(initTokens(init)));
+    }
+    let initrd: Uint8Array = readFileSync(opts.initrd);
+    if (archives.length > 0) initrd = Buffer.concat([padTo4(initrd), ...archives.map((a, i) => (i < archives.length - 1 ? padTo4(a) : a))]);
+    loadLinux(vm, { kernel: opts.kernel, initrd, cmdline });
+
+    const port = (name: string) => consoleDev.port(name)!;
+    if (opts.stdout) port(PORT_STDOUT).output.pipe(opts.stdout, { end: false });
+    else port(PORT_STDOUT).output.resume();
+    if (opts.stderr) port(PORT_STDERR).output.pipe(opts.stderr, { end: false });
+    else port(PORT_STDERR).output.resume();
+    const stdin = port(PORT_STDIN).input;
+    if (opts.stdin === undefined) stdin.end();
+    else if (typeof opts.stdin === 'string' || Buffer.isBuffer(opts.stdin)) stdin.end(opts.stdin);
+    else opts.stdin.pipe(stdin);
+
+    const exit = await vm.run(opts.timeoutMs === undefined ? {} : { timeoutMs: opts.timeoutMs });
+    if (opts.stdin !== undefined && typeof opts.stdin !== 'string' && !Buffer.isBuffer(opts.stdin)) opts.stdin.unpipe(stdin);
+    if (exit.reason === 'timeout') throw new TsiboxError('VM_TIMEOUT', `the sandbox did not finish within ${opts.timeoutMs} ms`);
+    const code = consoleDev.exitStatus ?? parseStatusMarker(consoleText);
+    if (code === undefined) {
+      throw new TsiboxError('VM_ERROR', `the guest ended (${exit.reason}${exit.detail ? `: ${exit.detail}` : ''}) without reporting an exit status; console:\n${consoleText.split('\n').slice(-30).join('\n')}`);
+    }
+    return { exitCode: code, console: consoleText };
+  } finally {
+    await vm.close();
+  }
+}

@@ -1,0 +1,125 @@
+// The public way to run a program in a microVM: `await Sandbox.run({ argv })`.
+// Picks the engine (KVM where guest ring 0 runs natively, QEMU otherwise), makes sure
+// the guest kernel and default root exist, streams stdio and returns the exit status.
+import { Writable, type Readable } from 'node:stream';
+import { pino, type Logger } from 'pino';
+import { TsiboxError } from './errors.js';
+import { ensureInitramfs, ensureKernel, type InitConfig } from './guest/index.js';
+import { runKvm } from './engine/kvm.js';
+import { runQemu, type VhostUserDeviceSpec } from './engine/qemu.js';
+import { chooseEngine, qemuAccel, ring0ProbeOnce, type EngineChoice, type EngineName } from './engine/select.js';
+import { RngDevice } from './virtio/rng.js';
+
+export type { EngineChoice, EngineName } from './engine/select.js';
+
+export interface SandboxOptions {
+  /** The program and its arguments (argv[0] is looked up in PATH when it has no '/'). */
+  argv: string[];
+  env?: Record<string, string>;
+  /** Working directory in the guest (created when missing). */
+  workdir?: string;
+  cpus?: number;
+  memoryMiB?: number;
+  /** 'auto' (default): KVM where ring 0 runs natively, else QEMU. */
+  engine?: EngineChoice;
+  /** Guest kernel (bzImage or vmlinux); default: the project's kernel, built when missing. */
+  kernel?: string;
+  /** Guest initramfs; default: the busybox root, built when missing. */
+  initrd?: string;
+  /** Extra newc archives appended to the initramfs (files the workload needs). */
+  extraArchives?: Buffer[];
+  /** Data for the workload's stdin; it sees end of file afterwards (none: empty stdin). */
+  stdin?: Readable | Buffer | string;
+  /** Where the workload's stdout goes; without one it is collected into the result. */
+  stdout?: Writable;
+  stderr?: Writable;
+  /** Kill the VM after this long (TsiboxError VM_TIMEOUT). */
+  timeoutMs?: number;
+  logger?: Logger;
+  /** Called with QEMU's pid (QEMU engine only; for tests and supervisors). */
+  onQemuStart?: (pid: number) => void;
+}
+
+export interface SandboxResult {
+  /** The workload's exit status (125 init failed, 126 not executable, 127 not found, 128+n signal n). */
+  exitCode: number;
+  /** The signal name when exitCode is 128+n for a known signal n (init's convention). */
+  signal?: NodeJS.Signals;
+  engine: EngineName;
+  /** Collected stdout / stderr when no stream was given. */
+  stdout?: Buffer;
+  stderr?: Buffer;
+  /** Wall time of the run in ms. */
+  ms: number;
+}
+
+const SIGNALS: Record<number, NodeJS.Signals> = {
+  1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 4: 'SIGILL', 5: 'SIGTRAP', 6: 'SIGABRT', 7: 'SIGBUS', 8: 'SIGFPE', 9: 'SIGKILL',
+  10: 'SIGUSR1', 11: 'SIGSEGV', 12: 'SIGUSR2', 13: 'SIGPIPE', 14: 'SIGALRM', 15: 'SIGTERM', 24: 'SIGXCPU', 25: 'SIGXFSZ',
+};
+
+let defaultLogger: Logger | undefined;
+
+export class Sandbox {
+  private constructor() {}
+
+  static async run(opts: SandboxOptions): Promise<SandboxResult> {
+    const start = performance.now();
+    if (!Array.isArray(opts.argv) || opts.argv.length === 0) throw new TsiboxError('INVALID_ARGUMENT', 'argv must name a program');
+    const log = opts.logger ?? (defaultLogger ??= pino({ name: 'tsibox', level: process.env['TSIBOX_LOG'] ?? 'silent' }));
+    const decision = await chooseEngine(opts.engine ?? 'auto');
+    log.info({ engine: decision.engine, reason: decision.reason }, `engine ${decision.engine}: ${decision.reason}`);
+
+    const kernel = opts.kernel ?? (await ensureKernel({ onProgress: (l) => { log.info(l); } })).bzImage;
+    const initrd = opts.initrd ?? await ensureInitramfs({ onProgress: (l) => { log.info(l); } });
+    const init: InitConfig = {
+      argv: opts.argv,
+      ...(opts.env ? { env: opts.env } : {}),
+      ...(opts.workdir !== undefined ? { workdir: opts.workdir } : {}),
+    };
+    const collected: { stdout: Buffer[]; stderr: Buffer[] } = { stdout: [], stderr: [] };
+    const sink = (which: 'stdout' | 'stderr'): Writable => {
+      return new Writable({ write(chunk: Buffer, _e, done) { collected[which].push(chunk); done(); } });
+    };
+    const stdout = opts.stdout ?? sink('stdout');
+    const stderr = opts.stderr ?? sink('stderr');
+    const common = {
+      kernel, initrd, init, stdout, stderr, logger: log,
+      ...(opts.cpus !== undefined ? { cpus: opts.cpus } : {}),
+      ...(opts.memoryMiB !== undefined ? { memoryMiB: opts.memoryMiB } : {}),
+      ...(opts.extraArchives ? { extraArchives: opts.extraArchives } : {}),
+      ...(opts.stdin !== undefined ? { stdin: opts.stdin } : {}),
+      ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+    };
+
+    let exitCode: number;
+    if (decision.engine === 'kvm') {
+      const { probe, error } = await ring0ProbeOnce();
+      if (probe?.native !== true && process.env['TSIBOX_FORCE_KVM'] !== '1') {
+        throw new TsiboxError('ENGINE_UNAVAILABLE', probe === null
+          ? `the KVM engine cannot run here: ${error}; use engine 'qemu' (or 'auto')`
+          : `the KVM engine cannot boot Linux here: KVM emulates guest ring 0 (CPL0 is ${probe.ratio.toFixed(0)}x slower than CPL3); use engine 'qemu' (or 'auto')`);
+      }
+      ({ exitCode } = await runKvm(common));
+    } else {
+      const accel = await qemuAccel();
+      log.debug({ accel }, 'QEMU accelerator');
+      ({ exitCode } = await runQemu({
+        ...common, accel, devices: defaultQemuDevices(),
+        ...(opts.onQemuStart ? { onStart: opts.onQemuStart } : {}),
+      }));
+    }
+    const result: SandboxResult = { exitCode, engine: decision.engine, ms: performance.now() - start };
+    const sig = exitCode > 128 ? SIGNALS[exitCode - 128] : undefined;
+    if (sig !== undefined) result.signal = sig;
+    if (opts.stdout === undefined) result.stdout = Buffer.concat(collected.stdout);
+    if (opts.stderr === undefined) result.stderr = Buffer.concat(collected.stderr);
+    return result;
+  }
+}
+
+/** Our devices every QEMU sandbox gets, served over vhost-user. */
+export function defaultQemuDevices(): VhostUserDeviceSpec[] {
+  // QEMU's vhost-user-rng uses 1024-entry rings.
+  return [{ device: new RngDevice({ queueSize: 1024 }), qemuDevice: 'vhost-user-rng', name: 'rng' }];
+}
