@@ -1,4 +1,6 @@
-// The package's public entry point. (The Sandbox API arrives with the QEMU engine.)
+// The package's public entry point.
+export { Sandbox, type SandboxOptions, type SandboxResult, type EngineChoice, type EngineName } from './sandbox.js';
+export { chooseEngine, type EngineDecision } from './engine/select.js';
 export { TsiboxError, type TsiboxErrorCode } from './errors.js';
 export { Vm, type VmOptions, type VmExit, type VmExitReason, type RunOptions } from './vmm/vm.js';
 export { GuestMemory, type MemoryRegion } from './vmm/memory.js';

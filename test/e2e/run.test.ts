@@ -1,0 +1,168 @@
+/**
+ * End to end: `tsibox run` and Sandbox.run with a real guest under QEMU (TCG here),
+ * our devices over vhost-user. Each boot is ~1 s of TCG.
+ */
+import t from 'tap';
+import { spawn, spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { Sandbox } from '../../src/index.js';
+import { findQemu } from '../../src/engine/qemu.js';
+import { ensureInitramfs, ensureKernel, kernelPaths } from '../../src/guest/index.js';
+import { PACKAGE_ROOT } from '../../src/paths.js';
+
+const BIN = join(PACKAGE_ROOT, 'bin', 'tsibox.js');
+
+if (kernelPaths() === undefined) t.setTimeout(20 * 60_000);
+let skip: string | false = false;
+if (findQemu() === undefined) skip = 'qemu-system-x86_64 is not installed (Debian: qemu-system-x86)';
+else {
+  try {
+    await ensureKernel({ onProgress: (l) => t.comment(l) });
+    await ensureInitramfs({ onProgress: (l) => t.comment(l) });
+  } catch (e) {
+    skip = `the guest kernel/initramfs cannot be built here: ${(e as Error).message}`;
+  }
+}
+
+interface CliResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+
+function cli(args: string[], input?: string): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code, signal) => { resolve({ code, signal, stdout, stderr }); });
+    child.stdin.end(input ?? '');
+  });
+}
+
+/** Children of `pid` named `comm` (from /proc). */
+function childrenNamed(pid: number, comm: string): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === pid && name.startsWith(comm)) out.push(Number(e));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+/** Alive and not a zombie. */
+function running(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+t.test('tsibox run under QEMU', { skip }, async (t) => {
+  await t.test("sh -c 'echo hi; exit 3' prints hi and exits 3", async (t) => {
+    const r = await cli(['run', '--engine', 'qemu', '--', 'sh', '-c', 'echo hi; exit 3']);
+    t.equal(r.stdout, 'hi\n');
+    t.equal(r.code, 3, 'exit status', { stderr: r.stderr });
+  });
+
+  await t.test('stdin is piped through', async (t) => {
+    const input = 'line one\nline two\n' + 'x'.repeat(100_000) + '\n';
+    const r = await cli(['run', '--engine', 'qemu', '--', 'cat'], input);
+    t.equal(r.code, 0, 'exit status', { stderr: r.stderr });
+    t.equal(r.stdout.length, input.length, 'same length');
+    t.ok(r.stdout === input, 'same bytes');
+  });
+
+  await t.test('env and workdir apply, stderr is separate', async (t) => {
+    const r = await cli(['run', '--engine', 'qemu', '--env', 'GREETING=hello world', '--env', 'N=2', '--workdir', '/tmp/w d', '--',
+      'sh', '-c', 'echo "$GREETING/$N/$(pwd)"; echo oops >&2']);
+    t.equal(r.code, 0, 'exit status', { stderr: r.stderr });
+    t.equal(r.stdout, 'hello world/2//tmp/w d\n');
+    t.equal(r.stderr, 'oops\n');
+  });
+
+  await t.test('a missing command exits 127', async (t) => {
+    const r = await cli(['run', '--engine', 'qemu', '--', 'no-such-command']);
+    t.equal(r.code, 127);
+    t.match(r.stderr, /no-such-command: No such file or directory/);
+  });
+
+  await t.test('--verbose with auto says which engine it picked', async (t) => {
+    const r = await cli(['run', '--verbose', '--', 'true']);
+    t.equal(r.code, 0, 'exit status', { stderr: r.stderr });
+    t.match(r.stderr, /^tsibox: engine (qemu|kvm): .+$/m);
+  });
+
+  await t.test('the guest reads random bytes from our vhost-user rng', async (t) => {
+    const r = await Sandbox.run({
+      engine: 'qemu',
+      argv: ['sh', '-c', 'cat /sys/class/misc/hw_random/rng_current; head -c 4096 /dev/hwrng | wc -c; head -c 64 /dev/hwrng | od -An -tx1 | tr -d " \\n"; echo'],
+    });
+    t.equal(r.exitCode, 0, 'exit status', { stderr: r.stderr?.toString() });
+    const [current, count, hex] = r.stdout!.toString().trim().split('\n');
+    t.match(current, /^virtio_rng/, 'the hw_random device is virtio-rng');
+    t.equal(count?.trim(), '4096', 'read 4096 bytes');
+    t.match(hex, /^[0-9a-f]{128}$/, '64 bytes as hex');
+    t.notMatch(hex, /^(00)+$/, 'not all zero');
+    t.equal(r.engine, 'qemu');
+  });
+
+  await t.test('Sandbox.run streams stdio and reports signals', async (t) => {
+    const out = new PassThrough();
+    let seen = '';
+    out.setEncoding('utf8').on('data', (d: string) => (seen += d));
+    const r = await Sandbox.run({ engine: 'qemu', argv: ['sh', '-c', 'read x; echo "got $x"; kill -TERM $$'], stdin: 'abc\n', stdout: out });
+    t.equal(seen, 'got abc\n');
+    t.equal(r.exitCode, 143);
+    t.equal(r.signal, 'SIGTERM');
+    t.equal(r.stdout, undefined, 'streamed, not collected');
+  });
+
+  await t.test('killing the host process leaves no QEMU behind', async (t) => {
+    const child = spawn(process.execPath, [BIN, 'run', '--engine', 'qemu', '--', 'sleep', '60'], { stdio: ['pipe', 'ignore', 'ignore'] });
+    let qemu: number[] = [];
+    const deadline = Date.now() + 20_000;
+    while (qemu.length === 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+      qemu = childrenNamed(child.pid!, 'qemu-system');
+    }
+    t.equal(qemu.length, 1, 'QEMU started as a child of the host process');
+    await new Promise((r) => setTimeout(r, 500)); // let the guest get going
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('close', r));
+    const gone = Date.now() + 5000;
+    while (qemu.some(running) && Date.now() < gone) await new Promise((r) => setTimeout(r, 50));
+    t.notOk(qemu.some(running), 'QEMU is gone');
+    for (const p of qemu) if (running(p)) process.kill(p, 'SIGKILL');
+  });
+
+  await t.test('a QEMU start-up failure reports QEMU\'s own message', async (t) => {
+    await t.rejects(Sandbox.run({ engine: 'qemu', argv: ['true'], kernel: '/nonexistent/kernel' }), { code: 'VM_ERROR', message: /qemu-system-x86_64.*nonexistent/s });
+  });
+
+  await t.test('QEMU missing is a clear error naming the package', async (t) => {
+    const saved = process.env['TSIBOX_QEMU'];
+    process.env['TSIBOX_QEMU'] = '/nonexistent/qemu-system-x86_64';
+    try {
+      await t.rejects(Sandbox.run({ engine: 'qemu', argv: ['true'] }), { code: 'ENGINE_UNAVAILABLE', message: /qemu-system-x86/ });
+    } finally {
+      if (saved === undefined) delete process.env['TSIBOX_QEMU'];
+      else process.env['TSIBOX_QEMU'] = saved;
+    }
+  });
+});
+
+t.test('no qemu-system process is left over by this file', { skip }, async (t) => {
+  const r = spawnSync('pgrep', ['-P', String(process.pid), 'qemu'], { encoding: 'utf8' });
+  t.equal(r.stdout.trim(), '', 'no QEMU children');
+});
