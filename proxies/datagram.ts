@@ -1,0 +1,213 @@
+// The TSI datagram proxy: one guest UDP socket = one vsock connection to host port
+// TsiPort.DGRAM (SEQPACKET when negotiated, STREAM otherwise; messages are
+// self-delimiting either way). The first message is DGRAM_OPEN; the proxy binds a host
+// UDP socket (the mapped host port when the port map has the guest port, else an
+// ephemeral one) and answers DGRAM_OPEN_RESULT. Then each DGRAM is one datagram: the
+// address is the destination going out and the REAL source coming in.
+//
+// Inbound datagrams are accepted from peers the guest sent to (like a NAT's
+// connection tracking), and, on an exposed socket, from anyone the inbound policy
+// allows. Datagrams for a guest that does not read are dropped above the connection's
+// high-water mark (UDP semantics), never queued without bound.
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import type { PortMapping } from '../src/portmap/index.js';
+import type { Decision } from '../src/policy/index.js';
+import type { VsockConnection } from '../src/virtio/vsock/connection.js';
+import type { TsiContext } from './context.js';
+import type { TrackedConnection } from './log.js';
+import {
+  DgramFlag, Errno, FrameReader, TsiError, decodeDgram, decodeDgramOpen, encodeDgram, encodeDgramError,
+  encodeDgramOpenResult, errnoOf, formatAddr, sockAddrOf, type SockAddr,
+} from './protocol.js';
+
+/** Peers remembered per socket for replies, and policy decisions cached per socket. */
+const MAX_PEERS = 1024;
+
+export class DatagramProxy {
+  readonly #ctx: TsiContext;
+  readonly #sockets = new Set<UdpSocket>();
+  /** Exposed sockets by guest port (runtime map removal un-exposes them). */
+  readonly #exposed = new Map<number, { mapping: PortMapping; unexpose: () => void }>();
+  readonly #onRemove = (m: PortMapping): void => {
+    if (m.protocol !== 'udp') return;
+    const e = this.#exposed.get(m.guestPort);
+    if (e !== undefined && e.mapping === m) e.unexpose();
+  };
+
+  constructor(ctx: TsiContext) {
+    this.#ctx = ctx;
+    ctx.portMap.on('remove', this.#onRemove);
+  }
+
+  get openSockets(): number {
+    return this.#sockets.size;
+  }
+
+  close(): void {
+    this.#ctx.portMap.off('remove', this.#onRemove);
+    for (const s of this.#sockets) s.close();
+    this.#sockets.clear();
+  }
+
+  handle(conn: VsockConnection): void {
+    const reader = new FrameReader();
+    let flow: Flow | null = null;
+    const timer = setTimeout(() => { if (flow === null) conn.destroy('no DGRAM_OPEN in time'); }, this.#ctx.timeoutMs);
+    conn.once('close', () => { clearTimeout(timer); });
+    conn.on('data', (d) => {
+      reader.push(d);
+      for (let f = reader.next(); f !== null; f = reader.next()) {
+        if (f instanceof TsiError) {
+          conn.write(encodeDgramError(-f.errno, { family: 'none' }));
+          conn.end();
+          conn.consumed(conn.unconsumed);
+          return;
+        }
+        if (flow === null) {
+          clearTimeout(timer);
+          conn.consumed(f.bytes.length);
+          const bind = decodeDgramOpen(f);
+          if (bind instanceof TsiError) {
+            conn.write(encodeDgramOpenResult(-bind.errno, 0, { family: 'none' }));
+            conn.end();
+            return;
+          }
+          flow = new Flow(this.#ctx, conn, bind, this.#sockets, this.#exposed);
+          continue;
+        }
+        flow.send(f.bytes.length, decodeDgram(f));
+      }
+    });
+  }
+}
+
+class Flow {
+  readonly #ctx: TsiContext;
+  readonly #conn: VsockConnection;
+  readonly #socket: UdpSocket;
+  readonly #family: 'ipv4' | 'ipv6';
+  readonly #rec: TrackedConnection;
+  readonly #peers = new Map<string, Decision>();
+  #mapping: PortMapping | null;
+  #ready = false;
+  #closed = false;
+  /** Guest datagrams waiting for the bind to finish. */
+  #early: Array<[number, ReturnType<typeof decodeDgram>]> = [];
+  datagramsIn = 0;
+  datagramsOut = 0;
+  dropped = 0;
+  denied = 0;
+
+  constructor(ctx: TsiContext, conn: VsockConnection, bind: SockAddr & { family: 'ipv4' | 'ipv6' } | SockAddr, sockets: Set<UdpSocket>,
+    exposed: Map<number, { mapping: PortMapping; unexpose: () => void }>) {
+    this.#ctx = ctx;
+    this.#conn = conn;
+    const b = bind as { family: 'ipv4' | 'ipv6'; address: string; port: number };
+    this.#family = b.family;
+    this.#mapping = b.port !== 0 ? ctx.portMap.lookupGuest('udp', b.port) ?? null : null;
+    if (this.#mapping !== null && exposed.has(b.port)) this.#mapping = null; // one exposed socket per guest port
+    const mapping = this.#mapping;
+    this.#rec = ctx.connections.open({ kind: 'datagram', protocol: 'udp', direction: mapping ? 'inbound' : 'outbound', decision: 'allow', guestPort: conn.guestPort });
+    const socket = createSocket({ type: b.family === 'ipv6' ? 'udp6' : 'udp4', reuseAddr: false });
+    this.#socket = socket;
+    sockets.add(socket);
+    socket.on('message', (msg, rinfo) => { this.#receive(msg, rinfo); });
+    socket.on('error', (err) => {
+      if (!this.#ready) {
+        conn.write(encodeDgramOpenResult(-errnoOf(err), 0, { family: 'none' }));
+        conn.end();
+        this.#finish(`bind failed: ${(err as NodeJS.ErrnoException).code ?? err.message}`);
+      } else {
+        this.#ctx.log.debug({ err }, 'udp socket error');
+      }
+    });
+    socket.on('close', () => {
+      sockets.delete(socket);
+      if (mapping !== null && exposed.get(mapping.guestPort)?.mapping === mapping) exposed.delete(mapping.guestPort);
+    });
+    conn.on('close', (reason) => { this.#finish(reason); });
+    if (mapping !== null) {
+      exposed.set(mapping.guestPort, { mapping, unexpose: () => { this.#mapping = null; } });
+    }
+    const address = mapping !== null ? mapping.hostAddress : b.family === 'ipv6' ? '::' : '0.0.0.0';
+    socket.bind({ address, port: mapping !== null ? mapping.hostPort : 0, exclusive: true }, () => {
+      if (this.#closed) return;
+      this.#ready = true;
+      const local = sockAddrOf(socket.address());
+      if (mapping !== null) mapping.boundPort = local.family === 'none' || local.family === 'unix' ? null : local.port;
+      this.#rec.rec.src = formatAddr(local);
+      conn.write(encodeDgramOpenResult(0, mapping !== null ? DgramFlag.EXPOSED : 0, local));
+      const early = this.#early;
+      this.#early = [];
+      for (const [n, d] of early) this.send(n, d);
+    });
+  }
+
+  /** One guest datagram (frame of `frameLen` bytes). */
+  send(frameLen: number, d: ReturnType<typeof decodeDgram>): void {
+    if (this.#closed) return;
+    if (!this.#ready) {
+      this.#early.push([frameLen, d]);
+      return;
+    }
+    const conn = this.#conn;
+    const reject = (errno: number, addr: SockAddr): void => {
+      conn.consumed(frameLen);
+      conn.write(encodeDgramError(-errno, addr));
+    };
+    if (d instanceof TsiError) return reject(d.errno, { family: 'none' });
+    const { addr, payload } = d;
+    if (addr.family !== this.#family) return reject(Errno.EAFNOSUPPORT, addr);
+    if (addr.port === 0) return reject(Errno.EINVAL, addr);
+    const key = `${addr.address}|${addr.port}`;
+    let decision = this.#peers.get(key);
+    if (decision === undefined) {
+      decision = this.#ctx.policy.evaluate({ direction: 'outbound', protocol: 'udp', address: addr.address, port: addr.port });
+      if (this.#peers.size >= MAX_PEERS) this.#peers.delete(this.#peers.keys().next().value as string);
+      this.#peers.set(key, decision);
+    }
+    if (decision.action === 'deny') {
+      this.denied++;
+      this.#rec.rec.rule = decision.by;
+      return reject(Errno.EACCES, addr);
+    }
+    this.datagramsOut++;
+    this.#rec.bytesFromGuest += payload.length;
+    this.#socket.send(payload, addr.port, addr.scopeId ? `${addr.address}%${addr.scopeId}` : addr.address, (err) => {
+      conn.consumed(frameLen);
+      if (err) conn.write(encodeDgramError(-errnoOf(err), addr));
+    });
+  }
+
+  #receive(msg: Buffer, rinfo: { address: string; port: number; family: string }): void {
+    if (this.#closed) return;
+    const src = sockAddrOf(rinfo);
+    if (src.family !== 'ipv4' && src.family !== 'ipv6') return;
+    const known = this.#peers.get(`${src.address}|${src.port}`)?.action === 'allow';
+    if (!known) {
+      const mapping = this.#mapping;
+      const ok = mapping !== null && this.#ctx.policy.evaluate({
+        direction: 'inbound', protocol: 'udp', address: src.address, port: mapping.guestPort,
+      }).action === 'allow';
+      if (!ok) {
+        this.dropped++;
+        return;
+      }
+    }
+    if (this.#conn.bufferedToGuest >= this.#conn.highWater) {
+      this.dropped++;
+      return;
+    }
+    this.datagramsIn++;
+    this.#rec.bytesToGuest += msg.length;
+    this.#conn.write(encodeDgram(src, msg));
+  }
+
+  #finish(reason: string): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try { this.#socket.close(); } catch { /* already closed */ }
+    if (this.#conn.state !== 'closed') this.#conn.destroy('udp socket closed');
+    this.#rec.finish(`${reason} (datagrams out ${this.datagramsOut}, in ${this.datagramsIn}, dropped ${this.dropped}, denied ${this.denied})`);
+  }
+}

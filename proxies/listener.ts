@@ -1,0 +1,260 @@
+// The TSI control channel and the listener proxy. The guest opens one connection to
+// host port TsiPort.CONTROL, says HELLO, then registers listeners with LISTEN. The host
+// listens on a host port ONLY when the port map has an entry for the guest port; an
+// unmapped listener stays registered but unexposed (LISTEN_RESULT -EADDRNOTAVAIL) and
+// becomes exposed if a mapping is added later. Removing a mapping closes the host
+// listener (open connections continue). Each accepted host connection passes the
+// policy (direction inbound), then the proxy opens a vsock connection to the guest
+// listener's vsock port, sends ACCEPT (the client's real address) and pipes.
+import { createServer, type Server, type Socket } from 'node:net';
+import type { PortMapping } from '../src/portmap/index.js';
+import type { VsockConnection } from '../src/virtio/vsock/connection.js';
+import type { TsiContext } from './context.js';
+import { pipeSocket } from './pipe.js';
+import {
+  Errno, FrameReader, TSI_VERSION, TsiError, TsiOp, checkSize, decodeListen, encodeAccept, encodeHelloResult,
+  encodeListenResult, encodeSeqResult, errnoOf, formatAddr, sockAddrOf, type Frame, type SockAddr,
+} from './protocol.js';
+
+/** Control requests are small; anything longer is a protocol error. */
+const MAX_CONTROL_MESSAGE = 64;
+/** Listeners one control session may register. */
+const MAX_LISTENERS_PER_SESSION = 256;
+/** Feature bits in HELLO_RESULT. */
+export const TsiFeature = { DGRAM_SEQPACKET: 1, UNIX_STREAM: 2 } as const;
+
+interface GuestListener {
+  id: number;
+  guestPort: number;
+  vsockPort: number;
+  bind: SockAddr;
+  session: ControlSession;
+  server: Server | null;
+  mapping: PortMapping | null;
+}
+
+interface ControlSession {
+  conn: VsockConnection;
+  hello: boolean;
+  listeners: Set<GuestListener>;
+}
+
+export class ListenerProxy {
+  readonly #ctx: TsiContext;
+  /** Guest TCP listeners by guest port. */
+  readonly #byPort = new Map<number, GuestListener>();
+  readonly #byId = new Map<number, GuestListener>();
+  readonly #sockets = new Set<Socket>();
+  #nextId = 1;
+  readonly #onAdd = (m: PortMapping): void => {
+    const l = m.protocol === 'tcp' ? this.#byPort.get(m.guestPort) : undefined;
+    if (l !== undefined && l.server === null) void this.#expose(l, m);
+  };
+  readonly #onRemove = (m: PortMapping): void => {
+    const l = m.protocol === 'tcp' ? this.#byPort.get(m.guestPort) : undefined;
+    if (l !== undefined && l.mapping === m) this.#unexpose(l);
+    m.boundPort = null;
+  };
+
+  constructor(ctx: TsiContext) {
+    this.#ctx = ctx;
+    ctx.portMap.on('add', this.#onAdd);
+    ctx.portMap.on('remove', this.#onRemove);
+  }
+
+  /** Guest listeners registered (exposed or not). */
+  get listeners(): number {
+    return this.#byPort.size;
+  }
+
+  close(): void {
+    this.#ctx.portMap.off('add', this.#onAdd);
+    this.#ctx.portMap.off('remove', this.#onRemove);
+    for (const l of [...this.#byPort.values()]) this.#drop(l);
+    for (const s of this.#sockets) s.destroy();
+    this.#sockets.clear();
+  }
+
+  /** A guest connection to the control port. */
+  handle(conn: VsockConnection): void {
+    const session: ControlSession = { conn, hello: false, listeners: new Set() };
+    const reader = new FrameReader(MAX_CONTROL_MESSAGE);
+    conn.on('data', (d) => {
+      reader.push(d);
+      for (let f = reader.next(); f !== null; f = reader.next()) {
+        if (f instanceof TsiError) {
+          // The stream cannot be re-synchronised: say why, then reset.
+          conn.write(encodeSeqResult(TsiOp.ERROR, 0, -f.errno));
+          this.#ctx.log.debug({ reason: f.reason }, 'tsi control stream error');
+          conn.destroy(f.reason);
+          return;
+        }
+        this.#request(session, f);
+        if (conn.state === 'closed') return;
+      }
+      conn.consumed(conn.unconsumed);
+    });
+    conn.on('close', () => {
+      for (const l of session.listeners) this.#drop(l);
+      session.listeners.clear();
+    });
+  }
+
+  #request(s: ControlSession, f: Frame): void {
+    const bad = checkSize(f);
+    const seq = f.bytes.length >= 12 ? f.bytes.readUInt32LE(8) : 0;
+    if (bad !== null) {
+      s.conn.write(encodeSeqResult(TsiOp.ERROR, seq, -bad.errno));
+      return;
+    }
+    if (f.op === TsiOp.HELLO) {
+      const min = f.bytes[12]!;
+      const max = f.bytes[13]!;
+      const ok = min <= TSI_VERSION && TSI_VERSION <= max;
+      s.hello ||= ok;
+      s.conn.write(encodeHelloResult(seq, ok ? 0 : -Errno.EPROTONOSUPPORT, ok ? TSI_VERSION : 0,
+        TsiFeature.UNIX_STREAM | (this.#ctx.device.seqpacketNegotiated ? TsiFeature.DGRAM_SEQPACKET : 0)));
+      return;
+    }
+    if (!s.hello) {
+      s.conn.write(encodeSeqResult(TsiOp.ERROR, seq, -Errno.EPROTO));
+      return;
+    }
+    switch (f.op) {
+      case TsiOp.LISTEN: return this.#listen(s, f, seq);
+      case TsiOp.UNLISTEN: {
+        const id = f.bytes.readUInt32LE(12);
+        const l = this.#byId.get(id);
+        if (l === undefined || l.session !== s) {
+          s.conn.write(encodeSeqResult(TsiOp.UNLISTEN_RESULT, seq, -Errno.ENOENT));
+          return;
+        }
+        this.#drop(l);
+        s.conn.write(encodeSeqResult(TsiOp.UNLISTEN_RESULT, seq, 0));
+        return;
+      }
+      default:
+        s.conn.write(encodeSeqResult(TsiOp.ERROR, seq, -Errno.EOPNOTSUPP));
+    }
+  }
+
+  #listen(s: ControlSession, f: Frame, seq: number): void {
+    const req = decodeListen(f);
+    const reply = (result: number, id: number, host: SockAddr): void => {
+      if (s.conn.state !== 'closed') s.conn.write(encodeListenResult(seq, result, id, host));
+    };
+    if (req instanceof TsiError) return reply(-req.errno, 0, { family: 'none' });
+    if (req.bind.family !== 'ipv4' && req.bind.family !== 'ipv6') return reply(-Errno.EAFNOSUPPORT, 0, { family: 'none' });
+    const guestPort = req.bind.port;
+    if (this.#byPort.has(guestPort)) return reply(-Errno.EADDRINUSE, 0, { family: 'none' });
+    if (s.listeners.size >= MAX_LISTENERS_PER_SESSION) return reply(-Errno.ENOBUFS, 0, { family: 'none' });
+    const l: GuestListener = { id: this.#nextId++, guestPort, vsockPort: req.vsockPort, bind: req.bind, session: s, server: null, mapping: null };
+    this.#byPort.set(guestPort, l);
+    this.#byId.set(l.id, l);
+    s.listeners.add(l);
+    const mapping = this.#ctx.portMap.lookupGuest('tcp', guestPort);
+    if (mapping === undefined) return reply(-Errno.EADDRNOTAVAIL, l.id, { family: 'none' });
+    void this.#expose(l, mapping).then((r) => { reply(r.result, r.result === 0 || r.result === -Errno.EADDRNOTAVAIL ? l.id : 0, r.host); });
+  }
+
+  async #expose(l: GuestListener, m: PortMapping): Promise<{ result: number; host: SockAddr }> {
+    const server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => { this.#inbound(l, socket); });
+    l.server = server;
+    l.mapping = m;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        // exclusive: never share the port (no SO_REUSEPORT, no cluster sharing).
+        server.listen({ host: m.hostAddress, port: m.hostPort, exclusive: true }, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+    } catch (err) {
+      if (l.server === server) {
+        l.server = null;
+        l.mapping = null;
+      }
+      this.#ctx.log.warn({ err, mapping: m }, 'host listener for a port mapping failed');
+      return { result: -errnoOf(err), host: { family: 'none' } };
+    }
+    if (l.server !== server) {
+      // Unmapped or dropped while we waited.
+      server.close();
+      return { result: -Errno.EADDRNOTAVAIL, host: { family: 'none' } };
+    }
+    server.on('error', (err) => { this.#ctx.log.warn({ err }, 'host listener error'); });
+    const addr = server.address();
+    const host = typeof addr === 'object' && addr !== null ? sockAddrOf(addr) : { family: 'none' as const };
+    m.boundPort = host.family === 'ipv4' || host.family === 'ipv6' ? host.port : null;
+    return { result: 0, host };
+  }
+
+  #unexpose(l: GuestListener): void {
+    const server = l.server;
+    l.server = null;
+    if (l.mapping !== null) l.mapping.boundPort = null;
+    l.mapping = null;
+    server?.close();
+  }
+
+  #drop(l: GuestListener): void {
+    this.#unexpose(l);
+    if (this.#byPort.get(l.guestPort) === l) this.#byPort.delete(l.guestPort);
+    this.#byId.delete(l.id);
+    l.session.listeners.delete(l);
+  }
+
+  #inbound(l: GuestListener, socket: Socket): void {
+    const ctx = this.#ctx;
+    const peer = sockAddrOf({ address: socket.remoteAddress, port: socket.remotePort });
+    const decision = ctx.policy.evaluate({
+      direction: 'inbound', protocol: 'tcp', port: l.guestPort, ...(socket.remoteAddress ? { address: socket.remoteAddress } : {}),
+    });
+    const rec = ctx.connections.open({
+      kind: 'listener', protocol: 'tcp', direction: 'inbound', decision: decision.action, rule: decision.by,
+      src: formatAddr(peer), dst: `${formatAddr(sockAddrOf({ address: socket.localAddress, port: socket.localPort }))} -> guest:${l.guestPort}`,
+    });
+    if (decision.action === 'deny') {
+      socket.destroy();
+      rec.finish('denied');
+      return;
+    }
+    this.#sockets.add(socket);
+    socket.on('error', () => { /* reported through close */ });
+    let conn: VsockConnection;
+    try {
+      conn = ctx.device.connect(l.vsockPort);
+    } catch (err) {
+      socket.destroy();
+      this.#sockets.delete(socket);
+      rec.finish(`vsock connect failed: ${String(err)}`);
+      return;
+    }
+    rec.rec.guestPort = l.vsockPort;
+    const onEarlyClose = (reason: string): void => {
+      socket.destroy();
+      this.#sockets.delete(socket);
+      rec.finish(`guest did not accept: ${reason}`);
+    };
+    conn.once('close', onEarlyClose);
+    socket.once('close', () => { if (conn.state === 'connecting') conn.destroy('client went away'); });
+    conn.once('connect', () => {
+      conn.off('close', onEarlyClose);
+      if (socket.destroyed) {
+        conn.destroy('client went away');
+        this.#sockets.delete(socket);
+        rec.finish('client went away before the guest accepted');
+        return;
+      }
+      conn.write(encodeAccept(l.id, l.bind, peer));
+      pipeSocket(conn, socket, (end) => {
+        this.#sockets.delete(socket);
+        rec.bytesFromGuest = conn.bytesFromGuest;
+        rec.bytesToGuest = conn.bytesToGuest - 64;
+        rec.finish(end.reason);
+      });
+      socket.resume();
+    });
+  }
+}

@@ -1,0 +1,59 @@
+// One structured event per proxied connection (or datagram flow), written when it ends:
+// decision, addresses, bytes each way, duration and close reason.
+import type { Logger } from 'pino';
+
+export interface ConnectionRecord {
+  kind: 'stream' | 'listener' | 'datagram' | 'bridge';
+  protocol: 'tcp' | 'udp' | 'unix' | 'vsock';
+  direction: 'outbound' | 'inbound';
+  decision: 'allow' | 'deny' | 'invalid';
+  rule?: string;
+  /** The guest's vsock endpoint. */
+  guestPort?: number;
+  src?: string;
+  dst?: string;
+  errno?: number;
+}
+
+export class ConnectionLog {
+  readonly #log: Logger;
+  /** Every finished record (tests inspect it; capped). */
+  readonly recent: Array<ConnectionRecord & { bytesFromGuest: number; bytesToGuest: number; durationMs: number; closeReason: string }> = [];
+  static readonly RECENT_MAX = 2000;
+
+  constructor(log: Logger) {
+    this.#log = log;
+  }
+
+  open(rec: ConnectionRecord): TrackedConnection {
+    return new TrackedConnection(this, rec);
+  }
+
+  /** Called once per connection. */
+  write(rec: ConnectionRecord, bytesFromGuest: number, bytesToGuest: number, durationMs: number, closeReason: string): void {
+    const entry = { ...rec, bytesFromGuest, bytesToGuest, durationMs: Math.round(durationMs * 1000) / 1000, closeReason };
+    if (this.recent.length >= ConnectionLog.RECENT_MAX) this.recent.shift();
+    this.recent.push(entry);
+    this.#log.info({ event: 'tsi.connection', ...entry }, `tsi ${rec.kind} ${rec.decision} ${rec.src ?? '-'} -> ${rec.dst ?? '-'}: ${closeReason}`);
+  }
+}
+
+export class TrackedConnection {
+  readonly rec: ConnectionRecord;
+  readonly #owner: ConnectionLog;
+  readonly #started = performance.now();
+  #done = false;
+  bytesFromGuest = 0;
+  bytesToGuest = 0;
+
+  constructor(owner: ConnectionLog, rec: ConnectionRecord) {
+    this.#owner = owner;
+    this.rec = rec;
+  }
+
+  finish(closeReason: string): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.#owner.write(this.rec, this.bytesFromGuest, this.bytesToGuest, performance.now() - this.#started, closeReason);
+  }
+}

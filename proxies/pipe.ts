@@ -1,0 +1,72 @@
+// Joins a vsock connection and a host socket, both directions, with backpressure:
+//   guest → host: bytes are credited back to the guest (conn.consumed) only once the
+//   socket took them without going over its high-water mark, else on 'drain'; so the
+//   VMM never holds more than the connection's buf_alloc plus one socket buffer.
+//   host → guest: the socket is paused while the connection's queue is above its
+//   high-water mark and resumed on the connection's 'drain'.
+// Half-close travels both ways (vsock SHUTDOWN(SEND) ↔ socket end()).
+import type { Socket } from 'node:net';
+import type { CloseReason, VsockConnection } from '../src/virtio/vsock/connection.js';
+
+export interface PipeEnd {
+  /** How the pair ended: the vsock close reason, or the socket error code. */
+  reason: string;
+}
+
+export function pipeSocket(conn: VsockConnection, socket: Socket, done: (end: PipeEnd) => void, first?: Buffer): void {
+  let held = 0;
+  let socketError: string | null = null;
+  let connReason: CloseReason | null = null;
+  let socketClosed = false;
+  let finished = false;
+  const finish = (): void => {
+    if (finished || !socketClosed || connReason === null) return;
+    finished = true;
+    done({ reason: socketError ?? connReason });
+  };
+
+  const fromGuest = (d: Buffer): void => {
+    if (socket.destroyed) {
+      conn.consumed(d.length);
+      return;
+    }
+    if (socket.write(d)) conn.consumed(d.length);
+    else held += d.length;
+  };
+  conn.on('data', fromGuest);
+  if (first !== undefined && first.length > 0) fromGuest(first);
+  socket.on('drain', () => {
+    const n = held;
+    held = 0;
+    conn.consumed(n);
+  });
+  conn.on('end', () => { if (!socket.destroyed) socket.end(); });
+  if (conn.guestEnded) socket.end();
+
+  socket.on('data', (d: Buffer) => {
+    if (!conn.write(d)) socket.pause();
+  });
+  conn.on('drain', () => { if (!socket.destroyed) socket.resume(); });
+  socket.on('end', () => { conn.end(); });
+  socket.on('error', (err: NodeJS.ErrnoException) => { socketError ??= err.code ?? err.message; });
+  socket.on('close', () => {
+    socketClosed = true;
+    if (conn.state !== 'closed') {
+      if (socketError !== null || !conn.guestEnded) conn.destroy(socketError ?? 'host socket closed');
+      else conn.end();
+    }
+    finish();
+  });
+  conn.on('close', (reason) => {
+    connReason = reason;
+    if (!socket.destroyed) {
+      if (reason === 'closed') socket.end();
+      else socket.destroy();
+    }
+    finish();
+  });
+  if (conn.state === 'closed') {
+    connReason = 'closed';
+    socket.destroy();
+  }
+}

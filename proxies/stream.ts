@@ -1,0 +1,135 @@
+// The TSI stream proxy: each guest connect() is one vsock STREAM connection to host port
+// TsiPort.STREAM whose first message is CONNECT (docs/tsi-protocol.md). The proxy checks
+// the target, asks the policy, opens the host socket (TCP over IPv4/IPv6, or a unix
+// stream socket), answers CONNECT_RESULT (0 or -errno, with the host socket's local and
+// peer addresses) and then pipes bytes both ways.
+import { connect as netConnect, type Socket } from 'node:net';
+import type { VsockConnection } from '../src/virtio/vsock/connection.js';
+import type { TsiContext } from './context.js';
+import { pipeSocket } from './pipe.js';
+import {
+  Errno, FrameReader, MAX_UNIX_PATH, TsiError, canonicalAddress, decodeConnect, encodeConnectResult, errnoOf, formatAddr,
+  sockAddrOf, type SockAddr,
+} from './protocol.js';
+
+export class StreamProxy {
+  readonly #ctx: TsiContext;
+  readonly #sockets = new Set<Socket>();
+
+  constructor(ctx: TsiContext) {
+    this.#ctx = ctx;
+  }
+
+  /** Open host sockets (for tests and shutdown). */
+  get openSockets(): number {
+    return this.#sockets.size;
+  }
+
+  close(): void {
+    for (const s of this.#sockets) s.destroy();
+    this.#sockets.clear();
+  }
+
+  handle(conn: VsockConnection): void {
+    const reader = new FrameReader(40 + MAX_UNIX_PATH);
+    const timer = setTimeout(() => { conn.destroy('no CONNECT in time'); }, this.#ctx.timeoutMs);
+    const onData = (d: Buffer): void => {
+      reader.push(d);
+      const f = reader.next();
+      if (f === null) return;
+      conn.off('data', onData);
+      clearTimeout(timer);
+      // The handshake bytes are ours now; credit them back.
+      conn.consumed(conn.unconsumed);
+      if (f instanceof TsiError) return this.#reject(conn, f, undefined);
+      const req = decodeConnect(f);
+      if (req instanceof TsiError) return this.#reject(conn, req, undefined);
+      this.#open(conn, req.target, reader.rest(), f.bytes.length);
+    };
+    conn.on('data', onData);
+    conn.once('close', () => { clearTimeout(timer); });
+  }
+
+  #reject(conn: VsockConnection, err: TsiError, target: SockAddr | undefined, decision: 'deny' | 'invalid' = 'invalid', rule?: string): void {
+    const rec = this.#ctx.connections.open({
+      kind: 'stream', protocol: target?.family === 'unix' ? 'unix' : 'tcp', direction: 'outbound', decision, guestPort: conn.guestPort,
+      ...(target ? { dst: formatAddr(target) } : {}), errno: -err.errno, ...(rule ? { rule } : {}),
+    });
+    conn.write(encodeConnectResult(-err.errno, { family: 'none' }, { family: 'none' }));
+    conn.end();
+    rec.finish(`${decision === 'deny' ? 'denied' : 'rejected'}: ${err.reason}`);
+  }
+
+  #open(conn: VsockConnection, target: SockAddr, rest: Buffer, handshake: number): void {
+    const ctx = this.#ctx;
+    let decision;
+    if (target.family === 'unix') {
+      decision = ctx.policy.evaluate({ direction: 'outbound', protocol: 'unix', path: target.path });
+    } else if (target.family === 'ipv4' || target.family === 'ipv6') {
+      const unroutable = unroutableForTcp(target.address);
+      if (unroutable !== null) return this.#reject(conn, new TsiError(Errno.ENETUNREACH, unroutable), target);
+      if (target.port === 0) return this.#reject(conn, new TsiError(Errno.ECONNREFUSED, 'port 0'), target);
+      decision = ctx.policy.evaluate({ direction: 'outbound', protocol: 'tcp', address: target.address, port: target.port });
+    } else {
+      return this.#reject(conn, new TsiError(Errno.EAFNOSUPPORT, 'no address'), target);
+    }
+    if (decision.action === 'deny') {
+      return this.#reject(conn, new TsiError(Errno.EACCES, `policy ${decision.by}`), target, 'deny', decision.by);
+    }
+    const rec = ctx.connections.open({
+      kind: 'stream', protocol: target.family === 'unix' ? 'unix' : 'tcp', direction: 'outbound', decision: 'allow',
+      rule: decision.by, guestPort: conn.guestPort, dst: formatAddr(target),
+    });
+    const socket = target.family === 'unix'
+      ? netConnect({ path: target.path, allowHalfOpen: true })
+      : netConnect({
+        host: target.family === 'ipv6' && target.scopeId ? `${target.address}%${target.scopeId}` : target.address,
+        port: target.port, family: target.family === 'ipv6' ? 6 : 4, allowHalfOpen: true, noDelay: true,
+      });
+    this.#sockets.add(socket);
+    socket.setTimeout(ctx.timeoutMs, () => { socket.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })); });
+    let connected = false;
+    const onEarlyClose = (): void => { if (!connected) socket.destroy(); };
+    conn.once('close', onEarlyClose);
+    socket.once('error', (err) => {
+      if (connected) return;
+      this.#sockets.delete(socket);
+      const errno = errnoOf(err);
+      rec.rec.errno = -errno;
+      conn.write(encodeConnectResult(-errno, { family: 'none' }, { family: 'none' }));
+      conn.end();
+      rec.finish(`connect failed: ${(err as NodeJS.ErrnoException).code ?? err.message}`);
+    });
+    socket.once('connect', () => {
+      connected = true;
+      socket.setTimeout(0);
+      conn.off('close', onEarlyClose);
+      const local: SockAddr = target.family === 'unix' ? { family: 'unix', path: '' } : sockAddrOf({ address: socket.localAddress, port: socket.localPort });
+      const peer: SockAddr = target.family === 'unix' ? target : sockAddrOf({ address: socket.remoteAddress, port: socket.remotePort });
+      rec.rec.src = formatAddr(local);
+      conn.write(encodeConnectResult(0, local, peer));
+      pipeSocket(conn, socket, (end) => {
+        this.#sockets.delete(socket);
+        rec.bytesFromGuest = conn.bytesFromGuest - handshake;
+        rec.bytesToGuest = conn.bytesToGuest - 64;
+        rec.finish(end.reason);
+      }, rest);
+    });
+  }
+}
+
+/** TCP cannot reach multicast, broadcast or unspecified-class targets: fail locally, send nothing. */
+export function unroutableForTcp(address: string): string | null {
+  const c = canonicalAddress(address);
+  if (c === null) return 'not an address';
+  if (c.family === 'ipv4') {
+    const first = Number(c.address.split('.')[0]);
+    if (first >= 224 && first <= 239) return 'multicast destination';
+    if (c.address === '255.255.255.255') return 'broadcast destination';
+    if (first >= 240) return 'reserved destination (240.0.0.0/4)';
+    return null;
+  }
+  if (c.address.startsWith('ff')) return 'multicast destination';
+  if (c.address === '0:0:0:0:0:0:0:0') return 'unspecified destination';
+  return null;
+}

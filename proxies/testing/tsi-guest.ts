@@ -1,0 +1,213 @@
+// The guest side of docs/tsi-protocol.md in TypeScript: what the AF_TSI kernel patch
+// will do, played over GuestVsock (software driver + real vsock device). Tests,
+// benches and the fuzzer use it to talk to TsiHost.
+import { EventEmitter } from 'node:events';
+import { TsiboxError } from '../../src/errors.js';
+import type { GuestSocket, GuestVsock } from '../../src/virtio/vsock/testing/guest.js';
+import {
+  FrameReader, SOCK_STREAM, TsiError, TsiOp, TsiPort, decodeAccept, decodeConnectResult, decodeSockAddr, encodeConnect,
+  encodeDgram, encodeDgramOpen, encodeHello, encodeListen, encodeSeqResult, errnoName, type Frame, type SockAddr,
+} from '../protocol.js';
+
+/** A failed TSI call: `errno` is positive (ECONNREFUSED = 111). */
+export class TsiCallError extends Error {
+  constructor(readonly errno: number, what: string) {
+    super(`${what}: ${errnoName(errno)} (-${errno})`);
+  }
+}
+
+/** A connected TSI stream (after CONNECT_RESULT or ACCEPT). */
+export class TsiStream extends EventEmitter<{ data: [Buffer]; end: []; close: [string] }> {
+  readonly socket: GuestSocket;
+  readonly local: SockAddr;
+  readonly peer: SockAddr;
+  constructor(socket: GuestSocket, local: SockAddr, peer: SockAddr) {
+    super();
+    this.socket = socket;
+    this.local = local;
+    this.peer = peer;
+  }
+  write(data: Uint8Array): Promise<void> {
+    return this.socket.write(data);
+  }
+  end(): void {
+    this.socket.end();
+  }
+  close(): void {
+    this.socket.close();
+  }
+  /** Collects everything until EOF. */
+  readAll(): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    this.on('data', (d) => parts.push(d));
+    return new Promise((resolve, reject) => {
+      this.once('end', () => { resolve(Buffer.concat(parts)); });
+      this.once('close', (r) => { reject(new Error(`closed before EOF: ${r}`)); });
+    });
+  }
+}
+
+/** Reads one frame from a fresh socket, then hands on the raw bytes. */
+function firstFrame(socket: GuestSocket, maxLen: number): Promise<{ frame: Frame; rest: Buffer }> {
+  const reader = new FrameReader(maxLen);
+  return new Promise((resolve, reject) => {
+    const onData = (d: Buffer): void => {
+      reader.push(d);
+      const f = reader.next();
+      if (f === null) return;
+      socket.off('data', onData);
+      socket.off('close', onClose);
+      if (f instanceof TsiError) reject(new TsiCallError(f.errno, f.reason));
+      else resolve({ frame: f, rest: reader.rest() });
+    };
+    const onClose = (reason: string): void => { reject(new Error(`socket closed before the first message: ${reason}`)); };
+    socket.on('data', onData);
+    socket.once('close', onClose);
+  });
+}
+
+function wrap(socket: GuestSocket, local: SockAddr, peer: SockAddr, rest: Buffer): TsiStream {
+  const s = new TsiStream(socket, local, peer);
+  socket.on('data', (d) => { s.emit('data', d); });
+  socket.on('end', () => { s.emit('end'); });
+  socket.on('close', (r) => { s.emit('close', r); });
+  if (rest.length > 0) queueMicrotask(() => { s.emit('data', rest); });
+  return s;
+}
+
+export class TsiUdp extends EventEmitter<{ message: [Buffer, SockAddr]; error: [number, SockAddr] }> {
+  readonly socket: GuestSocket;
+  readonly local: SockAddr;
+  readonly exposed: boolean;
+  constructor(socket: GuestSocket, local: SockAddr, exposed: boolean, reader: FrameReader) {
+    super();
+    this.socket = socket;
+    this.local = local;
+    this.exposed = exposed;
+    socket.on('data', (d) => {
+      reader.push(d);
+      for (let f = reader.next(); f !== null; f = reader.next()) {
+        if (f instanceof TsiError) return;
+        if (f.op === TsiOp.DGRAM) {
+          const a = decodeSockAddr(f.bytes, 8);
+          if (!(a instanceof TsiError)) this.emit('message', Buffer.from(f.bytes.subarray(32)), a);
+        } else if (f.op === TsiOp.DGRAM_ERROR) {
+          const a = decodeSockAddr(f.bytes, 16);
+          this.emit('error', -f.bytes.readInt32LE(8), a instanceof TsiError ? { family: 'none' } : a);
+        }
+      }
+    });
+  }
+  send(to: SockAddr, payload: Uint8Array): Promise<void> {
+    return this.socket.write(encodeDgram(to, payload), true);
+  }
+  close(): void {
+    this.socket.close();
+  }
+}
+
+export class TsiGuest {
+  readonly vsock: GuestVsock;
+  #control: GuestSocket | null = null;
+  #controlReader = new FrameReader(64);
+  #pending = new Map<number, (f: Frame) => void>();
+  #seq = 1;
+
+  constructor(vsock: GuestVsock) {
+    this.vsock = vsock;
+  }
+
+  /** Opens the control channel and negotiates the version. */
+  async hello(): Promise<{ version: number; features: number }> {
+    const s = await this.vsock.connect(TsiPort.CONTROL, this.vsock.seqpacket ? 'seqpacket' : 'stream');
+    this.#control = s;
+    s.on('data', (d) => {
+      this.#controlReader.push(d);
+      for (let f = this.#controlReader.next(); f !== null; f = this.#controlReader.next()) {
+        if (f instanceof TsiError) return;
+        const seq = f.bytes.length >= 12 ? f.bytes.readUInt32LE(8) : 0;
+        const done = this.#pending.get(seq);
+        this.#pending.delete(seq);
+        done?.(f);
+      }
+    });
+    const f = await this.request((seq) => encodeHello(seq));
+    const result = f.bytes.readInt32LE(12);
+    if (result < 0) throw new TsiCallError(-result, 'HELLO');
+    return { version: f.bytes[16]!, features: f.bytes.readUInt32LE(20) };
+  }
+
+  /** Sends a raw control message (tests); resolves with the reply carrying its seq. */
+  request(build: (seq: number) => Buffer): Promise<Frame> {
+    const s = this.#control;
+    if (s === null) return Promise.reject(new TsiboxError('INVALID_STATE', 'hello() first'));
+    const seq = this.#seq++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(seq, resolve);
+      s.once('close', (r) => { reject(new Error(`control channel closed: ${r}`)); });
+      void s.write(build(seq));
+    });
+  }
+
+  /** connect(): resolves with the stream or throws TsiCallError(errno). */
+  async connect(target: SockAddr): Promise<TsiStream> {
+    const s = await this.vsock.connect(TsiPort.STREAM, 'stream');
+    void s.write(encodeConnect(target, SOCK_STREAM));
+    const { frame, rest } = await firstFrame(s, 64);
+    const r = decodeConnectResult(frame);
+    if (r instanceof TsiError) throw new TsiCallError(r.errno, r.reason);
+    if (r.result < 0) {
+      s.close();
+      throw new TsiCallError(-r.result, 'connect');
+    }
+    return wrap(s, r.local, r.peer, rest);
+  }
+
+  /**
+   * listen(): registers a guest listener for `bind` (port must be real, nonzero).
+   * `result` is 0 when exposed, -EADDRNOTAVAIL when registered but not mapped.
+   */
+  async listen(bind: SockAddr, onAccept: (s: TsiStream, listenerId: number) => void): Promise<{ result: number; listenerId: number; host: SockAddr; vsockPort: number }> {
+    const vsockPort = this.vsock.allocListenPort();
+    this.vsock.listen(vsockPort, (sock) => {
+      void firstFrame(sock, 64).then(({ frame, rest }) => {
+        const a = decodeAccept(frame);
+        if (a instanceof TsiError) {
+          sock.reset();
+          return;
+        }
+        onAccept(wrap(sock, a.local, a.peer, rest), a.listenerId);
+      }, () => { /* closed early */ });
+    });
+    const f = await this.request((seq) => encodeListen({ seq, sockType: SOCK_STREAM, backlog: 128, vsockPort, bind }));
+    if (f.op !== TsiOp.LISTEN_RESULT) return { result: f.bytes.readInt32LE(12), listenerId: 0, host: { family: 'none' }, vsockPort };
+    const host = decodeSockAddr(f.bytes, 24);
+    return { result: f.bytes.readInt32LE(12), listenerId: f.bytes.readUInt32LE(16), host: host instanceof TsiError ? { family: 'none' } : host, vsockPort };
+  }
+
+  async unlisten(listenerId: number): Promise<number> {
+    const f = await this.request((seq) => encodeSeqResult(TsiOp.UNLISTEN, seq, 0, listenerId));
+    return f.bytes.readInt32LE(12);
+  }
+
+  /** A UDP socket; `bind.port` nonzero asks for the port-mapped host port. */
+  async udp(bind: SockAddr): Promise<TsiUdp> {
+    const s = await this.vsock.connect(TsiPort.DGRAM, this.vsock.seqpacket ? 'seqpacket' : 'stream');
+    void s.write(encodeDgramOpen(bind));
+    const reader = new FrameReader();
+    const { frame, rest } = await firstFrame(s, 64);
+    const result = frame.bytes.readInt32LE(8);
+    if (frame.op !== TsiOp.DGRAM_OPEN_RESULT || result < 0) {
+      s.close();
+      throw new TsiCallError(result < 0 ? -result : 71, 'DGRAM_OPEN');
+    }
+    const local = decodeSockAddr(frame.bytes, 16);
+    if (rest.length > 0) reader.push(rest);
+    return new TsiUdp(s, local instanceof TsiError ? { family: 'none' } : local, (frame.bytes.readUInt32LE(12) & 1) !== 0, reader);
+  }
+
+  close(): void {
+    this.#control?.close();
+    this.#control = null;
+  }
+}

@@ -1,0 +1,59 @@
+// The host side of TSI in one object: the vsock services on the host CID (control,
+// stream and datagram ports, docs/tsi-protocol.md) wired to the proxies, the policy and
+// the port map.
+import type { Logger } from 'pino';
+import { silentLogger } from '../src/log.js';
+import type { Policy } from '../src/policy/index.js';
+import { PortMap } from '../src/portmap/index.js';
+import type { VsockDevice } from '../src/virtio/vsock/device.js';
+import type { TsiContext } from './context.js';
+import { DatagramProxy } from './datagram.js';
+import { ListenerProxy } from './listener.js';
+import { ConnectionLog } from './log.js';
+import { TsiPort } from './protocol.js';
+import { StreamProxy } from './stream.js';
+
+export interface TsiHostOptions {
+  device: VsockDevice;
+  /** Required: the caller decides what the guest may reach. */
+  policy: Policy;
+  portMap?: PortMap;
+  logger?: Logger;
+  /** Host connect timeout and guest handshake deadline (default 10 s). */
+  timeoutMs?: number;
+}
+
+export class TsiHost {
+  readonly device: VsockDevice;
+  readonly portMap: PortMap;
+  readonly connections: ConnectionLog;
+  readonly stream: StreamProxy;
+  readonly listener: ListenerProxy;
+  readonly datagram: DatagramProxy;
+  readonly #stops: Array<() => void>;
+
+  constructor(opts: TsiHostOptions) {
+    const log = opts.logger ?? silentLogger;
+    this.device = opts.device;
+    this.portMap = opts.portMap ?? new PortMap();
+    this.connections = new ConnectionLog(log);
+    const ctx: TsiContext = {
+      device: opts.device, policy: opts.policy, portMap: this.portMap, connections: this.connections, log, timeoutMs: opts.timeoutMs ?? 10_000,
+    };
+    this.stream = new StreamProxy(ctx);
+    this.listener = new ListenerProxy(ctx);
+    this.datagram = new DatagramProxy(ctx);
+    this.#stops = [
+      opts.device.listen(TsiPort.CONTROL, (c) => { this.listener.handle(c); }),
+      opts.device.listen(TsiPort.STREAM, (c) => { this.stream.handle(c); }, { type: 'stream' }),
+      opts.device.listen(TsiPort.DGRAM, (c) => { this.datagram.handle(c); }),
+    ];
+  }
+
+  close(): void {
+    for (const s of this.#stops) s();
+    this.stream.close();
+    this.listener.close();
+    this.datagram.close();
+  }
+}

@@ -1,0 +1,105 @@
+// Port map: which host ports reach which guest ports, per protocol. Entries can be added
+// and removed while the VM runs; the listener and datagram proxies follow the changes
+// ('add' / 'remove' events). A host port (per protocol and host address, wildcards
+// overlapping everything) and a guest port (per protocol) can each appear only once;
+// a conflicting add throws PORT_MAP_CONFLICT naming the entry it collides with.
+import { EventEmitter } from 'node:events';
+import { isIP } from 'node:net';
+import { TsiboxError } from '../errors.js';
+
+export type MapProtocol = 'tcp' | 'udp';
+
+export interface PortMappingSpec {
+  protocol: MapProtocol;
+  /** Host port; 0 lets the OS choose (see `PortMapping.boundPort`). */
+  hostPort: number;
+  guestPort: number;
+  /** Host address to listen on (default '127.0.0.1'). */
+  hostAddress?: string;
+}
+
+export interface PortMapping {
+  readonly protocol: MapProtocol;
+  readonly hostPort: number;
+  readonly guestPort: number;
+  readonly hostAddress: string;
+  /** The port the host actually listens on while the guest listener is up (hostPort, or the OS choice for 0). */
+  boundPort: number | null;
+}
+
+export interface PortMapEvents {
+  add: [mapping: PortMapping];
+  remove: [mapping: PortMapping];
+}
+
+const WILDCARDS = new Set(['0.0.0.0', '::']);
+
+export class PortMap extends EventEmitter<PortMapEvents> {
+  #entries: PortMapping[] = [];
+
+  /** Parses 'host:guest', 'host:guest/udp' or 'addr:host:guest[/proto]' (libkrun style plus protocol). */
+  static parse(spec: string): PortMappingSpec {
+    const m = /^(?:(\[[^\]]+\]|[^:]+):)?(\d+):(\d+)(?:\/(tcp|udp))?$/.exec(spec);
+    if (m === null) throw new TsiboxError('INVALID_ARGUMENT', `port map ${JSON.stringify(spec)} is not [addr:]host:guest[/tcp|/udp]`);
+    const out: PortMappingSpec = { protocol: (m[4] ?? 'tcp') as MapProtocol, hostPort: Number(m[2]), guestPort: Number(m[3]) };
+    if (m[1] !== undefined) out.hostAddress = m[1].replace(/^\[|\]$/g, '');
+    return out;
+  }
+
+  constructor(specs: ReadonlyArray<PortMappingSpec | string> = []) {
+    super();
+    for (const s of specs) this.add(s);
+  }
+
+  get entries(): readonly PortMapping[] {
+    return this.#entries;
+  }
+
+  add(specOrText: PortMappingSpec | string): PortMapping {
+    const spec = typeof specOrText === 'string' ? PortMap.parse(specOrText) : specOrText;
+    const { protocol, hostPort, guestPort } = spec;
+    const hostAddress = spec.hostAddress ?? '127.0.0.1';
+    if (protocol !== 'tcp' && protocol !== 'udp') throw new TsiboxError('INVALID_ARGUMENT', `port map protocol must be tcp or udp, got ${String(protocol)}`);
+    if (!isPortNumber(hostPort)) throw new TsiboxError('INVALID_ARGUMENT', `host port ${hostPort} is not in 0..65535`);
+    if (!isPortNumber(guestPort) || guestPort === 0) throw new TsiboxError('INVALID_ARGUMENT', `guest port ${guestPort} is not in 1..65535`);
+    if (isIP(hostAddress) === 0) throw new TsiboxError('INVALID_ARGUMENT', `host address ${JSON.stringify(hostAddress)} is not an IP address`);
+    for (const e of this.#entries) {
+      if (e.protocol !== protocol) continue;
+      if (e.guestPort === guestPort) {
+        throw new TsiboxError('PORT_MAP_CONFLICT', `${protocol} guest port ${guestPort} is already mapped from ${describe(e)}`);
+      }
+      if (hostPort !== 0 && e.hostPort === hostPort && addressesOverlap(e.hostAddress, hostAddress)) {
+        throw new TsiboxError('PORT_MAP_CONFLICT', `${protocol} host port ${hostAddress}:${hostPort} conflicts with ${describe(e)}`);
+      }
+    }
+    const mapping: PortMapping = { protocol, hostPort, guestPort, hostAddress, boundPort: null };
+    this.#entries.push(mapping);
+    this.emit('add', mapping);
+    return mapping;
+  }
+
+  /** Removes the mapping for `guestPort` (or the given mapping). Returns whether one existed. */
+  remove(protocol: MapProtocol, guestPort: number): boolean {
+    const i = this.#entries.findIndex((e) => e.protocol === protocol && e.guestPort === guestPort);
+    if (i < 0) return false;
+    const [m] = this.#entries.splice(i, 1);
+    this.emit('remove', m!);
+    return true;
+  }
+
+  lookupGuest(protocol: MapProtocol, guestPort: number): PortMapping | undefined {
+    return this.#entries.find((e) => e.protocol === protocol && e.guestPort === guestPort);
+  }
+}
+
+function isPortNumber(p: unknown): p is number {
+  return typeof p === 'number' && Number.isInteger(p) && p >= 0 && p <= 65535;
+}
+
+function addressesOverlap(a: string, b: string): boolean {
+  return a === b || WILDCARDS.has(a) || WILDCARDS.has(b);
+}
+
+function describe(e: PortMapping): string {
+  return `${e.hostAddress}:${e.hostPort} → guest ${e.guestPort}/${e.protocol}`;
+}
