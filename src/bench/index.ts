@@ -2,10 +2,12 @@
 import { registerBench } from './registry.js';
 import { exitsBench } from './exits.js';
 import { ioeventfdBench } from './ioeventfd.js';
+import { bootBench } from './boot.js';
 import { virtqueueBench } from './virtqueue.js';
 
 registerBench(exitsBench);
 registerBench(ioeventfdBench);
+registerBench(bootBench);
 registerBench(virtqueueBench);
 
 export { findBench, listBenches, registerBench, type BenchDefinition, type BenchOptions, type BenchResult } from './registry.js';

@@ -10,6 +10,8 @@ export interface BenchOptions {
   runs?: number;
   /** Privilege level the synthetic guest runs at (benches that boot one). */
   cpl?: 0 | 3;
+  /** Engine to measure (benches that run whole sandboxes). */
+  engine?: string;
   /** Progress notes for a human (the CLI sends them to stderr). */
   progress?: (message: string) => void;
 }
