@@ -45,7 +45,9 @@ export class DatagramProxy {
 
   close(): void {
     this.#ctx.portMap.off('remove', this.#onRemove);
-    for (const s of this.#sockets) s.close();
+    for (const s of this.#sockets) {
+      try { s.close(); } catch { /* already closing */ }
+    }
     this.#sockets.clear();
   }
 

@@ -16,16 +16,41 @@ export class TsiCallError extends Error {
   }
 }
 
-/** A connected TSI stream (after CONNECT_RESULT or ACCEPT). */
+/**
+ * A connected TSI stream (after CONNECT_RESULT or ACCEPT). Bytes and EOF that arrive
+ * before anyone listens for 'data' are held, so nothing is lost between the handshake
+ * and the caller attaching its handlers.
+ */
 export class TsiStream extends EventEmitter<{ data: [Buffer]; end: []; close: [string] }> {
   readonly socket: GuestSocket;
   readonly local: SockAddr;
   readonly peer: SockAddr;
-  constructor(socket: GuestSocket, local: SockAddr, peer: SockAddr) {
+  #held: Buffer[] | null = [];
+  #endHeld = false;
+  constructor(socket: GuestSocket, local: SockAddr, peer: SockAddr, rest: Buffer) {
     super();
     this.socket = socket;
     this.local = local;
     this.peer = peer;
+    if (rest.length > 0) this.#held!.push(rest);
+    socket.on('data', (d) => {
+      if (this.#held !== null) this.#held.push(d);
+      else this.emit('data', d);
+    });
+    socket.on('end', () => {
+      if (this.#held !== null) this.#endHeld = true;
+      else this.emit('end');
+    });
+    socket.on('close', (r) => { queueMicrotask(() => this.emit('close', r)); });
+    (this as EventEmitter).on('newListener', (event: string) => {
+      if (event !== 'data' || this.#held === null) return;
+      queueMicrotask(() => {
+        const held = this.#held ?? [];
+        this.#held = null;
+        for (const d of held) this.emit('data', d);
+        if (this.#endHeld) this.emit('end');
+      });
+    });
   }
   write(data: Uint8Array): Promise<void> {
     return this.socket.write(data);
@@ -47,8 +72,8 @@ export class TsiStream extends EventEmitter<{ data: [Buffer]; end: []; close: [s
   }
 }
 
-/** Reads one frame from a fresh socket, then hands on the raw bytes. */
-function firstFrame(socket: GuestSocket, maxLen: number): Promise<{ frame: Frame; rest: Buffer }> {
+/** Reads one frame from a fresh socket (synchronously in the data callback), then hands on the raw bytes. */
+function firstFrame(socket: GuestSocket, maxLen: number, cb?: (f: Frame, rest: Buffer) => void): Promise<{ frame: Frame; rest: Buffer }> {
   const reader = new FrameReader(maxLen);
   return new Promise((resolve, reject) => {
     const onData = (d: Buffer): void => {
@@ -57,8 +82,10 @@ function firstFrame(socket: GuestSocket, maxLen: number): Promise<{ frame: Frame
       if (f === null) return;
       socket.off('data', onData);
       socket.off('close', onClose);
-      if (f instanceof TsiError) reject(new TsiCallError(f.errno, f.reason));
-      else resolve({ frame: f, rest: reader.rest() });
+      if (f instanceof TsiError) return reject(new TsiCallError(f.errno, f.reason));
+      const rest = reader.rest();
+      cb?.(f, rest);
+      resolve({ frame: f, rest });
     };
     const onClose = (reason: string): void => { reject(new Error(`socket closed before the first message: ${reason}`)); };
     socket.on('data', onData);
@@ -66,16 +93,7 @@ function firstFrame(socket: GuestSocket, maxLen: number): Promise<{ frame: Frame
   });
 }
 
-function wrap(socket: GuestSocket, local: SockAddr, peer: SockAddr, rest: Buffer): TsiStream {
-  const s = new TsiStream(socket, local, peer);
-  socket.on('data', (d) => { s.emit('data', d); });
-  socket.on('end', () => { s.emit('end'); });
-  socket.on('close', (r) => { s.emit('close', r); });
-  if (rest.length > 0) queueMicrotask(() => { s.emit('data', rest); });
-  return s;
-}
-
-export class TsiUdp extends EventEmitter<{ message: [Buffer, SockAddr]; error: [number, SockAddr] }> {
+export class TsiUdp extends EventEmitter<{ message: [Buffer, SockAddr]; 'dgram-error': [number, SockAddr] }> {
   readonly socket: GuestSocket;
   readonly local: SockAddr;
   readonly exposed: boolean;
@@ -93,7 +111,7 @@ export class TsiUdp extends EventEmitter<{ message: [Buffer, SockAddr]; error: [
           if (!(a instanceof TsiError)) this.emit('message', Buffer.from(f.bytes.subarray(32)), a);
         } else if (f.op === TsiOp.DGRAM_ERROR) {
           const a = decodeSockAddr(f.bytes, 16);
-          this.emit('error', -f.bytes.readInt32LE(8), a instanceof TsiError ? { family: 'none' } : a);
+          this.emit('dgram-error', -f.bytes.readInt32LE(8), a instanceof TsiError ? { family: 'none' } : a);
         }
       }
     });
@@ -153,14 +171,18 @@ export class TsiGuest {
   async connect(target: SockAddr): Promise<TsiStream> {
     const s = await this.vsock.connect(TsiPort.STREAM, 'stream');
     void s.write(encodeConnect(target, SOCK_STREAM));
-    const { frame, rest } = await firstFrame(s, 64);
+    let stream: TsiStream | null = null;
+    const { frame } = await firstFrame(s, 64, (f, rest) => {
+      const r = decodeConnectResult(f);
+      if (!(r instanceof TsiError) && r.result === 0) stream = new TsiStream(s, r.local, r.peer, rest);
+    });
     const r = decodeConnectResult(frame);
     if (r instanceof TsiError) throw new TsiCallError(r.errno, r.reason);
-    if (r.result < 0) {
+    if (r.result < 0 || stream === null) {
       s.close();
-      throw new TsiCallError(-r.result, 'connect');
+      throw new TsiCallError(r.result < 0 ? -r.result : 71, 'connect');
     }
-    return wrap(s, r.local, r.peer, rest);
+    return stream;
   }
 
   /**
@@ -170,14 +192,14 @@ export class TsiGuest {
   async listen(bind: SockAddr, onAccept: (s: TsiStream, listenerId: number) => void): Promise<{ result: number; listenerId: number; host: SockAddr; vsockPort: number }> {
     const vsockPort = this.vsock.allocListenPort();
     this.vsock.listen(vsockPort, (sock) => {
-      void firstFrame(sock, 64).then(({ frame, rest }) => {
+      firstFrame(sock, 64, (frame, rest) => {
         const a = decodeAccept(frame);
         if (a instanceof TsiError) {
           sock.reset();
           return;
         }
-        onAccept(wrap(sock, a.local, a.peer, rest), a.listenerId);
-      }, () => { /* closed early */ });
+        onAccept(new TsiStream(sock, a.local, a.peer, rest), a.listenerId);
+      }).catch(() => { /* closed early */ });
     });
     const f = await this.request((seq) => encodeListen({ seq, sockType: SOCK_STREAM, backlog: 128, vsockPort, bind }));
     if (f.op !== TsiOp.LISTEN_RESULT) return { result: f.bytes.readInt32LE(12), listenerId: 0, host: { family: 'none' }, vsockPort };
@@ -195,15 +217,19 @@ export class TsiGuest {
     const s = await this.vsock.connect(TsiPort.DGRAM, this.vsock.seqpacket ? 'seqpacket' : 'stream');
     void s.write(encodeDgramOpen(bind));
     const reader = new FrameReader();
-    const { frame, rest } = await firstFrame(s, 64);
+    let udp: TsiUdp | null = null;
+    const { frame } = await firstFrame(s, 64, (f, rest) => {
+      if (f.op !== TsiOp.DGRAM_OPEN_RESULT || f.bytes.readInt32LE(8) < 0) return;
+      const local = decodeSockAddr(f.bytes, 16);
+      if (rest.length > 0) reader.push(rest);
+      udp = new TsiUdp(s, local instanceof TsiError ? { family: 'none' } : local, (f.bytes.readUInt32LE(12) & 1) !== 0, reader);
+    });
     const result = frame.bytes.readInt32LE(8);
     if (frame.op !== TsiOp.DGRAM_OPEN_RESULT || result < 0) {
       s.close();
       throw new TsiCallError(result < 0 ? -result : 71, 'DGRAM_OPEN');
     }
-    const local = decodeSockAddr(frame.bytes, 16);
-    if (rest.length > 0) reader.push(rest);
-    return new TsiUdp(s, local instanceof TsiError ? { family: 'none' } : local, (frame.bytes.readUInt32LE(12) & 1) !== 0, reader);
+    return udp!;
   }
 
   close(): void {
