@@ -84,9 +84,12 @@ export class ListenerProxy {
       for (let f = reader.next(); f !== null; f = reader.next()) {
         if (f instanceof TsiError) {
           // The stream cannot be re-synchronised: say why, then reset.
+          // Say why, end our side, and reset if the guest does not close within a second.
           conn.write(encodeSeqResult(TsiOp.ERROR, 0, -f.errno));
+          conn.end();
+          conn.consumed(conn.unconsumed);
           this.#ctx.log.debug({ reason: f.reason }, 'tsi control stream error');
-          conn.destroy(f.reason);
+          setTimeout(() => { conn.destroy(f.reason); }, 1000).unref();
           return;
         }
         this.#request(session, f);
