@@ -1,11 +1,13 @@
 // npm run fuzz -- <target> [--iterations N] [--seed S]
 // Runs a seeded fuzz target and prints `iterations=N failures=F seed=S` last; the exit
-// code is nonzero when anything failed. Targets register below (tsi comes later).
+// code is nonzero when anything failed. Targets register below.
 import { parseArgs } from 'node:util';
 import { Prng, virtqueueTarget, type FuzzTarget } from '../src/virtio/testing/fuzz-virtqueue.js';
+import { tsiTarget } from '../proxies/testing/fuzz-tsi.js';
 
 const targets: Record<string, () => FuzzTarget> = {
   virtqueue: virtqueueTarget,
+  tsi: tsiTarget,
 };
 
 /** Failures reported in full before the rest are only counted. */
