@@ -4,10 +4,13 @@ import { exitsBench } from './exits.js';
 import { ioeventfdBench } from './ioeventfd.js';
 import { bootBench } from './boot.js';
 import { virtqueueBench } from './virtqueue.js';
+import { tsiConnectBench, tsiStreamBench } from './tsi.js';
 
 registerBench(exitsBench);
 registerBench(ioeventfdBench);
 registerBench(bootBench);
 registerBench(virtqueueBench);
+registerBench(tsiStreamBench);
+registerBench(tsiConnectBench);
 
 export { findBench, listBenches, registerBench, type BenchDefinition, type BenchOptions, type BenchResult } from './registry.js';
