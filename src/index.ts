@@ -1,5 +1,5 @@
 // The package's public entry point.
-export { Sandbox, type SandboxOptions, type SandboxResult, type EngineChoice, type EngineName } from './sandbox.js';
+export { Sandbox, type SandboxOptions, type SandboxResult, type VsockPort, type EngineChoice, type EngineName } from './sandbox.js';
 export { chooseEngine, type EngineDecision } from './engine/select.js';
 export { TsiboxError, type TsiboxErrorCode } from './errors.js';
 export { Vm, type VmOptions, type VmExit, type VmExitReason, type RunOptions } from './vmm/vm.js';
@@ -15,5 +15,6 @@ export type { VirtioDevice, InterruptLine, DeviceContext } from './virtio/device
 export { ConsoleDevice, ConsolePort, DEFAULT_PORT_NAMES, type ConsoleOptions } from './virtio/console/index.js';
 export { RngDevice } from './virtio/rng.js';
 export { ensureKernel, ensureInitramfs, kernelPaths, initramfsPath, buildCmdline, type InitConfig, type KernelPaths } from './guest/index.js';
+export { guestToolsArchive, ensureGuestTools, newcArchive, GUEST_TOOLS, type GuestToolName, type ArchiveEntry } from './guest/index.js';
 export { probeRing0, type Ring0Probe } from './doctor/ring0.js';
 export { testGuestPath } from './paths.js';

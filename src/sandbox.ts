@@ -9,6 +9,9 @@ import { runKvm } from './engine/kvm.js';
 import { runQemu, type VhostUserDeviceSpec } from './engine/qemu.js';
 import { chooseEngine, qemuAccel, ring0ProbeOnce, type EngineChoice, type EngineName } from './engine/select.js';
 import { RngDevice } from './virtio/rng.js';
+import { VsockDevice } from './virtio/vsock/device.js';
+import { addVsockPort, type VsockBridge } from '../proxies/unix-bridge.js';
+import { ConnectionLog } from '../proxies/log.js';
 
 export type { EngineChoice, EngineName } from './engine/select.js';
 
@@ -38,6 +41,24 @@ export interface SandboxOptions {
   logger?: Logger;
   /** Called with QEMU's pid (QEMU engine only; for tests and supervisors). */
   onQemuStart?: (pid: number) => void;
+  /** vsock ports joined to host unix sockets (QEMU engine for now); the guest is CID 3, the host CID 2. */
+  vsockPorts?: VsockPort[];
+}
+
+/**
+ * A vsock port bridged to a host unix socket (like libkrun's krun_add_vsock_port2);
+ * bytes pass through unchanged, one unix connection per vsock connection.
+ */
+export interface VsockPort {
+  /** 'guest-to-host': host vsock port the guest connects to (CID 2). 'host-to-guest': the guest port tsibox connects to. */
+  port: number;
+  /**
+   * 'guest-to-host': the unix socket tsibox connects to for each guest connection (it must be listening).
+   * 'host-to-guest': where tsibox listens (must not exist yet; removed when the sandbox ends).
+   */
+  path: string;
+  /** Who opens connections (default 'guest-to-host'). */
+  direction?: 'guest-to-host' | 'host-to-guest';
 }
 
 export interface SandboxResult {
@@ -92,8 +113,12 @@ export class Sandbox {
       ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
     };
 
+    const vsockPorts = opts.vsockPorts ?? [];
+    checkVsockPorts(vsockPorts);
+
     let exitCode: number;
     if (decision.engine === 'kvm') {
+      if (vsockPorts.length > 0) throw new TsiboxError('ENGINE_UNAVAILABLE', 'vsockPorts need the QEMU engine (the KVM engine has no vsock device yet)');
       const { probe, error } = await ring0ProbeOnce();
       if (probe?.native !== true && process.env['TSIBOX_FORCE_KVM'] !== '1') {
         throw new TsiboxError('ENGINE_UNAVAILABLE', probe === null
@@ -104,10 +129,25 @@ export class Sandbox {
     } else {
       const accel = await qemuAccel();
       log.debug({ accel }, 'QEMU accelerator');
-      ({ exitCode } = await runQemu({
-        ...common, accel, devices: defaultQemuDevices(),
-        ...(opts.onQemuStart ? { onStart: opts.onQemuStart } : {}),
-      }));
+      const devices = defaultQemuDevices();
+      const vsock = devices.find((d) => d.device instanceof VsockDevice)!.device as VsockDevice;
+      const bridges: VsockBridge[] = [];
+      try {
+        const connLog = new ConnectionLog(log);
+        for (const p of vsockPorts) bridges.push(addVsockPort(vsock, p.port, p.path, p.direction === 'host-to-guest', connLog));
+        await Promise.all(bridges.map((b) => b.ready));
+        ({ exitCode } = await runQemu({
+          ...common, accel, devices,
+          ...(opts.onQemuStart ? { onStart: opts.onQemuStart } : {}),
+        }));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+          throw new TsiboxError('INVALID_ARGUMENT', `vsockPorts: a unix socket path is already in use: ${(err as Error).message}`, { cause: err });
+        }
+        throw err;
+      } finally {
+        await Promise.all(bridges.map((b) => b.close()));
+      }
     }
     const result: SandboxResult = { exitCode, engine: decision.engine, ms: performance.now() - start };
     const sig = exitCode > 128 ? SIGNALS[exitCode - 128] : undefined;
@@ -118,8 +158,30 @@ export class Sandbox {
   }
 }
 
+function checkVsockPorts(ports: readonly VsockPort[]): void {
+  const seen = new Set<string>();
+  for (const p of ports) {
+    if (!Number.isInteger(p.port) || p.port < 0 || p.port >= 0xffff_ffff) throw new TsiboxError('INVALID_ARGUMENT', `vsockPorts: port ${p.port} is not a u32 vsock port`);
+    if (typeof p.path !== 'string' || p.path === '') throw new TsiboxError('INVALID_ARGUMENT', `vsockPorts: port ${p.port} needs a unix socket path`);
+    const dir = p.direction ?? 'guest-to-host';
+    if (dir !== 'guest-to-host' && dir !== 'host-to-guest') throw new TsiboxError('INVALID_ARGUMENT', `vsockPorts: direction ${String(dir)} is not 'guest-to-host' or 'host-to-guest'`);
+    const key = `${dir}:${p.port}`;
+    if (seen.has(key)) throw new TsiboxError('INVALID_ARGUMENT', `vsockPorts: port ${p.port} (${dir}) is given twice`);
+    seen.add(key);
+  }
+}
+
 /** Our devices every QEMU sandbox gets, served over vhost-user. */
 export function defaultQemuDevices(): VhostUserDeviceSpec[] {
-  // QEMU's vhost-user-rng uses 1024-entry rings.
-  return [{ device: new RngDevice({ queueSize: 1024 }), qemuDevice: 'vhost-user-rng', name: 'rng' }];
+  return [
+    // QEMU's vhost-user-rng uses 1024-entry rings.
+    { device: new RngDevice({ queueSize: 1024 }), qemuDevice: 'vhost-user-rng', name: 'rng' },
+    // QEMU 7.2's vhost-user-vsock-device (hw/virtio/vhost-vsock-common.c) hands only rx
+    // and tx to the back end (vhost_vqs[2]: activeQueues 2), keeps the event ring itself
+    // and reads guest_cid from our config space (config: true). Its rings are declared
+    // with 128 entries (VHOST_VSOCK_QUEUE_SIZE), but under -M microvm QEMU's virtio-mmio
+    // reports QueueNumMax 1024 (VIRTQUEUE_MAX_SIZE) and Linux takes it: QEMU sends
+    // SET_VRING_NUM 1024, so our rings must allow 1024 (measured; 256 was refused).
+    { device: new VsockDevice({ guestCid: 3, queueSize: 1024 }), qemuDevice: 'vhost-user-vsock-device', activeQueues: 2, config: true, name: 'vsock' },
+  ];
 }

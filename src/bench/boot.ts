@@ -47,7 +47,7 @@ export const bootBench: BenchDefinition = {
     return [{
       bench: 'boot', value: round(value), unit: 'ms', baseline: round(baseline), ratio: round(value / baseline, 3),
       lowerIsBetter: true, iterations: 1, runs: opts.runs, engine, accel,
-      note: 'sandbox = Sandbox.run /bin/true (stdio+status virtio-serial ports, vhost-user rng); baseline = QEMU microvm, same kernel/initramfs/accel, serial console only',
+      note: 'sandbox = Sandbox.run /bin/true (stdio+status virtio-serial ports, vhost-user rng + vsock); baseline = QEMU microvm, same kernel/initramfs/accel, serial console only',
       machine: machineInfo(),
     }];
   },

@@ -180,19 +180,36 @@ function newcEntry(name: string, mode: number, data: Uint8Array, ino: number): B
   return Buffer.concat([head, pad(head.length), Buffer.from(data), pad(data.length)]);
 }
 
+/** One member of a newc archive: a directory (no data) or a regular file. */
+export interface ArchiveEntry {
+  /** Path inside the root, without a leading '/'. */
+  name: string;
+  /** Full st_mode, type bits included (e.g. 0o040755, 0o100755). */
+  mode: number;
+  data?: Uint8Array;
+}
+
 /**
- * A gzip'd newc archive holding CMDLINE_FILE with the given tokens (one per line).
+ * A gzip'd newc archive (owner 0:0, mtime 0) of `entries` in order, with its trailer.
  * Append it to the initramfs (after padding that to a multiple of 4 bytes); Linux
- * unpacks concatenated archives in order and init reads the file after /proc/cmdline.
+ * unpacks concatenated archives in order, later members replacing earlier ones.
+ */
+export function newcArchive(entries: readonly ArchiveEntry[]): Buffer {
+  const parts = entries.map((e, i) => newcEntry(e.name.replace(/^\/+/, ''), e.mode, e.data ?? new Uint8Array(), i + 1));
+  parts.push(newcEntry('TRAILER!!!', 0, new Uint8Array(), entries.length + 1));
+  return gzipSync(Buffer.concat(parts));
+}
+
+/**
+ * A gzip'd newc archive holding CMDLINE_FILE with the given tokens (one per line);
+ * init reads the file after /proc/cmdline.
  */
 export function cmdlineArchive(tokens: string[]): Buffer {
   const body = Buffer.from(tokens.join('\n') + '\n', 'utf8');
-  const cpio = Buffer.concat([
-    newcEntry('.tsibox', 0o040755, new Uint8Array(), 1),
-    newcEntry(CMDLINE_FILE.slice(1), 0o100644, body, 2),
-    newcEntry('TRAILER!!!', 0, new Uint8Array(), 3),
+  return newcArchive([
+    { name: '.tsibox', mode: 0o040755 },
+    { name: CMDLINE_FILE.slice(1), mode: 0o100644, data: body },
   ]);
-  return gzipSync(cpio);
 }
 
 /** Pad an archive to a multiple of 4 bytes so another can be appended. */

@@ -1,0 +1,132 @@
+// tsibox-vsock: a tiny static guest tool that joins stdin/stdout to one AF_VSOCK
+// stream connection (a guest-side netcat for vsock).
+//
+//   tsibox-vsock connect CID PORT   connect to CID:PORT (the host is CID 2)
+//   tsibox-vsock listen PORT        accept one connection on guest port PORT
+//
+// Data from stdin goes to the socket; when stdin ends the sending side is shut down
+// (the peer sees end of stream) and the tool keeps reading. Data from the socket goes
+// to stdout until the peer ends its side. Exit status: 0 when both directions ended
+// cleanly, 1 on a socket or I/O error (message on stderr), 2 on a usage error.
+//
+// Built by `make -C native guest-tools` with gcc -static -Os; packed into an extra
+// initramfs archive at /usr/bin/tsibox-vsock by src/guest/tools.ts.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <linux/vm_sockets.h>
+
+static const char *prog = "tsibox-vsock";
+
+static int usage(void) {
+  fprintf(stderr, "usage: %s connect CID PORT | %s listen PORT\n", prog, prog);
+  return 2;
+}
+
+static int fail(const char *what) {
+  fprintf(stderr, "%s: %s: %s\n", prog, what, strerror(errno));
+  return 1;
+}
+
+static int parse_u32(const char *s, unsigned int *out) {
+  char *end;
+  errno = 0;
+  unsigned long v = strtoul(s, &end, 0);
+  if (errno != 0 || end == s || *end != '\0' || v > 0xffffffffUL) return -1;
+  *out = (unsigned int)v;
+  return 0;
+}
+
+static int write_all(int fd, const char *buf, size_t len) {
+  while (len > 0) {
+    ssize_t n = write(fd, buf, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    buf += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+/* Copies stdin -> sock and sock -> stdout until both directions have ended. */
+static int shovel(int sock) {
+  static char buf[65536];
+  int in_open = 1, sock_open = 1;
+  while (in_open || sock_open) {
+    struct pollfd p[2] = {
+      { .fd = in_open ? 0 : -1, .events = POLLIN },
+      { .fd = sock_open ? sock : -1, .events = POLLIN },
+    };
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return fail("poll");
+    }
+    if (in_open && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+      ssize_t n = read(0, buf, sizeof buf);
+      if (n < 0 && errno != EINTR) return fail("read stdin");
+      if (n == 0) {
+        in_open = 0;
+        if (shutdown(sock, SHUT_WR) < 0 && errno != ENOTCONN) return fail("shutdown");
+      } else if (n > 0 && write_all(sock, buf, (size_t)n) < 0) {
+        return fail("send");
+      }
+    }
+    if (sock_open && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+      ssize_t n = read(sock, buf, sizeof buf);
+      if (n < 0 && errno != EINTR) return fail("recv");
+      if (n == 0) sock_open = 0;
+      else if (n > 0 && write_all(1, buf, (size_t)n) < 0) return fail("write stdout");
+    }
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  signal(SIGPIPE, SIG_IGN);
+  if (argc < 2) return usage();
+  struct sockaddr_vm addr;
+  memset(&addr, 0, sizeof addr);
+  addr.svm_family = AF_VSOCK;
+
+  if (strcmp(argv[1], "connect") == 0) {
+    unsigned int cid, port;
+    if (argc != 4 || parse_u32(argv[2], &cid) < 0 || parse_u32(argv[3], &port) < 0) return usage();
+    int s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return fail("socket(AF_VSOCK)");
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    if (connect(s, (struct sockaddr *)&addr, sizeof addr) < 0) return fail("connect");
+    int rc = shovel(s);
+    close(s);
+    return rc;
+  }
+
+  if (strcmp(argv[1], "listen") == 0) {
+    unsigned int port;
+    if (argc != 3 || parse_u32(argv[2], &port) < 0) return usage();
+    int l = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l < 0) return fail("socket(AF_VSOCK)");
+    addr.svm_cid = VMADDR_CID_ANY;
+    addr.svm_port = port;
+    if (bind(l, (struct sockaddr *)&addr, sizeof addr) < 0) return fail("bind");
+    if (listen(l, 1) < 0) return fail("listen");
+    int s;
+    do s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+    while (s < 0 && errno == EINTR);
+    if (s < 0) return fail("accept");
+    close(l);
+    int rc = shovel(s);
+    close(s);
+    return rc;
+  }
+
+  return usage();
+}
