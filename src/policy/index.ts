@@ -4,7 +4,7 @@
 // is no implicit default: constructing a Policy without one is an error.
 import { BlockList, isIPv4 } from 'node:net';
 import { TsiboxError } from '../errors.js';
-import { canonicalAddress } from '../../proxies/protocol.js';
+import { canonicalAddress } from '../net/address.js';
 
 export type Action = 'allow' | 'deny';
 export type Protocol = 'tcp' | 'udp' | 'unix';
