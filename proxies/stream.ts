@@ -60,8 +60,14 @@ export class StreamProxy {
     rec.finish(`${decision === 'deny' ? 'denied' : 'rejected'}: ${err.reason}`);
   }
 
-  #open(conn: VsockConnection, target: SockAddr, rest: Buffer, handshake: number): void {
+  #open(conn: VsockConnection, guestTarget: SockAddr, rest: Buffer, handshake: number): void {
     const ctx = this.#ctx;
+    // Host aliases first (the policy judges the real destination).
+    let target = guestTarget;
+    if ((target.family === 'ipv4' || target.family === 'ipv6') && ctx.aliases !== undefined) {
+      const real = ctx.aliases.resolve(target.address);
+      if (real !== undefined) target = { family: real.includes(':') ? 'ipv6' : 'ipv4', address: real, port: target.port };
+    }
     let decision;
     if (target.family === 'unix') {
       decision = ctx.policy.evaluate({ direction: 'outbound', protocol: 'unix', path: target.path });
@@ -105,7 +111,10 @@ export class StreamProxy {
       socket.setTimeout(0);
       conn.off('close', onEarlyClose);
       const local: SockAddr = target.family === 'unix' ? { family: 'unix', path: '' } : sockAddrOf({ address: socket.localAddress, port: socket.localPort });
-      const peer: SockAddr = target.family === 'unix' ? target : sockAddrOf({ address: socket.remoteAddress, port: socket.remotePort });
+      // An aliased target keeps its guest-visible address as the peer.
+      const peer: SockAddr = target.family === 'unix' || target !== guestTarget
+        ? guestTarget
+        : sockAddrOf({ address: socket.remoteAddress, port: socket.remotePort });
       rec.rec.src = formatAddr(local);
       conn.write(encodeConnectResult(0, local, peer));
       pipeSocket(conn, socket, (end) => {

@@ -6,7 +6,7 @@ import { silentLogger } from '../src/log.js';
 import type { Policy } from '../src/policy/index.js';
 import { PortMap } from '../src/portmap/index.js';
 import type { VsockDevice } from '../src/virtio/vsock/device.js';
-import type { TsiContext } from './context.js';
+import { HostAliases, type TsiContext } from './context.js';
 import { DatagramProxy } from './datagram.js';
 import { ListenerProxy } from './listener.js';
 import { ConnectionLog } from './log.js';
@@ -21,6 +21,12 @@ export interface TsiHostOptions {
   logger?: Logger;
   /** Host connect timeout and guest handshake deadline (default 10 s). */
   timeoutMs?: number;
+  /**
+   * Guest address → host address, applied to outbound TCP targets before the policy
+   * (e.g. `{ '10.0.2.2': '127.0.0.1', 'fd00::2': '::1' }`: the guest reaches host
+   * loopback services through 10.0.2.2 / fd00::2).
+   */
+  hostAliases?: Record<string, string>;
 }
 
 export class TsiHost {
@@ -39,6 +45,7 @@ export class TsiHost {
     this.connections = new ConnectionLog(log);
     const ctx: TsiContext = {
       device: opts.device, policy: opts.policy, portMap: this.portMap, connections: this.connections, log, timeoutMs: opts.timeoutMs ?? 10_000,
+      ...(opts.hostAliases ? { aliases: new HostAliases(Object.entries(opts.hostAliases)) } : {}),
     };
     this.stream = new StreamProxy(ctx);
     this.listener = new ListenerProxy(ctx);

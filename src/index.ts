@@ -1,5 +1,5 @@
 // The package's public entry point.
-export { Sandbox, type SandboxOptions, type SandboxResult, type VsockPort, type EngineChoice, type EngineName } from './sandbox.js';
+export { Sandbox, type SandboxOptions, type SandboxResult, type VsockPort, type SandboxNetwork, type EngineChoice, type EngineName } from './sandbox.js';
 export { chooseEngine, type EngineDecision } from './engine/select.js';
 export { TsiboxError, type TsiboxErrorCode } from './errors.js';
 export { Vm, type VmOptions, type VmExit, type VmExitReason, type RunOptions } from './vmm/vm.js';
@@ -18,3 +18,5 @@ export { ensureKernel, ensureInitramfs, kernelPaths, initramfsPath, buildCmdline
 export { guestToolsArchive, ensureGuestTools, newcArchive, GUEST_TOOLS, type GuestToolName, type ArchiveEntry } from './guest/index.js';
 export { probeRing0, type Ring0Probe } from './doctor/ring0.js';
 export { testGuestPath } from './paths.js';
+export { Policy, type PolicyOptions, type PolicyRule } from './policy/index.js';
+export { PortMap } from './portmap/index.js';

@@ -1,6 +1,7 @@
 // The public way to run a program in a microVM: `await Sandbox.run({ argv })`.
 // Picks the engine (KVM where guest ring 0 runs natively, QEMU otherwise), makes sure
 // the guest kernel and default root exist, streams stdio and returns the exit status.
+import { isIPv4, isIPv6 } from 'node:net';
 import { Writable, type Readable } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import { TsiboxError } from './errors.js';
@@ -12,6 +13,9 @@ import { RngDevice } from './virtio/rng.js';
 import { VsockDevice } from './virtio/vsock/device.js';
 import { addVsockPort, type VsockBridge } from '../proxies/unix-bridge.js';
 import { ConnectionLog } from '../proxies/log.js';
+import { TsiHost } from '../proxies/tsi.js';
+import type { Policy } from './policy/index.js';
+import type { PortMap } from './portmap/index.js';
 
 export type { EngineChoice, EngineName } from './engine/select.js';
 
@@ -43,6 +47,28 @@ export interface SandboxOptions {
   onQemuStart?: (pid: number) => void;
   /** vsock ports joined to host unix sockets (QEMU engine for now); the guest is CID 3, the host CID 2. */
   vsockPorts?: VsockPort[];
+  /** Guest networking (QEMU engine for now). Without it the guest has loopback only. */
+  network?: SandboxNetwork;
+}
+
+/**
+ * TSI networking (docs/tsi-protocol.md): the guest's TCP connect() to a non-local
+ * address is made by tsibox on the host, if the policy allows it.
+ */
+export interface SandboxNetwork {
+  mode: 'tsi';
+  /** Required: decides every connection (see src/policy). */
+  policy: Policy;
+  /** Host ports exposed to guest listeners (TSI listen() is not in the guest kernel yet). */
+  portMap?: PortMap;
+  /**
+   * A guest IPv4 address that stands for the host's 127.0.0.1 (e.g. '10.0.2.2'): guest
+   * connections to it are made to 127.0.0.1 on the host. Applied before the policy,
+   * which therefore must allow 127.0.0.1. Off by default.
+   */
+  hostLoopbackAlias?: string;
+  /** The same for IPv6 (e.g. 'fd00::2' → ::1). Off by default. */
+  hostLoopbackAlias6?: string;
 }
 
 /**
@@ -117,7 +143,11 @@ export class Sandbox {
     checkVsockPorts(vsockPorts);
 
     let exitCode: number;
+    const network = opts.network;
+    if (network !== undefined) checkNetwork(network);
+
     if (decision.engine === 'kvm') {
+      if (network !== undefined) throw new TsiboxError('ENGINE_UNAVAILABLE', 'network needs the QEMU engine (the KVM engine has no vsock device yet)');
       if (vsockPorts.length > 0) throw new TsiboxError('ENGINE_UNAVAILABLE', 'vsockPorts need the QEMU engine (the KVM engine has no vsock device yet)');
       const { probe, error } = await ring0ProbeOnce();
       if (probe?.native !== true && process.env['TSIBOX_FORCE_KVM'] !== '1') {
@@ -132,7 +162,17 @@ export class Sandbox {
       const devices = defaultQemuDevices();
       const vsock = devices.find((d) => d.device instanceof VsockDevice)!.device as VsockDevice;
       const bridges: VsockBridge[] = [];
+      let tsi: TsiHost | undefined;
       try {
+        if (network !== undefined) {
+          const hostAliases: Record<string, string> = {};
+          if (network.hostLoopbackAlias !== undefined) hostAliases[network.hostLoopbackAlias] = '127.0.0.1';
+          if (network.hostLoopbackAlias6 !== undefined) hostAliases[network.hostLoopbackAlias6] = '::1';
+          tsi = new TsiHost({
+            device: vsock, policy: network.policy, logger: log, hostAliases,
+            ...(network.portMap ? { portMap: network.portMap } : {}),
+          });
+        }
         const connLog = new ConnectionLog(log);
         for (const p of vsockPorts) bridges.push(addVsockPort(vsock, p.port, p.path, p.direction === 'host-to-guest', connLog));
         await Promise.all(bridges.map((b) => b.ready));
@@ -146,6 +186,7 @@ export class Sandbox {
         }
         throw err;
       } finally {
+        tsi?.close();
         await Promise.all(bridges.map((b) => b.close()));
       }
     }
@@ -169,6 +210,15 @@ function checkVsockPorts(ports: readonly VsockPort[]): void {
     if (seen.has(key)) throw new TsiboxError('INVALID_ARGUMENT', `vsockPorts: port ${p.port} (${dir}) is given twice`);
     seen.add(key);
   }
+}
+
+function checkNetwork(n: SandboxNetwork): void {
+  if (n.mode !== 'tsi') throw new TsiboxError('INVALID_ARGUMENT', `network.mode ${String(n.mode)} is not 'tsi'`);
+  if (n.policy === undefined || typeof (n.policy as { evaluate?: unknown }).evaluate !== 'function') {
+    throw new TsiboxError('INVALID_ARGUMENT', 'network.policy is required (new Policy({ default, rules }))');
+  }
+  if (n.hostLoopbackAlias !== undefined && !isIPv4(n.hostLoopbackAlias)) throw new TsiboxError('INVALID_ARGUMENT', `network.hostLoopbackAlias ${n.hostLoopbackAlias} is not an IPv4 address`);
+  if (n.hostLoopbackAlias6 !== undefined && !isIPv6(n.hostLoopbackAlias6)) throw new TsiboxError('INVALID_ARGUMENT', `network.hostLoopbackAlias6 ${n.hostLoopbackAlias6} is not an IPv6 address`);
 }
 
 /** Our devices every QEMU sandbox gets, served over vhost-user. */

@@ -3,6 +3,7 @@
 // as an extra initramfs archive (`Sandbox.run({ extraArchives: [await guestToolsArchive()] })`).
 //
 //   /usr/bin/tsibox-vsock   connect CID PORT | listen PORT: stdin/stdout over AF_VSOCK
+//   /usr/bin/tsibox-tcp     [-v] ADDRESS PORT: stdin/stdout over one TCP connection; exit status = connect() errno
 import { execFile } from 'node:child_process';
 import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -11,7 +12,7 @@ import { cacheRoot, packageRoot } from './build.js';
 import { newcArchive } from './cmdline.js';
 
 /** The tools, and where each lands in the guest. */
-export const GUEST_TOOLS = { 'tsibox-vsock': '/usr/bin/tsibox-vsock' } as const;
+export const GUEST_TOOLS = { 'tsibox-vsock': '/usr/bin/tsibox-vsock', 'tsibox-tcp': '/usr/bin/tsibox-tcp' } as const;
 export type GuestToolName = keyof typeof GUEST_TOOLS;
 
 /** Where make puts native builds: the package's native/build, or the cache when that is read-only. */

@@ -29,10 +29,10 @@ export const LOOPBACK_ONLY: PolicyOptions = {
   ],
 };
 
-export async function rig(t: Test, opts: { policy?: PolicyOptions; guest?: GuestVsockOptions; portMap?: PortMap; hello?: boolean } = {}): Promise<Rig> {
+export async function rig(t: Test, opts: { policy?: PolicyOptions; guest?: GuestVsockOptions; portMap?: PortMap; hello?: boolean; hostAliases?: Record<string, string> } = {}): Promise<Rig> {
   const vsock = new GuestVsock(opts.guest);
   const portMap = opts.portMap ?? new PortMap();
-  const host = new TsiHost({ device: vsock.device, policy: new Policy(opts.policy ?? LOOPBACK_ONLY), portMap, timeoutMs: 5000 });
+  const host = new TsiHost({ device: vsock.device, policy: new Policy(opts.policy ?? LOOPBACK_ONLY), portMap, timeoutMs: 5000, ...(opts.hostAliases ? { hostAliases: opts.hostAliases } : {}) });
   const guest = new TsiGuest(vsock);
   const r: Rig = {
     vsock, host, guest, portMap,

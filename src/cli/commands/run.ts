@@ -1,12 +1,14 @@
 import { pino } from 'pino';
-import { Sandbox, type EngineChoice } from '../../sandbox.js';
+import { isIPv4, isIPv6 } from 'node:net';
+import { Sandbox, type EngineChoice, type SandboxNetwork } from '../../sandbox.js';
+import { Policy, type PolicyRule } from '../../policy/index.js';
 import { UsageError } from '../args.js';
 import { expectPositionals, type Command } from '../registry.js';
 
 export const runCommand: Command = {
   name: 'run',
   summary: 'run a program in a microVM (default root: busybox); exits with its status',
-  usage: 'run [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--verbose] -- CMD [ARGS...]',
+  usage: 'run [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]...] [--verbose] -- CMD [ARGS...]',
   options: {
     engine: { type: 'string', value: 'kvm|qemu|auto', choices: ['kvm', 'qemu', 'auto'], description: 'how to run the VM (default auto: KVM where guest ring 0 runs natively, else QEMU)' },
     cpus: { type: 'integer', value: 'N', min: 1, max: 16, description: 'vCPUs (default 1)' },
@@ -17,6 +19,9 @@ export const runCommand: Command = {
     workdir: { type: 'string', value: 'DIR', description: 'working directory in the guest (created when missing)' },
     timeout: { type: 'integer', value: 'SEC', min: 1, description: 'kill the VM after this many seconds' },
     verbose: { type: 'boolean', description: 'say on stderr which engine runs the VM, and why' },
+    net: { type: 'string', value: 'tsi', choices: ['tsi'], description: 'guest TCP connect() goes out through tsibox (TSI; QEMU engine); everything is denied unless --allow permits it' },
+    allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'with --net tsi: allow TCP to CIDR (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, ::/0)' },
+    'host-alias': { type: 'string', value: 'ADDR', repeatable: true, description: "with --net tsi: the guest reaches the host's 127.0.0.1 (IPv4 ADDR) or ::1 (IPv6 ADDR) through ADDR, e.g. 10.0.2.2; --allow 127.0.0.1 (or ::1) too" },
   },
   help: 'Exit status: CMD\'s own; 125 guest setup failed, 126 CMD not executable, 127 CMD not found, 128+N killed by signal N.',
   async run(args, io) {
@@ -28,6 +33,7 @@ export const runCommand: Command = {
       if (eq <= 0) throw new UsageError(`--env wants KEY=VALUE, got ${JSON.stringify(kv)}`);
       env[kv.slice(0, eq)] = kv.slice(eq + 1);
     }
+    const network = networkOption(o.net, o.allow, o['host-alias']);
     const verbose = o.verbose === true;
     const logger = pino({ name: 'tsibox', level: 'silent' });
     const stdin = io.stdin ?? process.stdin;
@@ -42,6 +48,7 @@ export const runCommand: Command = {
         ...(typeof o.initrd === 'string' ? { initrd: o.initrd } : {}),
         ...(typeof o.workdir === 'string' ? { workdir: o.workdir } : {}),
         ...(typeof o.timeout === 'number' ? { timeoutMs: o.timeout * 1000 } : {}),
+        ...(network ? { network } : {}),
         stdin,
         stdout: io.stdout,
         stderr: io.stderr,
@@ -68,4 +75,53 @@ function engineLineLogger(print: (line: string) => void): pino.Logger {
       }
     },
   });
+}
+
+/** --net tsi, --allow CIDR[:PORTS]... and --host-alias ADDR... → Sandbox network (default deny). */
+export function networkOption(net: unknown, allow: unknown, aliases: unknown): SandboxNetwork | undefined {
+  const allows = Array.isArray(allow) ? allow.map(String) : [];
+  const alias = Array.isArray(aliases) ? aliases.map(String) : [];
+  if (net !== 'tsi') {
+    if (allows.length > 0 || alias.length > 0) throw new UsageError('--allow and --host-alias need --net tsi');
+    return undefined;
+  }
+  const rules: PolicyRule[] = allows.map((a) => ({ action: 'allow', protocol: 'tcp', direction: 'outbound', name: `--allow ${a}`, ...parseAllow(a) }));
+  const network: SandboxNetwork = { mode: 'tsi', policy: new Policy({ default: 'deny', rules }) };
+  for (const a of alias) {
+    if (isIPv4(a)) {
+      if (network.hostLoopbackAlias !== undefined) throw new UsageError('--host-alias: one IPv4 alias only');
+      network.hostLoopbackAlias = a;
+    } else if (isIPv6(a)) {
+      if (network.hostLoopbackAlias6 !== undefined) throw new UsageError('--host-alias: one IPv6 alias only');
+      network.hostLoopbackAlias6 = a;
+    } else {
+      throw new UsageError(`--host-alias wants an IP address, got ${JSON.stringify(a)}`);
+    }
+  }
+  return network;
+}
+
+/** 'CIDR', 'CIDR:PORT', 'CIDR:LOW-HIGH'; IPv6 with ports in brackets: '[::1]:80', '[fd00::/8]:1-1024'. */
+export function parseAllow(spec: string): { cidr: string; ports?: number | [number, number] } {
+  let cidr = spec;
+  let ports: string | undefined;
+  const bracket = /^\[([^\]]+)\](?::(.*))?$/.exec(spec);
+  if (bracket) {
+    cidr = bracket[1]!;
+    ports = bracket[2];
+  } else if (spec.split(':').length === 2) {
+    [cidr, ports] = spec.split(':') as [string, string];
+  }
+  const [addr, len, extra] = cidr.split('/');
+  const max = isIPv4(addr ?? '') ? 32 : isIPv6(addr ?? '') ? 128 : -1;
+  const bad = (): never => { throw new UsageError(`--allow wants CIDR[:PORT[-PORT]], got ${JSON.stringify(spec)}`); };
+  if (max < 0 || extra !== undefined) bad();
+  if (len !== undefined && (!/^\d+$/.test(len) || Number(len) > max)) bad();
+  if (ports === undefined) return { cidr };
+  const m = /^(\d+)(?:-(\d+))?$/.exec(ports);
+  if (!m) return bad();
+  const lo = Number(m[1]);
+  const hi = m[2] === undefined ? lo : Number(m[2]);
+  if (lo < 1 || hi > 65535 || lo > hi) bad();
+  return { cidr, ports: lo === hi ? lo : [lo, hi] };
 }

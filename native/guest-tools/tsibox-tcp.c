@@ -1,0 +1,146 @@
+// tsibox-tcp: a tiny static guest tool that joins stdin/stdout to one TCP connection
+// (a guest-side netcat for TSI tests; busybox nc reports no connect errno).
+//
+//   tsibox-tcp [-v] ADDRESS PORT    connect (IPv4 or IPv6 literal), then shovel bytes
+//
+// Data from stdin goes to the socket; when stdin ends the sending side is shut down
+// and the tool keeps reading until the peer ends its side. -v prints the socket's
+// local and peer addresses (getsockname/getpeername) on stderr after connecting.
+// Exit status: 0 when both directions ended cleanly; when connect() fails, its errno
+// (ECONNREFUSED 111, EACCES 13, ETIMEDOUT 110, ENETUNREACH 101, ...); 1 on a later
+// socket or I/O error; 2 on a usage error.
+//
+// Built by `make -C native guest-tools` with gcc -static -Os; packed into an extra
+// initramfs archive at /usr/bin/tsibox-tcp by src/guest/tools.ts.
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static const char *prog = "tsibox-tcp";
+
+static int usage(void) {
+  fprintf(stderr, "usage: %s [-v] ADDRESS PORT\n", prog);
+  return 2;
+}
+
+static int fail(const char *what) {
+  fprintf(stderr, "%s: %s: %s\n", prog, what, strerror(errno));
+  return 1;
+}
+
+static int write_all(int fd, const char *buf, size_t len) {
+  while (len > 0) {
+    ssize_t n = write(fd, buf, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    buf += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+static void show(const char *what, const struct sockaddr_storage *ss) {
+  char a[INET6_ADDRSTRLEN] = "?";
+  unsigned port = 0;
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *s = (const struct sockaddr_in *)ss;
+    inet_ntop(AF_INET, &s->sin_addr, a, sizeof a);
+    port = ntohs(s->sin_port);
+    fprintf(stderr, "%s %s:%u\n", what, a, port);
+  } else if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)ss;
+    inet_ntop(AF_INET6, &s->sin6_addr, a, sizeof a);
+    port = ntohs(s->sin6_port);
+    fprintf(stderr, "%s [%s]:%u\n", what, a, port);
+  } else {
+    fprintf(stderr, "%s family %d\n", what, ss->ss_family);
+  }
+}
+
+/* Copies stdin -> sock and sock -> stdout until both directions have ended. */
+static int shovel(int sock) {
+  static char buf[65536];
+  int in_open = 1, sock_open = 1;
+  while (in_open || sock_open) {
+    struct pollfd p[2] = {
+      { .fd = in_open ? 0 : -1, .events = POLLIN },
+      { .fd = sock_open ? sock : -1, .events = POLLIN },
+    };
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return fail("poll");
+    }
+    if (in_open && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+      ssize_t n = read(0, buf, sizeof buf);
+      if (n < 0 && errno != EINTR) return fail("read stdin");
+      if (n == 0) {
+        in_open = 0;
+        if (shutdown(sock, SHUT_WR) < 0) return fail("shutdown");
+      } else if (n > 0 && write_all(sock, buf, (size_t)n) < 0) {
+        return fail("send");
+      }
+    }
+    if (sock_open && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+      ssize_t n = read(sock, buf, sizeof buf);
+      if (n < 0 && errno != EINTR) return fail("recv");
+      if (n == 0) sock_open = 0;
+      else if (n > 0 && write_all(1, buf, (size_t)n) < 0) return fail("write stdout");
+    }
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  signal(SIGPIPE, SIG_IGN);
+  int verbose = 0, i = 1;
+  if (i < argc && strcmp(argv[i], "-v") == 0) { verbose = 1; i++; }
+  if (argc - i != 2) return usage();
+  char *end;
+  unsigned long port = strtoul(argv[i + 1], &end, 10);
+  if (end == argv[i + 1] || *end != '\0' || port > 65535) return usage();
+
+  struct sockaddr_storage ss;
+  socklen_t len;
+  memset(&ss, 0, sizeof ss);
+  struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+  if (inet_pton(AF_INET, argv[i], &in4->sin_addr) == 1) {
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons((unsigned short)port);
+    len = sizeof *in4;
+  } else if (inet_pton(AF_INET6, argv[i], &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((unsigned short)port);
+    len = sizeof *in6;
+  } else {
+    return usage();
+  }
+
+  int s = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return fail("socket");
+  if (connect(s, (struct sockaddr *)&ss, len) < 0) {
+    int e = errno;
+    fprintf(stderr, "%s: connect: %s\n", prog, strerror(e));
+    return e > 0 && e < 256 ? e : 1;
+  }
+  if (verbose) {
+    struct sockaddr_storage a;
+    socklen_t al = sizeof a;
+    if (getsockname(s, (struct sockaddr *)&a, &al) == 0) show("local", &a);
+    al = sizeof a;
+    if (getpeername(s, (struct sockaddr *)&a, &al) == 0) show("peer", &a);
+  }
+  int rc = shovel(s);
+  close(s);
+  return rc;
+}

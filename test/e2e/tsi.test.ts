@@ -1,0 +1,219 @@
+/**
+ * End to end: TSI under QEMU (TCG here) with our patched guest kernel
+ * (native/kernel/patches/0001-tsi.patch). A guest program's ordinary TCP connect()
+ * to a non-local address goes over vsock to the host's TsiHost, which makes the host
+ * connection. Host servers listen ONLY on 127.0.0.1 / ::1; the guest names them
+ * through the host-loopback aliases 10.0.2.2 and fd00::2, and the policy allows only
+ * 127.0.0.0/8 and ::1, so nothing can leave this machine even if the alias logic
+ * were wrong.
+ */
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { Sandbox, guestToolsArchive } from '../../src/index.js';
+import { Policy } from '../../src/policy/index.js';
+import { findQemu } from '../../src/engine/qemu.js';
+import { ensureInitramfs, ensureKernel, kernelPaths } from '../../src/guest/index.js';
+import { PACKAGE_ROOT } from '../../src/paths.js';
+
+if (kernelPaths() === undefined) t.setTimeout(20 * 60_000);
+let skip: string | false = false;
+let tools: Buffer | undefined;
+if (findQemu() === undefined) skip = 'qemu-system-x86_64 is not installed (Debian: qemu-system-x86)';
+else {
+  try {
+    await ensureKernel({ onProgress: (l) => t.comment(l) });
+    await ensureInitramfs({ onProgress: (l) => t.comment(l) });
+    tools = await guestToolsArchive();
+  } catch (e) {
+    skip = `the guest kernel/initramfs/tools cannot be built here: ${(e as Error).message}`;
+  }
+}
+
+const BIN = join(PACKAGE_ROOT, 'bin', 'tsibox.js');
+const ALIAS4 = '10.0.2.2';
+const ALIAS6 = 'fd00::2';
+const BODY = 'hello from a host loopback server\n';
+const ECHO_BYTES = 4 * 1024 * 1024;
+
+function memoryLogger(lines: Array<Record<string, unknown>>): pino.Logger {
+  const sink = new Writable({
+    write(chunk: Buffer, _e, done) {
+      for (const l of chunk.toString('utf8').split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>);
+      done();
+    },
+  });
+  return pino({ level: 'info' }, sink);
+}
+
+/** A TCP echo server on `host` that counts connections and hashes what it got. */
+interface Echo { server: Server; port: number; connections: number; received: number; sha: string | undefined; ms: number | undefined }
+async function echoServer(host: string, sockets: Set<Socket>): Promise<Echo> {
+  const e: Echo = { server: createServer({ allowHalfOpen: true }), port: 0, connections: 0, received: 0, sha: undefined, ms: undefined };
+  e.server.on('connection', (s) => {
+    e.connections++;
+    sockets.add(s);
+    const h = createHash('sha256');
+    const started = performance.now();
+    s.on('error', () => { /* checked through the data */ });
+    s.on('data', (d: Buffer) => { e.received += d.length; h.update(d); s.write(d); });
+    s.on('end', () => { e.sha = h.digest('hex'); s.end(); });
+    s.on('close', () => { e.ms = performance.now() - started; sockets.delete(s); });
+  });
+  await new Promise<void>((resolve, reject) => { e.server.once('error', reject); e.server.listen(0, host, resolve); });
+  e.port = (e.server.address() as AddressInfo).port;
+  return e;
+}
+
+t.test('TSI under QEMU', { skip }, async (t) => {
+  const sockets = new Set<Socket>();
+  const servers: Array<Server | HttpServer> = [];
+  t.teardown(async () => {
+    for (const s of sockets) s.destroy();
+    await Promise.all(servers.map((s) => new Promise<void>((r) => { s.close(() => { r(); }); })));
+  });
+
+  let httpRequests = 0;
+  const http = createHttpServer((req, res) => { httpRequests++; res.end(req.url === '/' ? BODY : `path ${req.url}\n`); });
+  servers.push(http);
+  await new Promise<void>((resolve, reject) => { http.once('error', reject); http.listen(0, '127.0.0.1', resolve); });
+  const httpPort = (http.address() as AddressInfo).port;
+  const echo4 = await echoServer('127.0.0.1', sockets);
+  const echo6 = await echoServer('::1', sockets);
+  const denied = await echoServer('127.0.0.1', sockets); // allowed by CIDR, denied by the port rule below
+  servers.push(echo4.server, echo6.server, denied.server);
+  // A port nobody listens on: bind, note the port, close.
+  const closed = createServer();
+  await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+  const closedPort = (closed.address() as AddressInfo).port;
+  await new Promise<void>((r) => closed.close(() => { r(); }));
+
+  const script = [
+    `head -c ${ECHO_BYTES} /dev/urandom > /tmp/sent`,
+    'sha256sum /tmp/sent',
+    `time wget -q -O- http://${ALIAS4}:${httpPort}/ > /tmp/body; echo wget=$?`,
+    'cat /tmp/body',
+    `tsibox-tcp -v ${ALIAS4} ${echo4.port} < /tmp/sent > /tmp/echo4; echo echo4=$?`,
+    'sha256sum /tmp/echo4',
+    `echo six | tsibox-tcp -v ${ALIAS6} ${echo6.port}; echo echo6=$?`,
+    `wget -q -O- "http://[${ALIAS6}]:${httpPort}/" ; echo wget6=$?`,
+    `tsibox-tcp ${ALIAS4} ${closedPort} < /dev/null; echo refused=$?`,
+    `tsibox-tcp ${ALIAS4} ${denied.port} < /dev/null; echo denied=$?`,
+    'tsibox-tcp 192.0.2.1 80 < /dev/null; echo external=$?',
+    // Guest loopback stays in the guest: nothing listens there.
+    `tsibox-tcp 127.0.0.1 ${echo4.port} < /dev/null; echo guestlocal=$?`,
+  ].join('\n');
+
+  const logLines: Array<Record<string, unknown>> = [];
+  const started = performance.now();
+  const r = await Sandbox.run({
+    engine: 'qemu',
+    argv: ['sh', '-c', script],
+    extraArchives: [tools!],
+    network: {
+      mode: 'tsi',
+      policy: new Policy({
+        default: 'deny',
+        rules: [
+          { action: 'deny', protocol: 'tcp', cidr: '127.0.0.1', ports: denied.port, name: 'the denied test port' },
+          { action: 'allow', protocol: 'tcp', direction: 'outbound', cidr: ['127.0.0.0/8', '::1/128'], name: 'host loopback only' },
+        ],
+      }),
+      hostLoopbackAlias: ALIAS4,
+      hostLoopbackAlias6: ALIAS6,
+    },
+    logger: memoryLogger(logLines),
+    timeoutMs: 90_000,
+  });
+  const ms = performance.now() - started;
+  const out = r.stdout!.toString();
+  const err = r.stderr?.toString() ?? '';
+  t.equal(r.exitCode, 0, 'the guest script ran', { stdout: out, stderr: err });
+  const sums = new Map<string, string>();
+  for (const m of out.matchAll(/^([0-9a-f]{64})\s+(\S+)$/gm)) sums.set(m[2]!, m[1]!);
+
+  await t.test('busybox wget reaches a host 127.0.0.1 HTTP server through the alias', async (t) => {
+    t.match(out, /^wget=0$/m, 'wget exits 0');
+    t.ok(out.includes(BODY), 'the body arrives');
+    const wall = /real\s+(\d+)m\s*([\d.]+)s/.exec(err);
+    if (wall) t.comment(`wget inside the guest (TCG): ${(Number(wall[1]) * 60 + Number(wall[2])) * 1000} ms`);
+  });
+
+  await t.test('TCP echo over IPv4: 4 MiB, same sha256 on both sides; getpeername shows the alias', async (t) => {
+    t.match(out, /^echo4=0$/m);
+    t.equal(echo4.connections, 1, 'one host connection');
+    t.equal(echo4.received, ECHO_BYTES, 'the host got every byte');
+    t.equal(echo4.sha, sums.get('/tmp/sent'), 'guest → host sha256');
+    t.equal(sums.get('/tmp/echo4'), sums.get('/tmp/sent'), 'host → guest sha256 (echoed)');
+    t.match(err, new RegExp(`^peer ${ALIAS4.replace(/\./g, '\\.')}:${echo4.port}$`, 'm'), 'getpeername() is the alias and port');
+    t.match(err, /^local 127\.0\.0\.1:\d+$/m, 'getsockname() is the host socket\'s local address');
+    if (echo4.ms !== undefined) t.comment(`echo: ${(2 * ECHO_BYTES / 1048576 / (echo4.ms / 1000)).toFixed(1)} MiB/s both ways together (${ECHO_BYTES} bytes each way in ${echo4.ms.toFixed(0)} ms, TCG)`);
+  });
+
+  await t.test('IPv6: fd00::2 reaches a host ::1 server', async (t) => {
+    t.match(out, /^six$/m, 'echoed over IPv6');
+    t.match(out, /^echo6=0$/m);
+    t.equal(echo6.connections, 1);
+    t.match(err, new RegExp(`^peer \\[${ALIAS6}\\]:${echo6.port}$`, 'm'), 'getpeername() is the IPv6 alias');
+    t.match(out, /^wget6=1$/m, 'the HTTP server listens on 127.0.0.1 only, so fd00::2 (→ ::1) is refused');
+  });
+
+  await t.test('connection refused on the host surfaces as ECONNREFUSED in the guest', async (t) => {
+    t.match(out, /^refused=111$/m, 'tsibox-tcp exits with errno 111');
+    t.match(err, /tsibox-tcp: connect: Connection refused/);
+  });
+
+  await t.test('a policy-denied destination never reaches the host server; the guest sees EACCES', async (t) => {
+    t.match(out, /^denied=13$/m, 'EACCES (13) for the denied port');
+    t.equal(denied.connections, 0, 'the denied server counted zero connections');
+    t.match(out, /^external=13$/m, 'a non-loopback destination is denied too (default deny)');
+    const events = logLines.filter((l) => l['event'] === 'tsi.connection' && l['decision'] === 'deny');
+    t.ok(events.some((e) => e['dst'] === `127.0.0.1:${denied.port}` && e['rule'] === 'the denied test port'), 'the denial is logged with its rule', { events });
+  });
+
+  await t.test('guest loopback stays in the guest', async (t) => {
+    t.match(out, /^guestlocal=111$/m, '127.0.0.1 in the guest is the guest itself (refused there)');
+  });
+
+  t.equal(httpRequests, 1, 'exactly one HTTP request reached the host (IPv4 wget)');
+  t.comment(`one sandbox run: ${ms.toFixed(0)} ms`);
+});
+
+t.test('without network the patched kernel falls back to the guest stack (ENETUNREACH)', { skip }, async (t) => {
+  const r = await Sandbox.run({
+    engine: 'qemu', extraArchives: [tools!], timeoutMs: 60_000,
+    argv: ['sh', '-c', `tsibox-tcp ${ALIAS4} 80 < /dev/null; echo nonet=$?`],
+  });
+  t.equal(r.exitCode, 0);
+  t.match(r.stdout!.toString(), /^nonet=101$/m, 'ENETUNREACH (101): no route, no TSI service', { stderr: r.stderr?.toString() });
+});
+
+t.test('tsibox run --net tsi', { skip }, async (t) => {
+  let requests = 0;
+  const http = createHttpServer((_req, res) => { requests++; res.end(BODY); });
+  t.teardown(() => new Promise<void>((r) => { http.close(() => { r(); }); }));
+  await new Promise<void>((resolve, reject) => { http.once('error', reject); http.listen(0, '127.0.0.1', resolve); });
+  const port = (http.address() as AddressInfo).port;
+  const run = (extra: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> => new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, 'run', '--engine', 'qemu', '--timeout', '60', '--net', 'tsi', '--host-alias', ALIAS4, ...extra,
+      '--', 'wget', '-q', '-O-', `http://${ALIAS4}:${port}/`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => { resolve({ code, stdout, stderr }); });
+  });
+  const ok = await run(['--allow', `127.0.0.1:${port}`]);
+  t.equal(ok.code, 0, 'wget through --allow 127.0.0.1:PORT exits 0', ok);
+  t.equal(ok.stdout, BODY, 'the body arrives on stdout');
+  const no = await run([]);
+  t.not(no.code, 0, 'without --allow the connection is denied (wget fails)');
+  t.equal(requests, 1, 'only the allowed run reached the server');
+});
+
