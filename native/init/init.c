@@ -23,7 +23,10 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -326,6 +329,141 @@ static int parse_uint(const char *s, unsigned long *out)
 	return errno || *end ? -1 : 0;
 }
 
+/* ---------- eth0 from tsibox.net (virtio-net wired to passt by the host) ----------
+ * `tsibox.net=ADDR/PREFIX,GW[,DNS...]`: the host chose the addresses and gave the same
+ * ones to passt (-a/-n/-g/-D), so no DHCP client is needed. */
+
+#define NET_MAX_DNS 3
+
+static struct {
+	int set;
+	struct in_addr addr, gw;
+	unsigned prefix;
+	struct in_addr dns[NET_MAX_DNS];
+	int ndns;
+} netcfg;
+
+static int net_parse(const char *val)
+{
+	struct strv l = { 0 };
+	int rc = -1;
+	if (decode_list(val, "net", &l)) return -1;
+	if (l.n < 2 || l.n > 2 + NET_MAX_DNS) {
+		err("tsibox.net: want ADDR/PREFIX,GW[,DNS...] (at most %d DNS), got \"%s\"", NET_MAX_DNS, val);
+		goto out;
+	}
+	char *slash = strchr(l.v[0], '/');
+	unsigned long prefix;
+	if (!slash || (*slash = 0, parse_uint(slash + 1, &prefix)) || prefix < 1 || prefix > 30
+	    || inet_pton(AF_INET, l.v[0], &netcfg.addr) != 1) {
+		err("tsibox.net: \"%s\" is not an IPv4 ADDR/PREFIX (prefix 1..30)", val);
+		goto out;
+	}
+	if (inet_pton(AF_INET, l.v[1], &netcfg.gw) != 1) {
+		err("tsibox.net: gateway \"%s\" is not an IPv4 address", l.v[1]);
+		goto out;
+	}
+	uint32_t mask = htonl(~0u << (32 - prefix));
+	if ((netcfg.addr.s_addr & mask) != (netcfg.gw.s_addr & mask)) {
+		err("tsibox.net: gateway %s is not in %s/%lu", l.v[1], l.v[0], prefix);
+		goto out;
+	}
+	netcfg.prefix = (unsigned)prefix;
+	netcfg.ndns = 0;
+	for (size_t i = 2; i < l.n; i++) {
+		if (inet_pton(AF_INET, l.v[i], &netcfg.dns[netcfg.ndns]) != 1) {
+			err("tsibox.net: DNS server \"%s\" is not an IPv4 address", l.v[i]);
+			goto out;
+		}
+		netcfg.ndns++;
+	}
+	netcfg.set = 1;
+	rc = 0;
+out:
+	for (size_t i = 0; i < l.n; i++) free(l.v[i]);
+	free(l.v);
+	return rc;
+}
+
+static void net_print(void)
+{
+	if (!netcfg.set) return;
+	char a[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN];
+	inet_ntop(AF_INET, &netcfg.addr, a, sizeof a);
+	inet_ntop(AF_INET, &netcfg.gw, g, sizeof g);
+	printf("net %s/%u %s", a, netcfg.prefix, g);
+	for (int i = 0; i < netcfg.ndns; i++) {
+		inet_ntop(AF_INET, &netcfg.dns[i], a, sizeof a);
+		printf(" %s", a);
+	}
+	printf("\n");
+}
+
+static void net_sin(struct sockaddr *sa, struct in_addr a)
+{
+	struct sockaddr_in sin;
+	memset(&sin, 0, sizeof sin);
+	sin.sin_family = AF_INET;
+	sin.sin_addr = a;
+	memcpy(sa, &sin, sizeof sin);
+}
+
+/* eth0: address, netmask, up; default route via the gateway; /etc/resolv.conf. */
+static int net_setup(void)
+{
+	if (!netcfg.set) return 0;
+	const char *dev = "eth0";
+	/* virtio-net probes during boot; allow a late probe a moment. */
+	for (int i = 0; i < 100 && if_nametoindex(dev) == 0; i++) sleep_ms(10);
+	if (if_nametoindex(dev) == 0) { err("tsibox.net: no %s (is the virtio-net device there?)", dev); return -1; }
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0) { err("socket: %s", strerror(errno)); return -1; }
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	strncpy(ifr.ifr_name, dev, IFNAMSIZ - 1);
+	net_sin(&ifr.ifr_addr, netcfg.addr);
+	if (ioctl(s, SIOCSIFADDR, &ifr) < 0) { err("SIOCSIFADDR %s: %s", dev, strerror(errno)); goto fail; }
+	struct in_addr mask = { .s_addr = htonl(~0u << (32 - netcfg.prefix)) };
+	net_sin(&ifr.ifr_netmask, mask);
+	if (ioctl(s, SIOCSIFNETMASK, &ifr) < 0) { err("SIOCSIFNETMASK %s: %s", dev, strerror(errno)); goto fail; }
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) { err("SIOCGIFFLAGS %s: %s", dev, strerror(errno)); goto fail; }
+	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+	if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) { err("SIOCSIFFLAGS %s: %s", dev, strerror(errno)); goto fail; }
+	struct rtentry rt;
+	memset(&rt, 0, sizeof rt);
+	struct in_addr any = { .s_addr = 0 };
+	net_sin(&rt.rt_dst, any);
+	net_sin(&rt.rt_genmask, any);
+	net_sin(&rt.rt_gateway, netcfg.gw);
+	rt.rt_flags = RTF_UP | RTF_GATEWAY;
+	rt.rt_dev = (char *)dev;
+	if (ioctl(s, SIOCADDRT, &rt) < 0 && errno != EEXIST) { err("default route via eth0: %s", strerror(errno)); goto fail; }
+	close(s);
+	if (netcfg.ndns > 0) {
+		char buf[64 * NET_MAX_DNS];
+		size_t n = 0;
+		for (int i = 0; i < netcfg.ndns; i++) {
+			char a[INET_ADDRSTRLEN];
+			inet_ntop(AF_INET, &netcfg.dns[i], a, sizeof a);
+			n += (size_t)snprintf(buf + n, sizeof buf - n, "nameserver %s\n", a);
+		}
+		int fd = -1;
+		if (mkdir_p("/etc", 0755) < 0
+		    || (fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0
+		    || write_all(fd, buf, n) < 0) {
+			err("write /etc/resolv.conf: %s", strerror(errno));
+			if (fd >= 0) close(fd);
+			return -1;
+		}
+		close(fd);
+	}
+	dbg("eth0 configured");
+	return 0;
+fail:
+	close(s);
+	return -1;
+}
+
 /* One `tsibox.KEY=VALUE` token (without the "tsibox." prefix). */
 static int apply_token(const char *key, size_t klen, const char *val)
 {
@@ -350,6 +488,7 @@ static int apply_token(const char *key, size_t klen, const char *val)
 		return 0;
 	}
 	if (!strcmp(k, "ports")) return decode_list(val, k, &cfg.ports);
+	if (!strcmp(k, "net")) return net_parse(val);
 	if (!strcmp(k, "rlimit")) {
 		struct strv l = { 0 };
 		if (decode_list(val, k, &l)) return -1;
@@ -796,6 +935,7 @@ static int parse_mode(const char *cmdline)
 		       cfg.rl[i].cur == RLIM_INFINITY ? -1LL : (long long)cfg.rl[i].cur,
 		       cfg.rl[i].max == RLIM_INFINITY ? -1LL : (long long)cfg.rl[i].max);
 	if (cfg.have_user) printf("user %u %u\n", (unsigned)cfg.uid, (unsigned)cfg.gid);
+	net_print();
 	return 0;
 }
 
@@ -831,6 +971,7 @@ int main(int argc, char **argv)
 	if (sethostname(cfg.hostname, strlen(cfg.hostname)) < 0)
 		warn("sethostname: %s", strerror(errno));
 	if (setup_loopback()) finish(ST_SETUP);
+	if (net_setup()) finish(ST_SETUP);
 	if (find_ports()) finish(ST_SETUP);
 	if (port_dev[P_STATUS]) {
 		status_fd = open(port_dev[P_STATUS], O_WRONLY | O_NOCTTY | O_CLOEXEC);

@@ -8,7 +8,8 @@
 // to. QEMU runs under `setpriv --pdeathsig KILL`, so it dies with the host process
 // even when that is SIGKILLed; a normal exit, error or timeout kills it explicitly.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants as fsConstants, readFileSync, writeSync } from 'node:fs';
+import { accessSync, constants as fsConstants, mkdtempSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { Socket } from 'node:net';
 import { delimiter, join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -20,6 +21,7 @@ import {
 } from '../guest/cmdline.js';
 import { closeFd } from '../sys/libc.js';
 import { memfdCreate, socketPair } from '../sys/socket.js';
+import { UnixListener } from '../sys/unix-listen.js';
 import type { VirtioDevice } from '../virtio/device.js';
 import { VhostUserConnection } from './vhost-user/connection.js';
 
@@ -41,6 +43,17 @@ export interface VhostUserDeviceSpec {
   /** Serve GET/SET_CONFIG (the front end reads the device's config space from us). */
   config?: boolean;
   name?: string;
+  /**
+   * QEMU options for this device given its chardev id, instead of
+   * `-device <qemuDevice>,chardev=<id><qemuProps>` (vhost-user-net is a -netdev plus a -device).
+   */
+  qemuArgs?: (chardev: string) => string[];
+  /**
+   * Reach QEMU through a unix socket path (in a private temporary directory, removed
+   * once QEMU connected) instead of an inherited socketpair end: QEMU 7.2's
+   * `-netdev vhost-user` refuses `fd=` chardevs ("does not support FD passing").
+   */
+  socketPath?: boolean;
 }
 
 export interface QemuRunOptions {
@@ -182,16 +195,41 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
 
     const connections: VhostUserConnection[] = [];
     devices.forEach((d, i) => {
-      const [ours, theirs] = socketPair();
-      const conn = new VhostUserConnection(ours, {
+      const connOpts = {
         device: d.device, logger: log, name: d.name ?? d.qemuDevice,
         ...(d.activeQueues === undefined ? {} : { activeQueues: d.activeQueues }),
         ...(d.config === undefined ? {} : { config: d.config }),
-      });
-      connections.push(conn);
-      cleanups.push(() => { conn.close(); });
-      const n = passFd(theirs);
-      args.push('-chardev', `socket,id=vu${i},fd=${n}`, '-device', `${d.qemuDevice},chardev=vu${i}${d.qemuProps ?? ''}`);
+      };
+      if (d.socketPath === true) {
+        // A private directory only we (and QEMU, same user) can enter; QEMU connects at start.
+        const dir = mkdtempSync(join(tmpdir(), 'tsibox-vu-'));
+        const listener = UnixListener.listen(join(dir, `${d.name ?? 'device'}.sock`));
+        let conn: VhostUserConnection | null = null;
+        let closed = false;
+        void listener.acceptOnce().then((fd) => {
+          listener.close();
+          rmSync(dir, { recursive: true, force: true });
+          if (closed) { closeFd(fd); return; }
+          conn = new VhostUserConnection(fd, connOpts);
+          connections.push(conn);
+        });
+        cleanups.push(() => {
+          closed = true;
+          conn?.close();
+          listener.close();
+          rmSync(dir, { recursive: true, force: true });
+        });
+        args.push('-chardev', `socket,id=vu${i},path=${listener.path}`);
+      } else {
+        const [ours, theirs] = socketPair();
+        const conn = new VhostUserConnection(ours, connOpts);
+        connections.push(conn);
+        cleanups.push(() => { conn.close(); });
+        const n = passFd(theirs);
+        args.push('-chardev', `socket,id=vu${i},fd=${n}`);
+      }
+      if (d.qemuArgs !== undefined) args.push(...d.qemuArgs(`vu${i}`));
+      else args.push('-device', `${d.qemuDevice},chardev=vu${i}${d.qemuProps ?? ''}`);
     });
 
     // The initramfs, with init's description in an extra archive when it is too long

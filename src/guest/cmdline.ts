@@ -60,6 +60,29 @@ export interface InitConfig {
   poweroff?: 'reboot' | 'poweroff' | 'halt';
   /** init prints what it does on the console. */
   debug?: boolean;
+  /** Configure eth0 (virtio-net): address/prefix, default route via gateway, /etc/resolv.conf. */
+  net?: GuestNetConfig;
+}
+
+/** Static IPv4 setup of eth0 (the host chose it, and gave the same to passt). */
+export interface GuestNetConfig {
+  address: string;
+  /** Prefix length, 1..30. */
+  prefix: number;
+  gateway: string;
+  /** Up to 3 name servers written to /etc/resolv.conf. */
+  dns?: string[];
+}
+
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+/** The `tsibox.net=ADDR/PREFIX,GW[,DNS...]` token. */
+export function netToken(n: GuestNetConfig): string {
+  const addrs = [n.address, n.gateway, ...(n.dns ?? [])];
+  for (const a of addrs) if (typeof a !== 'string' || !IPV4.test(a)) throw new TsiboxError('INVALID_ARGUMENT', `net: ${JSON.stringify(a)} is not an IPv4 address`);
+  if (!Number.isInteger(n.prefix) || n.prefix < 1 || n.prefix > 30) throw new TsiboxError('INVALID_ARGUMENT', `net: prefix ${n.prefix} is not 1..30`);
+  if ((n.dns ?? []).length > 3) throw new TsiboxError('INVALID_ARGUMENT', 'net: at most 3 DNS servers');
+  return `tsibox.net=${n.address}/${n.prefix},${addrs.slice(1).join(',')}`;
 }
 
 const SAFE = new Uint8Array(256);
@@ -152,6 +175,7 @@ export function initTokens(cfg: InitConfig): string[] {
   if (cfg.portTimeoutMs !== undefined) t.push(`tsibox.port_timeout_ms=${Math.max(0, Math.floor(cfg.portTimeoutMs))}`);
   if (cfg.poweroff !== undefined) t.push(`tsibox.poweroff=${cfg.poweroff}`);
   if (cfg.debug) t.push('tsibox.debug=1');
+  if (cfg.net !== undefined) t.push(netToken(cfg.net));
   return t;
 }
 

@@ -217,7 +217,9 @@ export class VhostUserBackend {
       case Req.SET_VRING_ENABLE: {
         const s = decodeVringState(m);
         const r = this.#ring(m, s.index);
-        if ((this.#acked & F_PROTOCOL_FEATURES) === 0n) throw new ProtocolError('SET_VRING_ENABLE without PROTOCOL_FEATURES negotiated');
+        // QEMU's virtio-net enables its rings at realize time, before the guest picked
+        // features (so before SET_FEATURES): allowed while features are not set yet.
+        if (this.#featuresSet && (this.#acked & F_PROTOCOL_FEATURES) === 0n) throw new ProtocolError('SET_VRING_ENABLE without PROTOCOL_FEATURES negotiated');
         if (s.num > 1) throw new ProtocolError(`SET_VRING_ENABLE: value ${s.num} is not 0 or 1`);
         const enable = s.num === 1;
         if (r.enabled === enable) return null;

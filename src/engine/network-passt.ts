@@ -1,0 +1,122 @@
+// Network mode 'passt' under the QEMU engine: a conventional NIC. Our NetDevice is
+// served to QEMU over vhost-user (`-netdev vhost-user` + `-device virtio-net-device`),
+// its frames go to a passt process on a socketpair, and init configures eth0 with the
+// addresses we chose and gave passt (no DHCP in the guest).
+import type { Logger } from 'pino';
+import { startPasst, type PasstProcess } from '../../proxies/passt.js';
+import { TsiboxError } from '../errors.js';
+import type { GuestNetConfig } from '../guest/cmdline.js';
+import { NetDevice, randomMac } from '../virtio/net/index.js';
+import type { VhostUserDeviceSpec } from './qemu.js';
+
+/** `Sandbox.run({ network: { mode: 'passt', ... } })`. */
+export interface PasstNetwork {
+  mode: 'passt';
+  /** Guest IPv4 address (default 10.0.2.15). */
+  address?: string;
+  /** Prefix length (default 24). */
+  prefix?: number;
+  /**
+   * Gateway (default 10.0.2.2). passt maps connections to it to the host's loopback
+   * (127.0.0.1), so host services on 127.0.0.1 are reachable at this address.
+   */
+  gateway?: string;
+  /**
+   * Name servers for the guest's /etc/resolv.conf. Default ['10.0.2.3'], which passt
+   * forwards to the host's resolver; false: no resolv.conf.
+   */
+  dns?: string[] | false;
+  /** The guest's MAC (default: random, locally administered). */
+  mac?: string;
+  /** Host ports passt forwards to the guest, as passt -t / -u specs ('8080:80'). Fixed at start. */
+  tcpForwards?: string[];
+  udpForwards?: string[];
+  /** false: the gateway is just a router, not the host (passt --no-map-gw). */
+  mapGatewayToHost?: boolean;
+  /** Record the guest's traffic (passt -p; the file must be writable by passt's user). */
+  pcap?: string;
+  /** The passt binary (default: $TSIBOX_PASST, else passt from PATH). */
+  passtPath?: string;
+}
+
+export const PASST_DEFAULTS = { address: '10.0.2.15', prefix: 24, gateway: '10.0.2.2', dns: '10.0.2.3' } as const;
+
+export interface PasstNetworkSetup {
+  /** Add to the QEMU devices. */
+  device: VhostUserDeviceSpec;
+  /** Put into InitConfig.net. */
+  guest: GuestNetConfig;
+  netDevice: NetDevice;
+  passt: PasstProcess;
+  /** Stops passt (idempotent). */
+  close(): Promise<void>;
+}
+
+/** Starts passt and builds the device; the caller runs QEMU, then close(). */
+export async function startPasstNetwork(n: PasstNetwork, log: Logger): Promise<PasstNetworkSetup> {
+  if (n.mode !== 'passt') throw new TsiboxError('INVALID_ARGUMENT', `network.mode ${String(n.mode)} is not 'passt'`);
+  const address = n.address ?? PASST_DEFAULTS.address;
+  const prefix = n.prefix ?? PASST_DEFAULTS.prefix;
+  const gateway = n.gateway ?? PASST_DEFAULTS.gateway;
+  const dns = n.dns === false ? [] : (n.dns ?? [PASST_DEFAULTS.dns]);
+  const defaultDns = n.dns === undefined;
+  const guest: GuestNetConfig = { address, prefix, gateway, ...(dns.length > 0 ? { dns } : {}) };
+  checkSubnet(guest);
+  const mac = n.mac ?? randomMac();
+  const passt = await startPasst({
+    address, prefix, gateway, mac, logger: log,
+    ...(dns.length > 0 ? { dns } : {}),
+    ...(defaultDns ? { dnsForward: PASST_DEFAULTS.dns } : {}),
+    ...(n.tcpForwards ? { tcpForwards: n.tcpForwards } : {}),
+    ...(n.udpForwards ? { udpForwards: n.udpForwards } : {}),
+    ...(n.mapGatewayToHost === false ? { mapGateway: false } : {}),
+    ...(n.pcap !== undefined ? { pcap: n.pcap } : {}),
+    ...(n.passtPath !== undefined ? { binary: n.passtPath } : {}),
+  });
+  let netDevice: NetDevice;
+  try {
+    // QEMU's virtio-mmio offers 1024-entry rings under microvm (see defaultQemuDevices).
+    netDevice = new NetDevice({ backend: passt.backend, mac, queueSize: 1024 });
+  } catch (err) {
+    await passt.close();
+    throw err;
+  }
+  const device: VhostUserDeviceSpec = {
+    device: netDevice,
+    qemuDevice: 'virtio-net-device',
+    name: 'net',
+    // QEMU's virtio-net keeps the config space (MAC, status) and any control queue;
+    // the back end gets the rx and tx rings.
+    activeQueues: 2,
+    socketPath: true,
+    qemuArgs: (chardev) => ['-netdev', `vhost-user,id=net0,chardev=${chardev}`, '-device', `virtio-net-device,netdev=net0,mac=${mac}`],
+  };
+  let closed: Promise<void> | null = null;
+  return {
+    device, guest, netDevice, passt,
+    close: () => (closed ??= passt.close().then(() => {
+      const s = netDevice.stats();
+      log.debug({ stats: s }, 'virtio-net done');
+    })),
+  };
+}
+
+function ipv4(a: string): number {
+  return a.split('.').reduce((n, b) => (n * 256) + Number(b), 0);
+}
+
+function checkSubnet(g: GuestNetConfig): void {
+  // Validates the addresses (netToken throws for malformed ones) and the subnet.
+  const mask = g.prefix >= 1 && g.prefix <= 30 ? (0xffff_ffff << (32 - g.prefix)) >>> 0 : 0;
+  if (mask === 0) throw new TsiboxError('INVALID_ARGUMENT', `network.prefix ${g.prefix} is not 1..30`);
+  for (const [k, v] of [['address', g.address], ['gateway', g.gateway]] as const) {
+    if (typeof v !== 'string' || !/^\d{1,3}(\.\d{1,3}){3}$/.test(v) || v.split('.').some((b) => Number(b) > 255)) {
+      throw new TsiboxError('INVALID_ARGUMENT', `network.${k} ${JSON.stringify(v)} is not an IPv4 address`);
+    }
+  }
+  if (((ipv4(g.address) & mask) >>> 0) !== ((ipv4(g.gateway) & mask) >>> 0)) {
+    throw new TsiboxError('INVALID_ARGUMENT', `network.gateway ${g.gateway} is not in ${g.address}/${g.prefix}`);
+  }
+  if (g.address === g.gateway) throw new TsiboxError('INVALID_ARGUMENT', 'network.address and network.gateway are the same');
+  if ((g.dns ?? []).length > 3) throw new TsiboxError('INVALID_ARGUMENT', 'network.dns: at most 3 servers');
+}
