@@ -90,6 +90,8 @@ class Flow {
   readonly #family: 'ipv4' | 'ipv6';
   readonly #rec: TrackedConnection;
   readonly #peers = new Map<string, Decision>();
+  /** Host-alias replies: real "address|port" → the alias address the guest sent to. */
+  readonly #aliased = new Map<string, string>();
   #mapping: PortMapping | null;
   #ready = false;
   #closed = false;
@@ -158,7 +160,15 @@ class Flow {
       conn.write(encodeDgramError(-errno, addr));
     };
     if (d instanceof TsiError) return reject(d.errno, { family: 'none' });
-    const { addr, payload } = d;
+    const { payload } = d;
+    let addr = d.addr;
+    // Host aliases first (docs/tsi-protocol.md §4.1): the policy judges the real destination.
+    const real = this.#ctx.aliases?.resolve(addr.address);
+    if (real !== undefined) {
+      if (this.#aliased.size >= MAX_PEERS && !this.#aliased.has(`${real}|${addr.port}`)) this.#aliased.delete(this.#aliased.keys().next().value as string);
+      this.#aliased.set(`${real}|${addr.port}`, addr.address);
+      addr = { family: real.includes(':') ? 'ipv6' : 'ipv4', address: real, port: addr.port };
+    }
     if (addr.family !== this.#family) return reject(Errno.EAFNOSUPPORT, addr);
     if (addr.port === 0) return reject(Errno.EINVAL, addr);
     const key = `${addr.address}|${addr.port}`;
@@ -202,7 +212,8 @@ class Flow {
     }
     this.datagramsIn++;
     this.#rec.bytesToGuest += msg.length;
-    this.#conn.write(encodeDgram(src, msg));
+    const alias = this.#aliased.get(`${src.address}|${src.port}`);
+    this.#conn.write(encodeDgram(alias !== undefined ? { ...src, address: alias } : src, msg));
   }
 
   #finish(reason: string): void {

@@ -2,6 +2,12 @@
 // (a guest-side netcat for TSI tests; busybox nc reports no connect errno).
 //
 //   tsibox-tcp [-v] ADDRESS PORT    connect (IPv4 or IPv6 literal), then shovel bytes
+//   tsibox-tcp -u [-c] [-v] ADDRESS PORT
+//                                   UDP: each read from stdin is one datagram sent with
+//                                   sendto() (-c: connect() first, then send()); after
+//                                   stdin ends, one reply per datagram is awaited (5 s
+//                                   each) and written to stdout; -v prints each reply's
+//                                   source ("from ADDR:PORT") and the local address
 //
 // Data from stdin goes to the socket; when stdin ends the sending side is shut down
 // and the tool keeps reading until the peer ends its side. -v prints the socket's
@@ -27,7 +33,7 @@
 static const char *prog = "tsibox-tcp";
 
 static int usage(void) {
-  fprintf(stderr, "usage: %s [-v] ADDRESS PORT\n", prog);
+  fprintf(stderr, "usage: %s [-v] ADDRESS PORT | %s -u [-c] [-v] ADDRESS PORT\n", prog, prog);
   return 2;
 }
 
@@ -100,10 +106,69 @@ static int shovel(int sock) {
   return 0;
 }
 
+/* UDP mode; returns the exit status. */
+static int udp(int family, const struct sockaddr *to, socklen_t tolen, int connected, int verbose) {
+  static char buf[65536];
+  int s = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return fail("socket");
+  if (connected && connect(s, to, tolen) < 0) {
+    int e = errno;
+    fprintf(stderr, "%s: connect: %s\n", prog, strerror(e));
+    return e > 0 && e < 256 ? e : 1;
+  }
+  int sent = 0;
+  for (;;) {
+    ssize_t n = read(0, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail("read stdin");
+    if (n == 0) break;
+    ssize_t w = connected ? send(s, buf, (size_t)n, 0) : sendto(s, buf, (size_t)n, 0, to, tolen);
+    if (w < 0) {
+      int e = errno;
+      fprintf(stderr, "%s: send: %s\n", prog, strerror(e));
+      return e > 0 && e < 256 ? e : 1;
+    }
+    sent++;
+  }
+  if (verbose) {
+    struct sockaddr_storage a;
+    socklen_t al = sizeof a;
+    if (getsockname(s, (struct sockaddr *)&a, &al) == 0) show("local", &a);
+  }
+  for (int got = 0; got < sent; got++) {
+    struct pollfd p = { .fd = s, .events = POLLIN };
+    int r = poll(&p, 1, 5000);
+    if (r < 0 && errno == EINTR) { got--; continue; }
+    if (r == 0) {
+      fprintf(stderr, "%s: no reply in 5 s\n", prog);
+      return ETIMEDOUT;
+    }
+    struct sockaddr_storage from;
+    socklen_t fl = sizeof from;
+    memset(&from, 0, sizeof from);
+    ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+    if (n < 0) {
+      int e = errno;
+      fprintf(stderr, "%s: recv: %s\n", prog, strerror(e));
+      return e > 0 && e < 256 ? e : 1;
+    }
+    if (verbose) show("from", &from);
+    if (write_all(1, buf, (size_t)n) < 0) return fail("write stdout");
+  }
+  close(s);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
-  int verbose = 0, i = 1;
-  if (i < argc && strcmp(argv[i], "-v") == 0) { verbose = 1; i++; }
+  int verbose = 0, use_udp = 0, connected = 0, i = 1;
+  for (; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
+    if (strcmp(argv[i], "-v") == 0) verbose = 1;
+    else if (strcmp(argv[i], "-u") == 0) use_udp = 1;
+    else if (strcmp(argv[i], "-c") == 0) connected = 1;
+    else return usage();
+  }
+  if (connected && !use_udp) return usage();
   if (argc - i != 2) return usage();
   char *end;
   unsigned long port = strtoul(argv[i + 1], &end, 10);
@@ -126,6 +191,7 @@ int main(int argc, char **argv) {
     return usage();
   }
 
+  if (use_udp) return udp(ss.ss_family, (struct sockaddr *)&ss, len, connected, verbose);
   int s = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (s < 0) return fail("socket");
   if (connect(s, (struct sockaddr *)&ss, len) < 0) {

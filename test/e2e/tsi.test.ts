@@ -10,6 +10,7 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -87,6 +88,18 @@ t.test('TSI under QEMU', { skip }, async (t) => {
   const echo6 = await echoServer('::1', sockets);
   const denied = await echoServer('127.0.0.1', sockets); // allowed by CIDR, denied by the port rule below
   servers.push(echo4.server, echo6.server, denied.server);
+  // UDP echo servers on host loopback (replies prefixed, counted).
+  const udpEcho = async (type: 'udp4' | 'udp6', host: string): Promise<{ socket: UdpSocket; port: number; count: () => number }> => {
+    let n = 0;
+    const socket = createSocket({ type, ...(type === 'udp6' ? { ipv6Only: true } : {}) });
+    socket.on('message', (m, rinfo) => { n++; socket.send(Buffer.concat([Buffer.from('echo:'), m]), rinfo.port, rinfo.address); });
+    await new Promise<void>((resolve, reject) => { socket.once('error', reject); socket.bind(0, host, () => { resolve(); }); });
+    return { socket, port: socket.address().port, count: () => n };
+  };
+  const udp4 = await udpEcho('udp4', '127.0.0.1');
+  const udp6 = await udpEcho('udp6', '::1');
+  const udpDenied = await udpEcho('udp4', '127.0.0.1');
+  t.teardown(() => { udp4.socket.close(); udp6.socket.close(); udpDenied.socket.close(); });
   // A port nobody listens on: bind, note the port, close.
   const closed = createServer();
   await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
@@ -105,6 +118,9 @@ t.test('TSI under QEMU', { skip }, async (t) => {
     `tsibox-tcp ${ALIAS4} ${closedPort} < /dev/null; echo refused=$?`,
     `tsibox-tcp ${ALIAS4} ${denied.port} < /dev/null; echo denied=$?`,
     'tsibox-tcp 192.0.2.1 80 < /dev/null; echo external=$?',
+    `echo ping4 | tsibox-tcp -u -v ${ALIAS4} ${udp4.port}; echo udp4=$?`,
+    `echo ping6 | tsibox-tcp -u -c -v ${ALIAS6} ${udp6.port}; echo udp6=$?`,
+    `echo nope | tsibox-tcp -u ${ALIAS4} ${udpDenied.port}; echo udpdenied=$?`,
     // Guest loopback stays in the guest: nothing listens there.
     `tsibox-tcp 127.0.0.1 ${echo4.port} < /dev/null; echo guestlocal=$?`,
   ].join('\n');
@@ -121,7 +137,8 @@ t.test('TSI under QEMU', { skip }, async (t) => {
         default: 'deny',
         rules: [
           { action: 'deny', protocol: 'tcp', cidr: '127.0.0.1', ports: denied.port, name: 'the denied test port' },
-          { action: 'allow', protocol: 'tcp', direction: 'outbound', cidr: ['127.0.0.0/8', '::1/128'], name: 'host loopback only' },
+          { action: 'deny', protocol: 'udp', cidr: '127.0.0.1', ports: udpDenied.port, name: 'the denied UDP port' },
+          { action: 'allow', protocol: ['tcp', 'udp'], direction: 'outbound', cidr: ['127.0.0.0/8', '::1/128'], name: 'host loopback only' },
         ],
       }),
       hostLoopbackAlias: ALIAS4,
@@ -174,6 +191,22 @@ t.test('TSI under QEMU', { skip }, async (t) => {
     t.match(out, /^external=13$/m, 'a non-loopback destination is denied too (default deny)');
     const events = logLines.filter((l) => l['event'] === 'tsi.connection' && l['decision'] === 'deny');
     t.ok(events.some((e) => e['dst'] === `127.0.0.1:${denied.port}` && e['rule'] === 'the denied test port'), 'the denial is logged with its rule', { events });
+  });
+
+  await t.test('UDP over IPv4 (sendto) and IPv6 (connect + send): replies carry the alias as their source', async (t) => {
+    t.match(out, /^udp4=0$/m);
+    t.match(out, /^echo:ping4$/m, 'IPv4 reply');
+    t.match(err, new RegExp(`^from ${ALIAS4.replace(/\./g, '\\.')}:${udp4.port}$`, 'm'), 'recvfrom() reports the alias and the server port');
+    t.match(out, /^udp6=0$/m);
+    t.match(out, /^echo:ping6$/m, 'IPv6 reply');
+    t.match(err, new RegExp(`^from \\[${ALIAS6}\\]:${udp6.port}$`, 'm'), 'recvfrom() reports the IPv6 alias');
+    t.equal(udp4.count(), 1);
+    t.equal(udp6.count(), 1);
+  });
+
+  await t.test('a policy-denied UDP destination gets nothing; the guest reads EACCES', async (t) => {
+    t.match(out, /^udpdenied=13$/m, 'EACCES (13) from recv (DGRAM_ERROR)');
+    t.equal(udpDenied.count(), 0, 'the denied UDP server got no datagram');
   });
 
   await t.test('guest loopback stays in the guest', async (t) => {

@@ -48,3 +48,22 @@ t.test('HostAliases rejects non-addresses and mixed families', async (t) => {
   t.equal(a.resolve('fd00::2'), '0:0:0:0:0:0:0:1');
   t.equal(a.resolve('10.0.2.3'), undefined);
 });
+
+t.test('UDP to an alias reaches host loopback; the reply source is the alias', async (t) => {
+  const { createSocket } = await import('node:dgram');
+  const server = createSocket('udp4');
+  let n = 0;
+  server.on('message', (m, r) => { n++; server.send(Buffer.concat([Buffer.from('re:'), m]), r.port, r.address); });
+  await new Promise<void>((r) => server.bind(0, '127.0.0.1', () => { r(); }));
+  t.teardown(() => { server.close(); });
+  const port = server.address().port;
+  const { guest } = await rig(t, { hostAliases: ALIASES });
+  const u = await guest.udp({ family: 'ipv4', address: '0.0.0.0', port: 0 });
+  t.teardown(() => { u.close(); });
+  const got = new Promise<[Buffer, unknown]>((res) => u.once('message', (m, src) => { res([m, src]); }));
+  await u.send({ family: 'ipv4', address: '10.0.2.2', port }, Buffer.from('q'));
+  const [msg, src] = await got;
+  t.equal(msg.toString(), 're:q');
+  t.same(src, { family: 'ipv4', address: '10.0.2.2', port }, 'source reported as the alias');
+  t.equal(n, 1);
+});

@@ -19,8 +19,8 @@ export const runCommand: Command = {
     workdir: { type: 'string', value: 'DIR', description: 'working directory in the guest (created when missing)' },
     timeout: { type: 'integer', value: 'SEC', min: 1, description: 'kill the VM after this many seconds' },
     verbose: { type: 'boolean', description: 'say on stderr which engine runs the VM, and why' },
-    net: { type: 'string', value: 'tsi', choices: ['tsi'], description: 'guest TCP connect() goes out through tsibox (TSI; QEMU engine); everything is denied unless --allow permits it' },
-    allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'with --net tsi: allow TCP to CIDR (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, ::/0)' },
+    net: { type: 'string', value: 'tsi', choices: ['tsi'], description: 'guest TCP connect() and UDP go out through tsibox (TSI; QEMU engine); everything is denied unless --allow permits it' },
+    allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'with --net tsi: allow TCP and UDP to CIDR (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, ::/0)' },
     'host-alias': { type: 'string', value: 'ADDR', repeatable: true, description: "with --net tsi: the guest reaches the host's 127.0.0.1 (IPv4 ADDR) or ::1 (IPv6 ADDR) through ADDR, e.g. 10.0.2.2; --allow 127.0.0.1 (or ::1) too" },
   },
   help: 'Exit status: CMD\'s own; 125 guest setup failed, 126 CMD not executable, 127 CMD not found, 128+N killed by signal N.',
@@ -85,7 +85,7 @@ export function networkOption(net: unknown, allow: unknown, aliases: unknown): S
     if (allows.length > 0 || alias.length > 0) throw new UsageError('--allow and --host-alias need --net tsi');
     return undefined;
   }
-  const rules: PolicyRule[] = allows.map((a) => ({ action: 'allow', protocol: 'tcp', direction: 'outbound', name: `--allow ${a}`, ...parseAllow(a) }));
+  const rules: PolicyRule[] = allows.map((a) => ({ action: 'allow', protocol: ['tcp', 'udp'], direction: 'outbound', name: `--allow ${a}`, ...parseAllow(a) }));
   const network: SandboxNetwork = { mode: 'tsi', policy: new Policy({ default: 'deny', rules }) };
   for (const a of alias) {
     if (isIPv4(a)) {
