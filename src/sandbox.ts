@@ -14,10 +14,12 @@ import { VsockDevice } from './virtio/vsock/device.js';
 import { addVsockPort, type VsockBridge } from '../proxies/unix-bridge.js';
 import { ConnectionLog } from '../proxies/log.js';
 import { TsiHost } from '../proxies/tsi.js';
+import { startPasstNetwork, type PasstNetwork, type PasstNetworkSetup } from './engine/network-passt.js';
 import type { Policy } from './policy/index.js';
 import type { PortMap } from './portmap/index.js';
 
 export type { EngineChoice, EngineName } from './engine/select.js';
+export type { PasstNetwork } from './engine/network-passt.js';
 
 export interface SandboxOptions {
   /** The program and its arguments (argv[0] is looked up in PATH when it has no '/'). */
@@ -47,8 +49,11 @@ export interface SandboxOptions {
   onQemuStart?: (pid: number) => void;
   /** vsock ports joined to host unix sockets (QEMU engine for now); the guest is CID 3, the host CID 2. */
   vsockPorts?: VsockPort[];
-  /** Guest networking (QEMU engine for now). Without it the guest has loopback only. */
-  network?: SandboxNetwork;
+  /**
+   * Guest networking (QEMU engine for now). Without it the guest has loopback only.
+   * `{ mode: 'passt' }`: a virtio-net NIC (eth0) wired to a passt process instead of TSI.
+   */
+  network?: SandboxNetwork | PasstNetwork;
 }
 
 /**
@@ -144,7 +149,7 @@ export class Sandbox {
 
     let exitCode: number;
     const network = opts.network;
-    if (network !== undefined) checkNetwork(network);
+    if (network !== undefined && network.mode !== 'passt') checkNetwork(network);
 
     if (decision.engine === 'kvm') {
       if (network !== undefined) throw new TsiboxError('ENGINE_UNAVAILABLE', 'network needs the QEMU engine (the KVM engine has no vsock device yet)');
@@ -163,8 +168,14 @@ export class Sandbox {
       const vsock = devices.find((d) => d.device instanceof VsockDevice)!.device as VsockDevice;
       const bridges: VsockBridge[] = [];
       let tsi: TsiHost | undefined;
+      let passtNet: PasstNetworkSetup | undefined;
       try {
-        if (network !== undefined) {
+        if (network?.mode === 'passt') {
+          passtNet = await startPasstNetwork(network, log);
+          devices.push(passtNet.device);
+          init.net = passtNet.guest;
+        }
+        if (network !== undefined && network.mode !== 'passt') {
           const hostAliases: Record<string, string> = {};
           if (network.hostLoopbackAlias !== undefined) hostAliases[network.hostLoopbackAlias] = '127.0.0.1';
           if (network.hostLoopbackAlias6 !== undefined) hostAliases[network.hostLoopbackAlias6] = '::1';
@@ -188,6 +199,7 @@ export class Sandbox {
       } finally {
         tsi?.close();
         await Promise.all(bridges.map((b) => b.close()));
+        await passtNet?.close();
       }
     }
     const result: SandboxResult = { exitCode, engine: decision.engine, ms: performance.now() - start };
