@@ -3,6 +3,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { Sandbox, type EngineChoice, type SandboxNetwork } from '../../sandbox.js';
 import { Policy, type PolicyRule } from '../../policy/index.js';
 import { UsageError } from '../args.js';
+import { passtNetworkOption } from '../net-passt.js';
 import { expectPositionals, type Command } from '../registry.js';
 
 export const runCommand: Command = {
@@ -19,7 +20,7 @@ export const runCommand: Command = {
     workdir: { type: 'string', value: 'DIR', description: 'working directory in the guest (created when missing)' },
     timeout: { type: 'integer', value: 'SEC', min: 1, description: 'kill the VM after this many seconds' },
     verbose: { type: 'boolean', description: 'say on stderr which engine runs the VM, and why' },
-    net: { type: 'string', value: 'tsi', choices: ['tsi'], description: 'guest TCP connect() and UDP go out through tsibox (TSI; QEMU engine); everything is denied unless --allow permits it' },
+    net: { type: 'string', value: 'tsi|passt', choices: ['tsi', 'passt'], description: 'tsi: guest TCP connect() and UDP go out through tsibox (TSI; QEMU engine); everything is denied unless --allow permits it. passt: a virtio-net NIC (eth0 10.0.2.15/24) wired to passt; 10.0.2.2 reaches the host\'s 127.0.0.1 (QEMU engine)' },
     allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'with --net tsi: allow TCP and UDP to CIDR (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, ::/0)' },
     'host-alias': { type: 'string', value: 'ADDR', repeatable: true, description: "with --net tsi: the guest reaches the host's 127.0.0.1 (IPv4 ADDR) or ::1 (IPv6 ADDR) through ADDR, e.g. 10.0.2.2; --allow 127.0.0.1 (or ::1) too" },
   },
@@ -33,7 +34,7 @@ export const runCommand: Command = {
       if (eq <= 0) throw new UsageError(`--env wants KEY=VALUE, got ${JSON.stringify(kv)}`);
       env[kv.slice(0, eq)] = kv.slice(eq + 1);
     }
-    const network = networkOption(o.net, o.allow, o['host-alias']);
+    const network = o.net === 'passt' ? passtNetworkOption() : networkOption(o.net, o.allow, o['host-alias']);
     const verbose = o.verbose === true;
     const logger = pino({ name: 'tsibox', level: 'silent' });
     const stdin = io.stdin ?? process.stdin;
