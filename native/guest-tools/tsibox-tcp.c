@@ -2,6 +2,8 @@
 // (a guest-side netcat for TSI tests; busybox nc reports no connect errno).
 //
 //   tsibox-tcp [-v] ADDRESS PORT    connect (IPv4 or IPv6 literal), then shovel bytes
+//   tsibox-tcp -l [-6] [-v] PORT     listen on 0.0.0.0:PORT ([::]:PORT with -6), accept one
+//                                   connection, then shovel bytes (-v: its peer address)
 //   tsibox-tcp -u [-c] [-v] ADDRESS PORT
 //                                   UDP: each read from stdin is one datagram sent with
 //                                   sendto() (-c: connect() first, then send()); after
@@ -33,7 +35,7 @@
 static const char *prog = "tsibox-tcp";
 
 static int usage(void) {
-  fprintf(stderr, "usage: %s [-v] ADDRESS PORT | %s -u [-c] [-v] ADDRESS PORT\n", prog, prog);
+  fprintf(stderr, "usage: %s [-v] ADDRESS PORT | %s -l [-6] [-v] PORT | %s -u [-c] [-v] ADDRESS PORT\n", prog, prog, prog);
   return 2;
 }
 
@@ -161,14 +163,56 @@ static int udp(int family, const struct sockaddr *to, socklen_t tolen, int conne
 
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
-  int verbose = 0, use_udp = 0, connected = 0, i = 1;
+  int verbose = 0, use_udp = 0, connected = 0, listening = 0, six = 0, i = 1;
   for (; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
     if (strcmp(argv[i], "-v") == 0) verbose = 1;
     else if (strcmp(argv[i], "-u") == 0) use_udp = 1;
     else if (strcmp(argv[i], "-c") == 0) connected = 1;
+    else if (strcmp(argv[i], "-l") == 0) listening = 1;
+    else if (strcmp(argv[i], "-6") == 0) six = 1;
     else return usage();
   }
   if (connected && !use_udp) return usage();
+  if (listening) {
+    char *e;
+    unsigned long lport = i + 1 == argc ? strtoul(argv[i], &e, 10) : 0;
+    if (i + 1 != argc || e == argv[i] || *e != '\0' || lport == 0 || lport > 65535 || use_udp) return usage();
+    struct sockaddr_storage la;
+    memset(&la, 0, sizeof la);
+    socklen_t ll;
+    if (six) {
+      struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&la;
+      a6->sin6_family = AF_INET6;
+      a6->sin6_port = htons((unsigned short)lport);
+      ll = sizeof *a6;
+    } else {
+      struct sockaddr_in *a4 = (struct sockaddr_in *)&la;
+      a4->sin_family = AF_INET;
+      a4->sin_port = htons((unsigned short)lport);
+      ll = sizeof *a4;
+    }
+    int l = socket(la.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l < 0) return fail("socket");
+    int one = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(l, (struct sockaddr *)&la, ll) < 0) return fail("bind");
+    if (listen(l, 4) < 0) return fail("listen");
+    int c;
+    do c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+    while (c < 0 && errno == EINTR);
+    if (c < 0) return fail("accept");
+    close(l);
+    if (verbose) {
+      struct sockaddr_storage a;
+      socklen_t al = sizeof a;
+      if (getpeername(c, (struct sockaddr *)&a, &al) == 0) show("peer", &a);
+      al = sizeof a;
+      if (getsockname(c, (struct sockaddr *)&a, &al) == 0) show("local", &a);
+    }
+    int rc = shovel(c);
+    close(c);
+    return rc;
+  }
   if (argc - i != 2) return usage();
   char *end;
   unsigned long port = strtoul(argv[i + 1], &end, 10);

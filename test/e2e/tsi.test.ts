@@ -9,15 +9,16 @@
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer as createHttpServer, get as httpGet, type Server as HttpServer } from 'node:http';
+import { createServer, connect as netConnect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { Sandbox, guestToolsArchive } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
+import { PortMap } from '../../src/portmap/index.js';
 import { findQemu } from '../../src/engine/qemu.js';
 import { ensureInitramfs, ensureKernel, kernelPaths } from '../../src/guest/index.js';
 import { PACKAGE_ROOT } from '../../src/paths.js';
@@ -217,6 +218,96 @@ t.test('TSI under QEMU', { skip }, async (t) => {
   t.comment(`one sandbox run: ${ms.toFixed(0)} ms`);
 });
 
+/** Resolves with `f()` once it returns non-undefined; polls every 50 ms, at most `ms`. */
+async function until<T>(f: () => T | undefined, ms: number): Promise<T | undefined> {
+  for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 50))) {
+    const v = f();
+    if (v !== undefined) return v;
+  }
+  return undefined;
+}
+
+/** One TCP exchange: send `data`, half-close, collect the reply until the peer closes. */
+function exchange(port: number, data: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const c = netConnect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    const chunks: Buffer[] = [];
+    c.on('data', (d: Buffer) => chunks.push(d));
+    c.on('error', reject);
+    c.on('close', () => { resolve(Buffer.concat(chunks)); });
+    c.end(data);
+  });
+}
+
+t.test('guest listeners through the port map', { skip }, async (t) => {
+  // The guest signals "done" by connecting here; we end that connection when the host side is finished.
+  const doneSockets: Socket[] = [];
+  const done = createServer({ allowHalfOpen: true }, (s) => { s.on('error', () => { /* ignore */ }); doneSockets.push(s); });
+  await new Promise<void>((r) => done.listen(0, '127.0.0.1', r));
+  t.teardown(() => { for (const s of doneSockets) s.destroy(); done.close(); });
+  const donePort = (done.address() as AddressInfo).port;
+
+  const portMap = new PortMap(['127.0.0.1:0:7070', '127.0.0.1:0:8080']);
+  const fromHost = randomBytes(512 * 1024);
+  const script = [
+    'mkdir -p /tmp/www && echo guest-page > /tmp/www/index.html',
+    'httpd -p 8080 -h /tmp/www; echo httpd=$?',
+    'head -c 262144 /dev/urandom > /tmp/g; sha256sum /tmp/g',
+    'tsibox-tcp -l -6 -v 7070 < /tmp/g > /tmp/h; echo listen=$?',
+    'sha256sum /tmp/h',
+    // An unmapped listener stays guest-local and still works for guest clients.
+    'tsibox-tcp -l 7999 < /dev/null > /tmp/o & sleep 0.3; echo hi-local | tsibox-tcp 127.0.0.1 7999; wait; cat /tmp/o',
+    // The TSI listener still serves guest clients through the guest stack.
+    'wget -q -O- http://127.0.0.1:8080/index.html | sed s/^/local-/',
+    `tsibox-tcp ${ALIAS4} ${donePort} < /dev/null; echo done=$?`,
+  ].join('\n');
+  const hostSide = (async () => {
+    const p7070 = await until(() => portMap.lookupGuest('tcp', 7070)?.boundPort ?? undefined, 30_000);
+    const reply = p7070 === undefined ? undefined : await exchange(p7070, fromHost);
+    const p8080 = portMap.lookupGuest('tcp', 8080)?.boundPort ?? undefined;
+    const page = p8080 === undefined ? undefined : await new Promise<string>((resolve, reject) => {
+      httpGet(`http://127.0.0.1:${p8080}/index.html`, (res) => { let b = ''; res.setEncoding('utf8').on('data', (d: string) => (b += d)).on('end', () => { resolve(b); }); }).on('error', reject);
+    });
+    await until(() => (doneSockets.length > 0 ? true : undefined), 30_000);
+    for (const s of doneSockets) s.end();
+    return { p7070, reply, p8080, page };
+  })();
+  const logLines: Array<Record<string, unknown>> = [];
+  const r = await Sandbox.run({
+    engine: 'qemu', argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 60_000, logger: memoryLogger(logLines),
+    network: {
+      mode: 'tsi', portMap, hostLoopbackAlias: ALIAS4,
+      policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', cidr: ['127.0.0.0/8', '::1/128'], name: 'host loopback only' }] }),
+    },
+  }).finally(() => { for (const s of doneSockets) s.destroy(); });
+  const host = await hostSide;
+  const out = r.stdout!.toString();
+  const err = r.stderr?.toString() ?? '';
+  t.equal(r.exitCode, 0, 'the guest script ran', { stdout: out, stderr: err });
+  const sums = new Map<string, string>();
+  for (const m of out.matchAll(/^([0-9a-f]{64})\s+(\S+)$/gm)) sums.set(m[2]!, m[1]!);
+
+  await t.test('a host client reaches a guest [::]:7070 listener through 127.0.0.1:<mapped>; data both ways intact', async (t) => {
+    t.ok(host.p7070 !== undefined && host.p7070 > 0, 'the host listens on the mapped port (boundPort)');
+    t.match(out, /^listen=0$/m);
+    t.equal(sums.get('/tmp/h'), createHash('sha256').update(fromHost).digest('hex'), 'host → guest sha256');
+    t.equal(host.reply ? createHash('sha256').update(host.reply).digest('hex') : undefined, sums.get('/tmp/g'), 'guest → host sha256');
+    t.match(err, /^peer \[::ffff:127\.0\.0\.1\]:\d+$/m, 'accept()/getpeername() report the real client address');
+  });
+
+  await t.test('busybox httpd in the guest serves a host client through the port map', async (t) => {
+    t.match(out, /^httpd=0$/m);
+    t.equal(host.page, 'guest-page\n');
+    t.match(out, /^local-guest-page$/m, 'and guest clients through the guest stack');
+  });
+
+  await t.test('an unmapped listener stays guest-local', async (t) => {
+    t.match(out, /^hi-local$/m);
+    t.equal(portMap.lookupGuest('tcp', 7999), undefined);
+  });
+  t.ok(logLines.some((l) => l['event'] === 'tsi.connection' && l['direction'] === 'inbound' && l['decision'] === 'allow'), 'inbound connections are logged');
+});
+
 t.test('without network the patched kernel falls back to the guest stack (ENETUNREACH)', { skip }, async (t) => {
   const r = await Sandbox.run({
     engine: 'qemu', extraArchives: [tools!], timeoutMs: 60_000,
@@ -248,5 +339,38 @@ t.test('tsibox run --net tsi', { skip }, async (t) => {
   const no = await run([]);
   t.not(no.code, 0, 'without --allow the connection is denied (wget fails)');
   t.equal(requests, 1, 'only the allowed run reached the server');
+});
+
+t.test('tsibox run --net tsi --publish', { skip }, async (t) => {
+  const probe = createServer();
+  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+  const hostPort = (probe.address() as AddressInfo).port;
+  await new Promise<void>((r) => probe.close(() => { r(); }));
+  // The guest's last command is an HTTP GET here (busybox wget; the CLI root has no
+  // guest tools); we answer it once we have fetched the page.
+  const waiting: Array<(body: string) => void> = [];
+  const done = createHttpServer((_req, res) => { waiting.push((b) => { res.end(b); }); });
+  await new Promise<void>((r) => done.listen(0, '127.0.0.1', r));
+  t.teardown(() => { done.closeAllConnections(); done.close(); });
+  const donePort = (done.address() as AddressInfo).port;
+  const child = spawn(process.execPath, [BIN, 'run', '--engine', 'qemu', '--timeout', '60', '--net', 'tsi', '--allow', '127.0.0.1',
+    '--host-alias', ALIAS4, '--publish', `127.0.0.1:${hostPort}:8080`, '--',
+    'sh', '-c', `mkdir -p /tmp/w && echo published > /tmp/w/index.html && httpd -p 8080 -h /tmp/w && wget -q -O- http://${ALIAS4}:${donePort}/`],
+  { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => { resolve(code); }));
+  t.teardown(() => { child.kill('SIGKILL'); });
+  let page: string | undefined;
+  for (const end = Date.now() + 40_000; page === undefined && Date.now() < end;) {
+    page = await new Promise<string | undefined>((resolve) => {
+      httpGet(`http://127.0.0.1:${hostPort}/index.html`, (res) => { let b = ''; res.setEncoding('utf8').on('data', (d: string) => (b += d)).on('end', () => { resolve(b); }); })
+        .on('error', () => { setTimeout(() => { resolve(undefined); }, 100); });
+    });
+  }
+  await until(() => (waiting.length > 0 ? true : undefined), 30_000);
+  for (const w of waiting) w('bye\n');
+  t.equal(page, 'published\n', 'the host fetched the guest page through --publish', { stderr });
+  t.equal(await exited, 0, 'tsibox run exits 0', { stderr });
 });
 

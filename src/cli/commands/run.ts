@@ -2,6 +2,7 @@ import { pino } from 'pino';
 import { isIPv4, isIPv6 } from 'node:net';
 import { Sandbox, type EngineChoice, type SandboxNetwork } from '../../sandbox.js';
 import { Policy, type PolicyRule } from '../../policy/index.js';
+import { PortMap } from '../../portmap/index.js';
 import { UsageError } from '../args.js';
 import { passtNetworkOption } from '../net-passt.js';
 import { expectPositionals, type Command } from '../registry.js';
@@ -9,7 +10,7 @@ import { expectPositionals, type Command } from '../registry.js';
 export const runCommand: Command = {
   name: 'run',
   summary: 'run a program in a microVM (default root: busybox); exits with its status',
-  usage: 'run [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]...] [--verbose] -- CMD [ARGS...]',
+  usage: 'run [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]... [--publish [ADDR:]HOST:GUEST[/udp]]...] [--verbose] -- CMD [ARGS...]',
   options: {
     engine: { type: 'string', value: 'kvm|qemu|auto', choices: ['kvm', 'qemu', 'auto'], description: 'how to run the VM (default auto: KVM where guest ring 0 runs natively, else QEMU)' },
     cpus: { type: 'integer', value: 'N', min: 1, max: 16, description: 'vCPUs (default 1)' },
@@ -21,7 +22,8 @@ export const runCommand: Command = {
     timeout: { type: 'integer', value: 'SEC', min: 1, description: 'kill the VM after this many seconds' },
     verbose: { type: 'boolean', description: 'say on stderr which engine runs the VM, and why' },
     net: { type: 'string', value: 'tsi|passt', choices: ['tsi', 'passt'], description: 'tsi: guest TCP connect() and UDP go out through tsibox (TSI; QEMU engine); everything is denied unless --allow permits it. passt: a virtio-net NIC (eth0 10.0.2.15/24) wired to passt; 10.0.2.2 reaches the host\'s 127.0.0.1 (QEMU engine)' },
-    allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'with --net tsi: allow TCP and UDP to CIDR (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, ::/0)' },
+    allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'with --net tsi: allow TCP and UDP with CIDR (outbound destinations, and clients of --publish ports) (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, ::/0)' },
+    publish: { type: 'string', value: '[ADDR:]HOST:GUEST[/udp]', repeatable: true, description: 'with --net tsi: expose guest port GUEST on host ADDR:HOST (default address 127.0.0.1; HOST 0 lets the OS choose); the policy must allow the clients' },
     'host-alias': { type: 'string', value: 'ADDR', repeatable: true, description: "with --net tsi: the guest reaches the host's 127.0.0.1 (IPv4 ADDR) or ::1 (IPv6 ADDR) through ADDR, e.g. 10.0.2.2; --allow 127.0.0.1 (or ::1) too" },
   },
   help: 'Exit status: CMD\'s own; 125 guest setup failed, 126 CMD not executable, 127 CMD not found, 128+N killed by signal N.',
@@ -34,7 +36,7 @@ export const runCommand: Command = {
       if (eq <= 0) throw new UsageError(`--env wants KEY=VALUE, got ${JSON.stringify(kv)}`);
       env[kv.slice(0, eq)] = kv.slice(eq + 1);
     }
-    const network = o.net === 'passt' ? passtNetworkOption() : networkOption(o.net, o.allow, o['host-alias']);
+    const network = o.net === 'passt' ? passtNetworkOption() : networkOption(o.net, o.allow, o['host-alias'], o.publish);
     const verbose = o.verbose === true;
     const logger = pino({ name: 'tsibox', level: 'silent' });
     const stdin = io.stdin ?? process.stdin;
@@ -79,15 +81,23 @@ function engineLineLogger(print: (line: string) => void): pino.Logger {
 }
 
 /** --net tsi, --allow CIDR[:PORTS]... and --host-alias ADDR... → Sandbox network (default deny). */
-export function networkOption(net: unknown, allow: unknown, aliases: unknown): SandboxNetwork | undefined {
+export function networkOption(net: unknown, allow: unknown, aliases: unknown, publish?: unknown): SandboxNetwork | undefined {
   const allows = Array.isArray(allow) ? allow.map(String) : [];
   const alias = Array.isArray(aliases) ? aliases.map(String) : [];
+  const published = Array.isArray(publish) ? publish.map(String) : [];
   if (net !== 'tsi') {
-    if (allows.length > 0 || alias.length > 0) throw new UsageError('--allow and --host-alias need --net tsi');
+    if (allows.length > 0 || alias.length > 0 || published.length > 0) throw new UsageError('--allow, --host-alias and --publish need --net tsi');
     return undefined;
   }
-  const rules: PolicyRule[] = allows.map((a) => ({ action: 'allow', protocol: ['tcp', 'udp'], direction: 'outbound', name: `--allow ${a}`, ...parseAllow(a) }));
+  const rules: PolicyRule[] = allows.map((a) => ({ action: 'allow', protocol: ['tcp', 'udp'], name: `--allow ${a}`, ...parseAllow(a) }));
   const network: SandboxNetwork = { mode: 'tsi', policy: new Policy({ default: 'deny', rules }) };
+  if (published.length > 0) {
+    try {
+      network.portMap = new PortMap(published);
+    } catch (e) {
+      throw new UsageError(`--publish: ${(e as Error).message}`);
+    }
+  }
   for (const a of alias) {
     if (isIPv4(a)) {
       if (network.hostLoopbackAlias !== undefined) throw new UsageError('--host-alias: one IPv4 alias only');
