@@ -29,6 +29,8 @@ t.test('usage errors exit 2 with a tsibox: message', async (t) => {
     [['doctor', '--json', '--json'], /^tsibox: --json given twice/],
     [['doctor', 'now'], /^tsibox: doctor: unexpected argument "now"/],
     [['help', 'nope'], /^tsibox: unknown command "nope"/],
+    [['run', '--net', 'passt', '--allow', '127.0.0.1', '--', 'true'], /^tsibox: --allow, --host-alias and --publish need --net tsi/],
+    [['run', '--allow', '127.0.0.1', '--', 'true'], /^tsibox: --allow, --host-alias and --publish need --net tsi/],
   ];
   for (const [argv, message] of cases) {
     const r = await cli(...argv);

@@ -36,6 +36,9 @@ export const runCommand: Command = {
       if (eq <= 0) throw new UsageError(`--env wants KEY=VALUE, got ${JSON.stringify(kv)}`);
       env[kv.slice(0, eq)] = kv.slice(eq + 1);
     }
+    if (o.net === 'passt' && (o.allow !== undefined || o['host-alias'] !== undefined || o.publish !== undefined)) {
+      throw new UsageError('--allow, --host-alias and --publish need --net tsi (passt has its own addressing; see README)');
+    }
     const network = o.net === 'passt' ? passtNetworkOption() : networkOption(o.net, o.allow, o['host-alias'], o.publish);
     const verbose = o.verbose === true;
     const logger = pino({ name: 'tsibox', level: 'silent' });
