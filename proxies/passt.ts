@@ -8,7 +8,8 @@
 // under `setpriv --pdeathsig KILL` where available (the signal is cleared when passt
 // drops to `nobody`, which is why the socket is the real tie), and close() / process
 // exit kill it explicitly.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { parentDeathWrapper, killOnExit } from '../src/sys/child-lifetime.js';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { isIPv4, Socket } from 'node:net';
 import { delimiter, join } from 'node:path';
@@ -103,27 +104,6 @@ function checkIPv4(what: string, a: string): void {
   if (typeof a !== 'string' || !isIPv4(a)) throw new TsiboxError('INVALID_ARGUMENT', `passt: ${what} ${JSON.stringify(a)} is not an IPv4 address`);
 }
 
-let pdeathsigWrapper: string[] | null | undefined;
-function parentDeathWrapper(): string[] | null {
-  if (pdeathsigWrapper === undefined) {
-    const r = spawnSync('setpriv', ['--help'], { encoding: 'utf8' });
-    pdeathsigWrapper = r.status === 0 && r.stdout.includes('--pdeathsig') ? ['setpriv', '--pdeathsig', 'KILL', '--'] : null;
-  }
-  return pdeathsigWrapper;
-}
-
-const live = new Set<ChildProcess>();
-let exitHook = false;
-function track(child: ChildProcess): void {
-  live.add(child);
-  if (!exitHook) {
-    exitHook = true;
-    process.on('exit', () => {
-      for (const c of live) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-    });
-  }
-}
-
 /** passt's stderr without the noise it prints when there is no syslog. */
 export function cleanPasstStderr(text: string): string {
   return text.split('\n').filter((l) => l.trim() !== '' && !/^Failed to send \d+ bytes to syslog/.test(l)).join('\n');
@@ -198,7 +178,7 @@ export async function startPasst(opts: PasstOptions): Promise<PasstProcess> {
   } finally {
     closeFd(theirs);
   }
-  track(child);
+  killOnExit(child);
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr = (stderr + d).slice(-STDERR_KEEP); });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
@@ -207,7 +187,6 @@ export async function startPasst(opts: PasstOptions): Promise<PasstProcess> {
       resolve({ code: null, signal: null });
     });
     child.once('close', (code, signal) => {
-      live.delete(child);
       log.debug({ code, signal }, 'passt exited');
       resolve({ code, signal });
     });

@@ -7,7 +7,8 @@
 // (`-chardev socket,fd=N`): there is no socket file to clean up and nothing to connect
 // to. QEMU runs under `setpriv --pdeathsig KILL`, so it dies with the host process
 // even when that is SIGKILLed; a normal exit, error or timeout kills it explicitly.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { parentDeathWrapper, killOnExit } from '../sys/child-lifetime.js';
+import { spawn } from 'node:child_process';
 import { accessSync, constants as fsConstants, mkdtempSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { Socket } from 'node:net';
@@ -114,30 +115,6 @@ export function requireQemu(): string {
       `${QEMU_BINARY} was not found in PATH; install it (Debian/Ubuntu: apt-get install ${QEMU_DEBIAN_PACKAGE})`);
   }
   return q;
-}
-
-let pdeathsigWrapper: string[] | null | undefined;
-
-/** `setpriv --pdeathsig KILL --` when util-linux's setpriv supports it, else null. */
-function parentDeathWrapper(): string[] | null {
-  if (pdeathsigWrapper === undefined) {
-    const r = spawnSync('setpriv', ['--help'], { encoding: 'utf8' });
-    pdeathsigWrapper = r.status === 0 && r.stdout.includes('--pdeathsig') ? ['setpriv', '--pdeathsig', 'KILL', '--'] : null;
-  }
-  return pdeathsigWrapper;
-}
-
-/** QEMU processes of this process, killed if it exits with them still running. */
-const liveChildren = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function track(child: ChildProcess): void {
-  liveChildren.add(child);
-  if (!exitHookInstalled) {
-    exitHookInstalled = true;
-    process.on('exit', () => {
-      for (const c of liveChildren) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-    });
-  }
 }
 
 interface Port {
@@ -261,7 +238,7 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
     log.debug({ argv }, 'starting QEMU');
     const start = performance.now();
     const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', ...childFds] });
-    track(child);
+    killOnExit(child);
     for (const fd of closeAfterSpawn) closeFd(fd);
     closeAfterSpawn.length = 0;
     if (child.pid !== undefined) opts.onStart?.(child.pid);
@@ -320,7 +297,6 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
       throw new TsiboxError('ENGINE_UNAVAILABLE', `cannot start ${argv[0]}: ${(err as Error).message}`, { cause: err });
     } finally {
       if (timer !== null) clearTimeout(timer);
-      liveChildren.delete(child);
     }
     const ms = performance.now() - start;
     unpipeStdin();
