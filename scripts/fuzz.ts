@@ -4,10 +4,12 @@
 import { parseArgs } from 'node:util';
 import { Prng, virtqueueTarget, type FuzzTarget } from '../src/virtio/testing/fuzz-virtqueue.js';
 import { tsiTarget } from '../proxies/testing/fuzz-tsi.js';
+import { netstackTarget } from '../src/net/testing/fuzz-netstack.js';
 
 const targets: Record<string, () => FuzzTarget> = {
   virtqueue: virtqueueTarget,
   tsi: tsiTarget,
+  netstack: netstackTarget,
 };
 
 /** Failures reported in full before the rest are only counted. */

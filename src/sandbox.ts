@@ -14,7 +14,7 @@ import { VsockDevice } from './virtio/vsock/device.js';
 import { addVsockPort, type VsockBridge } from '../proxies/unix-bridge.js';
 import { ConnectionLog } from '../proxies/log.js';
 import { TsiHost } from '../proxies/tsi.js';
-import { startPasstNetwork, type PasstNetwork, type PasstNetworkSetup } from './engine/network-passt.js';
+import { checkPasstPolicy, startPasstNetwork, type PasstNetwork, type PasstNetworkSetup } from './engine/network-passt.js';
 import type { Policy } from './policy/index.js';
 import type { PortMap } from './portmap/index.js';
 
@@ -51,7 +51,8 @@ export interface SandboxOptions {
   vsockPorts?: VsockPort[];
   /**
    * Guest networking (QEMU engine for now). Without it the guest has loopback only.
-   * `{ mode: 'passt' }`: a virtio-net NIC (eth0) wired to a passt process instead of TSI.
+   * `{ mode: 'passt', policy }`: a virtio-net NIC (eth0) wired to a passt process instead
+   * of TSI; the policy filters its frames (docs/netstack.md).
    */
   network?: SandboxNetwork | PasstNetwork;
 }
@@ -150,6 +151,7 @@ export class Sandbox {
     let exitCode: number;
     const network = opts.network;
     if (network !== undefined && network.mode !== 'passt') checkNetwork(network);
+    if (network?.mode === 'passt') checkPasstPolicy(network);
 
     if (decision.engine === 'kvm') {
       if (network !== undefined) throw new TsiboxError('ENGINE_UNAVAILABLE', 'network needs the QEMU engine (the KVM engine has no vsock device yet)');

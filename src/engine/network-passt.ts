@@ -6,12 +6,21 @@ import type { Logger } from 'pino';
 import { startPasst, type PasstProcess } from '../../proxies/passt.js';
 import { TsiboxError } from '../errors.js';
 import type { GuestNetConfig } from '../guest/cmdline.js';
+import { FramePolicyFilter } from '../net/frame-policy.js';
+import type { Policy } from '../policy/index.js';
 import { NetDevice, randomMac } from '../virtio/net/index.js';
 import type { VhostUserDeviceSpec } from './qemu.js';
 
 /** `Sandbox.run({ network: { mode: 'passt', ... } })`. */
 export interface PasstNetwork {
   mode: 'passt';
+  /**
+   * Required: the egress policy, applied to the guest's frames by the frame filter
+   * (src/net/frame-policy.ts, docs/netstack.md). It judges the address the HOST will
+   * connect to: the gateway (10.0.2.2, mapped by passt) is judged as 127.0.0.1.
+   * `Policy.allowAll()` is the unrestricted network of earlier versions.
+   */
+  policy: Policy;
   /** Guest IPv4 address (default 10.0.2.15). */
   address?: string;
   /** Prefix length (default 24). */
@@ -48,6 +57,8 @@ export interface PasstNetworkSetup {
   guest: GuestNetConfig;
   netDevice: NetDevice;
   passt: PasstProcess;
+  /** The policy filter between the device and passt (stats, finished flows). */
+  filter: FramePolicyFilter;
   /** Stops passt (idempotent). */
   close(): Promise<void>;
 }
@@ -55,6 +66,7 @@ export interface PasstNetworkSetup {
 /** Starts passt and builds the device; the caller runs QEMU, then close(). */
 export async function startPasstNetwork(n: PasstNetwork, log: Logger): Promise<PasstNetworkSetup> {
   if (n.mode !== 'passt') throw new TsiboxError('INVALID_ARGUMENT', `network.mode ${String(n.mode)} is not 'passt'`);
+  checkPasstPolicy(n);
   const address = n.address ?? PASST_DEFAULTS.address;
   const prefix = n.prefix ?? PASST_DEFAULTS.prefix;
   const gateway = n.gateway ?? PASST_DEFAULTS.gateway;
@@ -73,10 +85,14 @@ export async function startPasstNetwork(n: PasstNetwork, log: Logger): Promise<P
     ...(n.pcap !== undefined ? { pcap: n.pcap } : {}),
     ...(n.passtPath !== undefined ? { binary: n.passtPath } : {}),
   });
+  const filter = new FramePolicyFilter({
+    inner: passt.backend, policy: n.policy, gateway, mapGatewayToHost: n.mapGatewayToHost !== false,
+    dnsForwarders: defaultDns ? [PASST_DEFAULTS.dns] : [], logger: log,
+  });
   let netDevice: NetDevice;
   try {
     // QEMU's virtio-mmio offers 1024-entry rings under microvm (see defaultQemuDevices).
-    netDevice = new NetDevice({ backend: passt.backend, mac, queueSize: 1024 });
+    netDevice = new NetDevice({ backend: filter, mac, queueSize: 1024 });
   } catch (err) {
     await passt.close();
     throw err;
@@ -93,12 +109,21 @@ export async function startPasstNetwork(n: PasstNetwork, log: Logger): Promise<P
   };
   let closed: Promise<void> | null = null;
   return {
-    device, guest, netDevice, passt,
-    close: () => (closed ??= passt.close().then(() => {
-      const s = netDevice.stats();
-      log.debug({ stats: s }, 'virtio-net done');
-    })),
+    device, guest, netDevice, passt, filter,
+    close: () => (closed ??= (async () => {
+      filter.close(); // logs the flows still open
+      await passt.close();
+      log.debug({ stats: netDevice.stats(), filter: filter.stats() }, 'virtio-net done');
+    })()),
   };
+}
+
+/** passt mode names its policy: there is no silent allow-all. */
+export function checkPasstPolicy(n: PasstNetwork): void {
+  const p = (n as { policy?: unknown }).policy;
+  if (p === undefined || p === null || typeof (p as { evaluate?: unknown }).evaluate !== 'function') {
+    throw new TsiboxError('INVALID_ARGUMENT', "network.policy is required for mode 'passt' (new Policy({ default, rules }); Policy.allowAll() for an unrestricted network)");
+  }
 }
 
 function ipv4(a: string): number {

@@ -7,7 +7,8 @@ import { TsiboxError } from '../errors.js';
 import { canonicalAddress } from '../net/address.js';
 
 export type Action = 'allow' | 'deny';
-export type Protocol = 'tcp' | 'udp' | 'unix';
+/** icmp: ICMP/ICMPv6 echo through the virtio-net frame filter (src/net/frame-policy.ts); TSI never asks for it. */
+export type Protocol = 'tcp' | 'udp' | 'unix' | 'icmp';
 /** outbound: the guest connects out / sends; inbound: a host client reaches a guest listener. */
 export type Direction = 'outbound' | 'inbound';
 
@@ -58,7 +59,7 @@ interface CompiledRule {
   ports: readonly [number, number] | null;
 }
 
-const PROTOCOLS: readonly Protocol[] = ['tcp', 'udp', 'unix'];
+const PROTOCOLS: readonly Protocol[] = ['tcp', 'udp', 'unix', 'icmp'];
 
 export class Policy {
   readonly defaultAction: Action;

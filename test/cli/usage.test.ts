@@ -29,8 +29,10 @@ t.test('usage errors exit 2 with a tsibox: message', async (t) => {
     [['doctor', '--json', '--json'], /^tsibox: --json given twice/],
     [['doctor', 'now'], /^tsibox: doctor: unexpected argument "now"/],
     [['help', 'nope'], /^tsibox: unknown command "nope"/],
-    [['run', '--net', 'passt', '--allow', '127.0.0.1', '--', 'true'], /^tsibox: --allow, --host-alias and --publish need --net tsi/],
-    [['run', '--allow', '127.0.0.1', '--', 'true'], /^tsibox: --allow, --host-alias and --publish need --net tsi/],
+    [['run', '--net', 'passt', '--publish', '8080:80', '--', 'true'], /^tsibox: --host-alias and --publish need --net tsi/],
+    [['run', '--net', 'passt', '--host-alias', '10.0.2.2', '--', 'true'], /^tsibox: --host-alias and --publish need --net tsi/],
+    [['run', '--net', 'passt', '--allow', 'nope', '--', 'true'], /^tsibox: --allow wants CIDR/],
+    [['run', '--allow', '127.0.0.1', '--', 'true'], /^tsibox: --allow needs --net tsi or passt; --host-alias and --publish need --net tsi/],
   ];
   for (const [argv, message] of cases) {
     const r = await cli(...argv);

@@ -11,6 +11,7 @@ import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { pino } from 'pino';
 import { Sandbox, guestToolsArchive } from '../../src/index.js';
+import { Policy } from '../../src/policy/index.js';
 import { findQemu } from '../../src/engine/qemu.js';
 import { startPasst } from '../../proxies/passt.js';
 import { ensureInitramfs, ensureKernel, kernelPaths } from '../../src/guest/index.js';
@@ -91,7 +92,7 @@ t.test('network passt under QEMU', { skip }, async (t) => {
         `wget -q -O- http://${GATEWAY}:${port}/`,
       ].join('; ')],
       engine: 'qemu',
-      network: { mode: 'passt' },
+      network: { mode: 'passt', policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', cidr: '127.0.0.1', ports: port }] }) },
       timeoutMs: 60_000,
     });
     const out = r.stdout!.toString();
@@ -142,7 +143,7 @@ t.test('network passt under QEMU', { skip }, async (t) => {
       ].join('\n')],
       extraArchives: [tools!],
       engine: 'qemu',
-      network: { mode: 'passt', mac: '02:54:00:00:00:42' },
+      network: { mode: 'passt', mac: '02:54:00:00:00:42', policy: Policy.allowAll() },
       timeoutMs: 90_000,
     });
     t.comment(`sandbox with a 1 MiB echo: ${(performance.now() - started).toFixed(0)} ms`);
@@ -162,15 +163,22 @@ t.test('network passt under QEMU', { skip }, async (t) => {
     let qemuStarted = false;
     await t.rejects(Sandbox.run({
       argv: ['true'], engine: 'qemu',
-      network: { mode: 'passt', passtPath: '/nonexistent/passt' },
+      network: { mode: 'passt', passtPath: '/nonexistent/passt', policy: Policy.allowAll() },
       onQemuStart: () => { qemuStarted = true; },
     }), { code: 'ENGINE_UNAVAILABLE', message: /apt-get install passt/ });
     t.equal(qemuStarted, false);
   });
 
   await t.test('bad addresses are refused before anything starts', async (t) => {
-    await t.rejects(Sandbox.run({ argv: ['true'], engine: 'qemu', network: { mode: 'passt', gateway: '10.9.9.9' } }),
+    await t.rejects(Sandbox.run({ argv: ['true'], engine: 'qemu', network: { mode: 'passt', gateway: '10.9.9.9', policy: Policy.allowAll() } }),
       { code: 'INVALID_ARGUMENT', message: /not in 10\.0\.2\.15\/24/ });
     t.same(ourPassts(), []);
+  });
+
+  await t.test('passt mode without a policy is refused before anything starts', async (t) => {
+    let qemuStarted = false;
+    await t.rejects(Sandbox.run({ argv: ['true'], engine: 'qemu', network: { mode: 'passt' } as never, onQemuStart: () => { qemuStarted = true; } }),
+      { code: 'INVALID_ARGUMENT', message: /network\.policy is required/ });
+    t.equal(qemuStarted, false);
   });
 });

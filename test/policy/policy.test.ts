@@ -35,7 +35,7 @@ t.test('first matching rule wins, then the default', (t) => {
 t.test('bad rules are rejected with the rule index', (t) => {
   for (const rule of [
     { action: 'allow', cidr: '300.1.1.1/8' }, { action: 'allow', cidr: '10.0.0.0/33' }, { action: 'allow', cidr: '::1/129' },
-    { action: 'allow', ports: [5, 1] }, { action: 'allow', ports: 70000 }, { action: 'allow', protocol: 'icmp' },
+    { action: 'allow', ports: [5, 1] }, { action: 'allow', ports: 70000 }, { action: 'allow', protocol: 'sctp' },
     { action: 'permit' }, { action: 'allow', direction: 'sideways' },
   ]) {
     t.throws(() => new Policy({ default: 'deny', rules: [rule as never] }), { code: 'POLICY_INVALID', message: /rule 0/ }, JSON.stringify(rule));

@@ -10,7 +10,7 @@ import { expectPositionals, type Command } from '../registry.js';
 export const runCommand: Command = {
   name: 'run',
   summary: 'run a program in a microVM (default root: busybox); exits with its status',
-  usage: 'run [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]... [--publish [ADDR:]HOST:GUEST[/udp]]...] [--verbose] -- CMD [ARGS...]',
+  usage: 'run [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]... [--publish [ADDR:]HOST:GUEST[/udp]]... | --net passt [--allow CIDR[:PORTS]]...] [--verbose] -- CMD [ARGS...]',
   options: {
     engine: { type: 'string', value: 'kvm|qemu|auto', choices: ['kvm', 'qemu', 'auto'], description: 'how to run the VM (default auto: KVM where guest ring 0 runs natively, else QEMU)' },
     cpus: { type: 'integer', value: 'N', min: 1, max: 16, description: 'vCPUs (default 1)' },
@@ -21,8 +21,8 @@ export const runCommand: Command = {
     workdir: { type: 'string', value: 'DIR', description: 'working directory in the guest (created when missing)' },
     timeout: { type: 'integer', value: 'SEC', min: 1, description: 'kill the VM after this many seconds' },
     verbose: { type: 'boolean', description: 'say on stderr which engine runs the VM, and why' },
-    net: { type: 'string', value: 'tsi|passt', choices: ['tsi', 'passt'], description: 'tsi: guest TCP connect() and UDP go out through tsibox (TSI; QEMU engine); everything is denied unless --allow permits it. passt: a virtio-net NIC (eth0 10.0.2.15/24) wired to passt; 10.0.2.2 reaches the host\'s 127.0.0.1 (QEMU engine)' },
-    allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'with --net tsi: allow TCP and UDP with CIDR (outbound destinations, and clients of --publish ports) (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, ::/0)' },
+    net: { type: 'string', value: 'tsi|passt', choices: ['tsi', 'passt'], description: 'tsi: guest TCP connect() and UDP go out through tsibox (TSI; QEMU engine); everything is denied unless --allow permits it. passt: a virtio-net NIC (eth0 10.0.2.15/24) wired to passt; 10.0.2.2 reaches the host\'s 127.0.0.1; its frames are filtered by the same policy: everything is denied unless --allow permits it (QEMU engine)' },
+    allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'allow TCP and UDP with CIDR (with --net tsi: outbound destinations, and clients of --publish ports; with --net passt: what the host connects to, so 10.0.2.2:PORT is --allow 127.0.0.1:PORT) (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, ::/0)' },
     publish: { type: 'string', value: '[ADDR:]HOST:GUEST[/udp]', repeatable: true, description: 'with --net tsi: expose guest port GUEST on host ADDR:HOST (default address 127.0.0.1; HOST 0 lets the OS choose); the policy must allow the clients' },
     'host-alias': { type: 'string', value: 'ADDR', repeatable: true, description: "with --net tsi: the guest reaches the host's 127.0.0.1 (IPv4 ADDR) or ::1 (IPv6 ADDR) through ADDR, e.g. 10.0.2.2; --allow 127.0.0.1 (or ::1) too" },
   },
@@ -36,10 +36,12 @@ export const runCommand: Command = {
       if (eq <= 0) throw new UsageError(`--env wants KEY=VALUE, got ${JSON.stringify(kv)}`);
       env[kv.slice(0, eq)] = kv.slice(eq + 1);
     }
-    if (o.net === 'passt' && (o.allow !== undefined || o['host-alias'] !== undefined || o.publish !== undefined)) {
-      throw new UsageError('--allow, --host-alias and --publish need --net tsi (passt has its own addressing; see README)');
+    if (o.net === 'passt' && (o['host-alias'] !== undefined || o.publish !== undefined)) {
+      throw new UsageError('--host-alias and --publish need --net tsi (passt has its own addressing: 10.0.2.2 is the host; see README)');
     }
-    const network = o.net === 'passt' ? passtNetworkOption() : networkOption(o.net, o.allow, o['host-alias'], o.publish);
+    const network = o.net === 'passt'
+      ? passtNetworkOption(allowPolicy(o.allow))
+      : networkOption(o.net, o.allow, o['host-alias'], o.publish);
     const verbose = o.verbose === true;
     const logger = pino({ name: 'tsibox', level: 'silent' });
     const stdin = io.stdin ?? process.stdin;
@@ -89,11 +91,10 @@ export function networkOption(net: unknown, allow: unknown, aliases: unknown, pu
   const alias = Array.isArray(aliases) ? aliases.map(String) : [];
   const published = Array.isArray(publish) ? publish.map(String) : [];
   if (net !== 'tsi') {
-    if (allows.length > 0 || alias.length > 0 || published.length > 0) throw new UsageError('--allow, --host-alias and --publish need --net tsi');
+    if (allows.length > 0 || alias.length > 0 || published.length > 0) throw new UsageError('--allow needs --net tsi or passt; --host-alias and --publish need --net tsi');
     return undefined;
   }
-  const rules: PolicyRule[] = allows.map((a) => ({ action: 'allow', protocol: ['tcp', 'udp'], name: `--allow ${a}`, ...parseAllow(a) }));
-  const network: SandboxNetwork = { mode: 'tsi', policy: new Policy({ default: 'deny', rules }) };
+  const network: SandboxNetwork = { mode: 'tsi', policy: allowPolicy(allows) };
   if (published.length > 0) {
     try {
       network.portMap = new PortMap(published);
@@ -113,6 +114,13 @@ export function networkOption(net: unknown, allow: unknown, aliases: unknown, pu
     }
   }
   return network;
+}
+
+/** --allow CIDR[:PORTS]... → a policy allowing TCP and UDP there, denying the rest. */
+export function allowPolicy(allow: unknown): Policy {
+  const allows = Array.isArray(allow) ? allow.map(String) : [];
+  const rules: PolicyRule[] = allows.map((a) => ({ action: 'allow', protocol: ['tcp', 'udp'], name: `--allow ${a}`, ...parseAllow(a) }));
+  return new Policy({ default: 'deny', rules });
 }
 
 /** 'CIDR', 'CIDR:PORT', 'CIDR:LOW-HIGH'; IPv6 with ports in brackets: '[::1]:80', '[fd00::/8]:1-1024'. */
