@@ -8,14 +8,12 @@
 // under `setpriv --pdeathsig KILL` where available (the signal is cleared when passt
 // drops to `nobody`, which is why the socket is the real tie), and close() / process
 // exit kill it explicitly.
-import { parentDeathWrapper, killOnExit } from '../src/sys/child-lifetime.js';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants as fsConstants } from 'node:fs';
 import { isIPv4, Socket } from 'node:net';
-import { delimiter, join } from 'node:path';
 import type { Logger } from 'pino';
 import { TsiboxError } from '../src/errors.js';
 import { closeFd } from '../src/sys/libc.js';
+import { parentDeathWrapper, killOnExit, findExecutable } from '../src/sys/helper-programs.js';
 import { socketPair } from '../src/sys/socket.js';
 import type { FrameBackend, FramePort } from '../src/virtio/net/backend.js';
 import { encodeFrame, FrameReader, FramingError } from './frame-stream.js';
@@ -51,23 +49,7 @@ export interface PasstOptions {
 
 /** Where passt is, or undefined. */
 export function findPasst(binary?: string): string | undefined {
-  const override = binary ?? process.env['TSIBOX_PASST'];
-  if (override !== undefined && override !== '') return isExecutable(override) ? override : undefined;
-  for (const dir of (process.env['PATH'] ?? '/usr/bin:/bin').split(delimiter)) {
-    if (dir === '') continue;
-    const p = join(dir, PASST_BINARY);
-    if (isExecutable(p)) return p;
-  }
-  return undefined;
-}
-
-function isExecutable(p: string): boolean {
-  try {
-    accessSync(p, fsConstants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
+  return findExecutable(PASST_BINARY, 'TSIBOX_PASST', binary);
 }
 
 /** The passt argv (after the binary) for these options. */

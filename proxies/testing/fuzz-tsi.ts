@@ -6,12 +6,11 @@
 // Fails when an exception escapes, the device throws inside the transport, anything
 // touches memory outside guest RAM, bytes outside guest RAM change, or the device
 // holds more than its bounds (connections, queued bytes).
-import { GuestMemory } from '../../src/vmm/memory.js';
 import { Feature } from '../../src/virtio/constants.js';
-import type { VirtioMemory } from '../../src/virtio/memory.js';
 import { MmioTransport } from '../../src/virtio/mmio.js';
 import { CountingInterrupt, SoftwareDriver, type DriverQueue } from '../../src/virtio/testing/driver.js';
 import type { FuzzTarget, Prng } from '../../src/virtio/testing/fuzz-virtqueue.js';
+import { guardedMemory, randomBytes } from '../../src/virtio/testing/guarded-memory.js';
 import { EVENT_QUEUE, RX_QUEUE, TX_QUEUE, VsockDevice } from '../../src/virtio/vsock/device.js';
 import { HEADER_SIZE, Op, VsockFeature, encodeHeader, type PacketHeader } from '../../src/virtio/vsock/header.js';
 import { Policy } from '../../src/policy/index.js';
@@ -22,24 +21,17 @@ import {
 } from '../protocol.js';
 
 const RAM = 8 << 20;
-const GUARD = 4096;
-const GUARD_BYTE = 0x5a;
 const MAX_CONNECTIONS = 64;
 /** Driver resets (and a fresh negotiation) every this many iterations. */
 const RESET_EVERY = 200;
 
 export function tsiTarget(): FuzzTarget {
-  const backing = new Uint8Array(GUARD + RAM + GUARD);
-  backing.fill(GUARD_BYTE);
-  const ram = backing.subarray(GUARD, GUARD + RAM);
-  ram.fill(0);
-  const memory = GuestMemory.fromRegions([{ guestAddress: 0, bytes: ram }]);
-  const violations: string[] = [];
+  const { memory, checked, violations, guardsIntact } = guardedMemory(RAM);
   const internal: unknown[] = [];
   const device = new VsockDevice({ queueSize: 64, maxConnections: MAX_CONNECTIONS, connectTimeoutMs: 60_000 });
   const host = new TsiHost({ device, policy: Policy.denyAll(), portMap: new PortMap(), timeoutMs: 60_000 });
   const transport = new MmioTransport({
-    device, memory: checkingMemory(memory, violations), interrupt: new CountingInterrupt(), onInternalError: (e) => internal.push(e),
+    device, memory: checked, interrupt: new CountingInterrupt(), onInternalError: (e) => internal.push(e),
   });
   let driver: SoftwareDriver;
   let rx: DriverQueue;
@@ -91,7 +83,7 @@ export function tsiTarget(): FuzzTarget {
         return `device threw: ${e instanceof Error ? e.stack ?? e.message : String(e)}`;
       }
       if (violations.length > 0) return `access outside guest RAM: ${violations[0]}`;
-      if (!guardsIntact(backing)) return 'bytes outside guest RAM changed';
+      if (!guardsIntact()) return 'bytes outside guest RAM changed';
       const st = device.stats();
       if (st.connections > MAX_CONNECTIONS) return `connections ${st.connections} over the limit ${MAX_CONNECTIONS}`;
       if (st.bufferedToGuest > MAX_CONNECTIONS * 300 * 1024) return `device holds ${st.bufferedToGuest} bytes for the guest`;
@@ -178,28 +170,3 @@ function tsiMessage(rng: Prng): Uint8Array {
   return m;
 }
 
-function randomBytes(rng: Prng, n: number): Uint8Array {
-  const b = new Uint8Array(n);
-  for (let i = 0; i < n; i++) b[i] = rng.below(256);
-  return b;
-}
-
-function guardsIntact(backing: Uint8Array): boolean {
-  const end = backing.length;
-  for (let i = 0; i < GUARD; i++) if (backing[i] !== GUARD_BYTE || backing[end - 1 - i] !== GUARD_BYTE) return false;
-  return true;
-}
-
-function checkingMemory(memory: GuestMemory, violations: string[]): VirtioMemory {
-  const check = (what: string, addr: number | bigint, len: number): void => {
-    if (!memory.contains(addr, len)) violations.push(`${what}(0x${addr.toString(16)}, ${len})`);
-  };
-  return {
-    contains: (addr, len) => memory.contains(addr, len),
-    slice: (addr, len) => { check('slice', addr, len); return memory.slice(addr, len); },
-    readU16: (addr) => { check('readU16', addr, 2); return memory.readU16(addr); },
-    readU32: (addr) => { check('readU32', addr, 4); return memory.readU32(addr); },
-    writeU16: (addr, v) => { check('writeU16', addr, 2); memory.writeU16(addr, v); },
-    writeU32: (addr, v) => { check('writeU32', addr, 4); memory.writeU32(addr, v); },
-  };
-}

@@ -7,12 +7,11 @@
 // (`-chardev socket,fd=N`): there is no socket file to clean up and nothing to connect
 // to. QEMU runs under `setpriv --pdeathsig KILL`, so it dies with the host process
 // even when that is SIGKILLed; a normal exit, error or timeout kills it explicitly.
-import { parentDeathWrapper, killOnExit } from '../sys/child-lifetime.js';
 import { spawn } from 'node:child_process';
-import { accessSync, constants as fsConstants, mkdtempSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { Socket } from 'node:net';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import { TsiboxError } from '../errors.js';
@@ -21,6 +20,7 @@ import {
   PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT, type InitConfig,
 } from '../guest/cmdline.js';
 import { closeFd } from '../sys/libc.js';
+import { parentDeathWrapper, killOnExit, findExecutable } from '../sys/helper-programs.js';
 import { memfdCreate, socketPair } from '../sys/socket.js';
 import { UnixListener } from '../sys/unix-listen.js';
 import type { VirtioDevice } from '../virtio/device.js';
@@ -89,23 +89,7 @@ export interface QemuRunResult {
 
 /** Where qemu-system-x86_64 is, or undefined. */
 export function findQemu(): string | undefined {
-  const override = process.env['TSIBOX_QEMU'];
-  if (override !== undefined && override !== '') return isExecutable(override) ? override : undefined;
-  for (const dir of (process.env['PATH'] ?? '/usr/bin:/bin').split(delimiter)) {
-    if (dir === '') continue;
-    const p = join(dir, QEMU_BINARY);
-    if (isExecutable(p)) return p;
-  }
-  return undefined;
-}
-
-function isExecutable(p: string): boolean {
-  try {
-    accessSync(p, fsConstants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
+  return findExecutable(QEMU_BINARY, 'TSIBOX_QEMU');
 }
 
 export function requireQemu(): string {

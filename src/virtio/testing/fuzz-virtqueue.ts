@@ -6,15 +6,15 @@
 // transport, when anything asks for memory outside guest RAM, or when bytes just
 // outside guest RAM change.
 import { TsiboxError } from '../../errors.js';
-import { GuestMemory } from '../../vmm/memory.js';
 import { ConsoleDevice } from '../console/device.js';
 import { Desc, Feature, Reg } from '../constants.js';
 import type { VirtioDevice } from '../device.js';
-import type { VirtioMemory } from '../memory.js';
 import { MmioTransport } from '../mmio.js';
 import { RngDevice } from '../rng.js';
 import { CountingInterrupt, SoftwareDriver, INDIRECT_MAX, type DriverQueue } from './driver.js';
 import { NullDevice } from './null-device.js';
+import { guardedMemory, randomBytes } from './guarded-memory.js';
+import type { GuestMemory } from '../../vmm/memory.js';
 
 /** A deterministic PRNG (mulberry32) so a failing seed replays exactly. */
 export class Prng {
@@ -47,8 +47,6 @@ export interface FuzzTarget {
 }
 
 const RAM = 1 << 20;
-const GUARD = 4096;
-const GUARD_BYTE = 0xa5;
 
 interface Rig {
   name: string;
@@ -57,14 +55,7 @@ interface Rig {
 }
 
 export function virtqueueTarget(): FuzzTarget {
-  // Guest RAM sits between two guard areas of the same buffer; the guards must never change.
-  const backing = new Uint8Array(GUARD + RAM + GUARD);
-  backing.fill(GUARD_BYTE);
-  const ram = backing.subarray(GUARD, GUARD + RAM);
-  ram.fill(0);
-  const memory = GuestMemory.fromRegions([{ guestAddress: 0, bytes: ram }]);
-  const violations: string[] = [];
-  const checked = checkingMemory(memory, violations);
+  const { memory, checked, violations, guardsIntact } = guardedMemory(RAM);
   const internal: unknown[] = [];
   const irq = new CountingInterrupt();
   const rigs: Rig[] = [
@@ -97,7 +88,7 @@ export function virtqueueTarget(): FuzzTarget {
         return `${rig.name}: device threw inside the transport: ${e instanceof Error ? e.stack ?? e.message : String(e)}`;
       }
       if (violations.length > 0) return `${rig.name}: access outside guest RAM: ${violations[0]}`;
-      if (!guardsIntact(backing)) return `${rig.name}: bytes outside guest RAM changed`;
+      if (!guardsIntact()) return `${rig.name}: bytes outside guest RAM changed`;
       return null;
     },
     close() {
@@ -212,29 +203,3 @@ function randomRegisterWrites(rng: Prng, driver: SoftwareDriver): void {
   driver.readReg(rng.pick(regs));
 }
 
-function randomBytes(rng: Prng, n: number): Uint8Array {
-  const b = new Uint8Array(n);
-  for (let i = 0; i < n; i++) b[i] = rng.below(256);
-  return b;
-}
-
-function guardsIntact(backing: Uint8Array): boolean {
-  const end = backing.length;
-  for (let i = 0; i < GUARD; i++) if (backing[i] !== GUARD_BYTE || backing[end - 1 - i] !== GUARD_BYTE) return false;
-  return true;
-}
-
-/** Wraps memory so any request for a range outside RAM is recorded as a violation. */
-function checkingMemory(memory: GuestMemory, violations: string[]): VirtioMemory {
-  const check = (what: string, addr: number | bigint, len: number): void => {
-    if (!memory.contains(addr, len)) violations.push(`${what}(0x${addr.toString(16)}, ${len})`);
-  };
-  return {
-    contains: (addr, len) => memory.contains(addr, len),
-    slice: (addr, len) => { check('slice', addr, len); return memory.slice(addr, len); },
-    readU16: (addr) => { check('readU16', addr, 2); return memory.readU16(addr); },
-    readU32: (addr) => { check('readU32', addr, 4); return memory.readU32(addr); },
-    writeU16: (addr, v) => { check('writeU16', addr, 2); memory.writeU16(addr, v); },
-    writeU32: (addr, v) => { check('writeU32', addr, 4); memory.writeU32(addr, v); },
-  };
-}
