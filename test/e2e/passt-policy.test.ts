@@ -8,39 +8,17 @@
  * 127.0.0.1 only, every guest command is bounded by the sandbox timeout.
  */
 import t from 'tap';
+import { e2ePrerequisites } from './prerequisites.js';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { Sandbox, guestToolsArchive } from '../../src/index.js';
+import { Sandbox } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
-import { findQemu } from '../../src/engine/qemu.js';
-import { startPasst } from '../../proxies/passt.js';
-import { ensureInitramfs, ensureKernel, kernelPaths } from '../../src/guest/index.js';
 
-if (kernelPaths() === undefined) t.setTimeout(20 * 60_000);
 const GATEWAY = '10.0.2.2';
-let skip: string | false = false;
-let tools: Buffer | undefined;
-if (findQemu() === undefined) skip = 'qemu-system-x86_64 is not installed (Debian: qemu-system-x86)';
-else {
-  try {
-    const p = await startPasst({ address: '10.0.2.15', prefix: 24, gateway: GATEWAY, mac: '02:00:00:00:00:01', logger: pino({ level: 'silent' }) });
-    await p.close();
-  } catch (e) {
-    skip = `passt cannot run here: ${(e as Error).message}`;
-  }
-  if (skip === false) {
-    try {
-      await ensureKernel({ onProgress: (l) => t.comment(l) });
-      await ensureInitramfs({ onProgress: (l) => t.comment(l) });
-      tools = await guestToolsArchive();
-    } catch (e) {
-      skip = `the guest kernel/initramfs/tools cannot be built here: ${(e as Error).message}`;
-    }
-  }
-}
+const { skip, tools } = await e2ePrerequisites(t, { tools: true, passt: true });
 
 t.test('the policy applies to passt mode', { skip }, async (t) => {
   const sockets = new Set<Socket>();

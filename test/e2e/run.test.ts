@@ -3,28 +3,17 @@
  * our devices over vhost-user. Each boot is ~1 s of TCG.
  */
 import t from 'tap';
+import { e2ePrerequisites } from './prerequisites.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { Sandbox } from '../../src/index.js';
-import { findQemu } from '../../src/engine/qemu.js';
-import { ensureInitramfs, ensureKernel, kernelPaths } from '../../src/guest/index.js';
 import { PACKAGE_ROOT } from '../../src/paths.js';
 
 const BIN = join(PACKAGE_ROOT, 'bin', 'tsibox.js');
 
-if (kernelPaths() === undefined) t.setTimeout(20 * 60_000);
-let skip: string | false = false;
-if (findQemu() === undefined) skip = 'qemu-system-x86_64 is not installed (Debian: qemu-system-x86)';
-else {
-  try {
-    await ensureKernel({ onProgress: (l) => t.comment(l) });
-    await ensureInitramfs({ onProgress: (l) => t.comment(l) });
-  } catch (e) {
-    skip = `the guest kernel/initramfs cannot be built here: ${(e as Error).message}`;
-  }
-}
+const { skip } = await e2ePrerequisites(t);
 
 interface CliResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
 

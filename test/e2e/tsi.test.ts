@@ -8,6 +8,7 @@
  * were wrong.
  */
 import t from 'tap';
+import { e2ePrerequisites } from './prerequisites.js';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
@@ -16,26 +17,12 @@ import { createServer, connect as netConnect, type AddressInfo, type Server, typ
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { Sandbox, guestToolsArchive } from '../../src/index.js';
+import { Sandbox } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
 import { PortMap } from '../../src/portmap/index.js';
-import { findQemu } from '../../src/engine/qemu.js';
-import { ensureInitramfs, ensureKernel, kernelPaths } from '../../src/guest/index.js';
 import { PACKAGE_ROOT } from '../../src/paths.js';
 
-if (kernelPaths() === undefined) t.setTimeout(20 * 60_000);
-let skip: string | false = false;
-let tools: Buffer | undefined;
-if (findQemu() === undefined) skip = 'qemu-system-x86_64 is not installed (Debian: qemu-system-x86)';
-else {
-  try {
-    await ensureKernel({ onProgress: (l) => t.comment(l) });
-    await ensureInitramfs({ onProgress: (l) => t.comment(l) });
-    tools = await guestToolsArchive();
-  } catch (e) {
-    skip = `the guest kernel/initramfs/tools cannot be built here: ${(e as Error).message}`;
-  }
-}
+const { skip, tools } = await e2ePrerequisites(t, { tools: true });
 
 const BIN = join(PACKAGE_ROOT, 'bin', 'tsibox.js');
 const ALIAS4 = '10.0.2.2';

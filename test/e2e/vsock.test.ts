@@ -5,6 +5,7 @@
  * host unix sockets. Both directions, data checked with sha256 on both sides.
  */
 import t from 'tap';
+import { e2ePrerequisites } from './prerequisites.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect as netConnect, type Socket } from 'node:net';
@@ -12,23 +13,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { Sandbox, guestToolsArchive } from '../../src/index.js';
-import { findQemu } from '../../src/engine/qemu.js';
-import { ensureInitramfs, ensureKernel, kernelPaths } from '../../src/guest/index.js';
+import { Sandbox } from '../../src/index.js';
 
-if (kernelPaths() === undefined) t.setTimeout(20 * 60_000);
-let skip: string | false = false;
-let tools: Buffer | undefined;
-if (findQemu() === undefined) skip = 'qemu-system-x86_64 is not installed (Debian: qemu-system-x86)';
-else {
-  try {
-    await ensureKernel({ onProgress: (l) => t.comment(l) });
-    await ensureInitramfs({ onProgress: (l) => t.comment(l) });
-    tools = await guestToolsArchive();
-  } catch (e) {
-    skip = `the guest kernel/initramfs/tools cannot be built here: ${(e as Error).message}`;
-  }
-}
+const { skip, tools } = await e2ePrerequisites(t, { tools: true });
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
