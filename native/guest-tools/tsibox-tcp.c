@@ -33,28 +33,11 @@
 #include <unistd.h>
 
 static const char *prog = "tsibox-tcp";
+#include "stream-io.h"
 
 static int usage(void) {
   fprintf(stderr, "usage: %s [-v] ADDRESS PORT | %s -l [-6] [-v] PORT | %s -u [-c] [-v] ADDRESS PORT\n", prog, prog, prog);
   return 2;
-}
-
-static int fail(const char *what) {
-  fprintf(stderr, "%s: %s: %s\n", prog, what, strerror(errno));
-  return 1;
-}
-
-static int write_all(int fd, const char *buf, size_t len) {
-  while (len > 0) {
-    ssize_t n = write(fd, buf, len);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    buf += n;
-    len -= (size_t)n;
-  }
-  return 0;
 }
 
 static void show(const char *what, const struct sockaddr_storage *ss) {
@@ -73,39 +56,6 @@ static void show(const char *what, const struct sockaddr_storage *ss) {
   } else {
     fprintf(stderr, "%s family %d\n", what, ss->ss_family);
   }
-}
-
-/* Copies stdin -> sock and sock -> stdout until both directions have ended. */
-static int shovel(int sock) {
-  static char buf[65536];
-  int in_open = 1, sock_open = 1;
-  while (in_open || sock_open) {
-    struct pollfd p[2] = {
-      { .fd = in_open ? 0 : -1, .events = POLLIN },
-      { .fd = sock_open ? sock : -1, .events = POLLIN },
-    };
-    if (poll(p, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      return fail("poll");
-    }
-    if (in_open && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
-      ssize_t n = read(0, buf, sizeof buf);
-      if (n < 0 && errno != EINTR) return fail("read stdin");
-      if (n == 0) {
-        in_open = 0;
-        if (shutdown(sock, SHUT_WR) < 0) return fail("shutdown");
-      } else if (n > 0 && write_all(sock, buf, (size_t)n) < 0) {
-        return fail("send");
-      }
-    }
-    if (sock_open && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
-      ssize_t n = read(sock, buf, sizeof buf);
-      if (n < 0 && errno != EINTR) return fail("recv");
-      if (n == 0) sock_open = 0;
-      else if (n > 0 && write_all(1, buf, (size_t)n) < 0) return fail("write stdout");
-    }
-  }
-  return 0;
 }
 
 /* UDP mode; returns the exit status. */
@@ -209,7 +159,7 @@ int main(int argc, char **argv) {
       al = sizeof a;
       if (getsockname(c, (struct sockaddr *)&a, &al) == 0) show("local", &a);
     }
-    int rc = shovel(c);
+    int rc = shovel(c, 0);
     close(c);
     return rc;
   }
@@ -250,7 +200,7 @@ int main(int argc, char **argv) {
     al = sizeof a;
     if (getpeername(s, (struct sockaddr *)&a, &al) == 0) show("peer", &a);
   }
-  int rc = shovel(s);
+  int rc = shovel(s, 0);
   close(s);
   return rc;
 }

@@ -23,15 +23,11 @@
 #include <linux/vm_sockets.h>
 
 static const char *prog = "tsibox-vsock";
+#include "stream-io.h"
 
 static int usage(void) {
   fprintf(stderr, "usage: %s connect CID PORT | %s listen PORT\n", prog, prog);
   return 2;
-}
-
-static int fail(const char *what) {
-  fprintf(stderr, "%s: %s: %s\n", prog, what, strerror(errno));
-  return 1;
 }
 
 static int parse_u32(const char *s, unsigned int *out) {
@@ -40,52 +36,6 @@ static int parse_u32(const char *s, unsigned int *out) {
   unsigned long v = strtoul(s, &end, 0);
   if (errno != 0 || end == s || *end != '\0' || v > 0xffffffffUL) return -1;
   *out = (unsigned int)v;
-  return 0;
-}
-
-static int write_all(int fd, const char *buf, size_t len) {
-  while (len > 0) {
-    ssize_t n = write(fd, buf, len);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    buf += n;
-    len -= (size_t)n;
-  }
-  return 0;
-}
-
-/* Copies stdin -> sock and sock -> stdout until both directions have ended. */
-static int shovel(int sock) {
-  static char buf[65536];
-  int in_open = 1, sock_open = 1;
-  while (in_open || sock_open) {
-    struct pollfd p[2] = {
-      { .fd = in_open ? 0 : -1, .events = POLLIN },
-      { .fd = sock_open ? sock : -1, .events = POLLIN },
-    };
-    if (poll(p, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      return fail("poll");
-    }
-    if (in_open && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
-      ssize_t n = read(0, buf, sizeof buf);
-      if (n < 0 && errno != EINTR) return fail("read stdin");
-      if (n == 0) {
-        in_open = 0;
-        if (shutdown(sock, SHUT_WR) < 0 && errno != ENOTCONN) return fail("shutdown");
-      } else if (n > 0 && write_all(sock, buf, (size_t)n) < 0) {
-        return fail("send");
-      }
-    }
-    if (sock_open && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
-      ssize_t n = read(sock, buf, sizeof buf);
-      if (n < 0 && errno != EINTR) return fail("recv");
-      if (n == 0) sock_open = 0;
-      else if (n > 0 && write_all(1, buf, (size_t)n) < 0) return fail("write stdout");
-    }
-  }
   return 0;
 }
 
@@ -104,7 +54,7 @@ int main(int argc, char **argv) {
     addr.svm_cid = cid;
     addr.svm_port = port;
     if (connect(s, (struct sockaddr *)&addr, sizeof addr) < 0) return fail("connect");
-    int rc = shovel(s);
+    int rc = shovel(s, 1);
     close(s);
     return rc;
   }
@@ -123,7 +73,7 @@ int main(int argc, char **argv) {
     while (s < 0 && errno == EINTR);
     if (s < 0) return fail("accept");
     close(l);
-    int rc = shovel(s);
+    int rc = shovel(s, 1);
     close(s);
     return rc;
   }
