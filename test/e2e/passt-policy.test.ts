@@ -9,11 +9,10 @@
  */
 import t from 'tap';
 import { e2ePrerequisites } from './prerequisites.js';
+import { memoryLogger } from '../helpers/memory-logger.js';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { Sandbox } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
 
@@ -60,12 +59,7 @@ t.test('the policy applies to passt mode', { skip }, async (t) => {
   const portC = await bindUdp(counter, 0);
 
   const events: Array<Record<string, unknown>> = [];
-  const logger = pino({ level: 'info' }, new Writable({
-    write(c: Buffer, _e, cb) {
-      try { const r = JSON.parse(c.toString()) as Record<string, unknown>; if (r['event'] === 'net.flow') events.push(r); } catch { /* not json */ }
-      cb();
-    },
-  }));
+  const logger = memoryLogger(events, (r) => r['event'] === 'net.flow');
   const policy = new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: ['tcp', 'udp'], cidr: '127.0.0.1/32', ports: portA, name: 'port A' }] });
   const r = await Sandbox.run({
     argv: ['sh', '-c', [

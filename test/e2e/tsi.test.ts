@@ -9,14 +9,13 @@
  */
 import t from 'tap';
 import { e2ePrerequisites } from './prerequisites.js';
+import { memoryLogger } from '../helpers/memory-logger.js';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer as createHttpServer, get as httpGet, type Server as HttpServer } from 'node:http';
 import { createServer, connect as netConnect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { Sandbox } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
 import { PortMap } from '../../src/portmap/index.js';
@@ -29,16 +28,6 @@ const ALIAS4 = '10.0.2.2';
 const ALIAS6 = 'fd00::2';
 const BODY = 'hello from a host loopback server\n';
 const ECHO_BYTES = 4 * 1024 * 1024;
-
-function memoryLogger(lines: Array<Record<string, unknown>>): pino.Logger {
-  const sink = new Writable({
-    write(chunk: Buffer, _e, done) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>);
-      done();
-    },
-  });
-  return pino({ level: 'info' }, sink);
-}
 
 /** A TCP echo server on `host` that counts connections and hashes what it got. */
 interface Echo { server: Server; port: number; connections: number; received: number; sha: string | undefined; ms: number | undefined }

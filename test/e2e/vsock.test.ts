@@ -6,29 +6,17 @@
  */
 import t from 'tap';
 import { e2ePrerequisites } from './prerequisites.js';
+import { memoryLogger } from '../helpers/memory-logger.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { Sandbox } from '../../src/index.js';
 
 const { skip, tools } = await e2ePrerequisites(t, { tools: true });
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
-
-/** A pino logger whose JSON lines land in `lines`. */
-function memoryLogger(lines: Array<Record<string, unknown>>): pino.Logger {
-  const sink = new Writable({
-    write(chunk: Buffer, _e, done) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>);
-      done();
-    },
-  });
-  return pino({ level: 'info' }, sink);
-}
 
 t.test('vsock under QEMU', { skip }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'tsibox-vsock-'));

@@ -1,8 +1,7 @@
 // The frame policy filter with crafted frames (no network): decisions, replies, the
 // gateway alias, DNS/ARP/DHCP, flow table bounds and idle, fragments, logging.
 import t from 'tap';
-import { pino } from 'pino';
-import { Writable } from 'node:stream';
+import { memoryLogger } from '../helpers/memory-logger.js';
 import {
   decodeFrame, encodeArp, encodeEthernet, encodeIcmp, encodeIPv4, encodeIPv6, encodeTcp, encodeUdp, EtherType, IpProto,
   ipv4FromString, TcpFlag,
@@ -32,7 +31,7 @@ function rig(policy: Policy, extra: Partial<FramePolicyOptions> = {}) {
   const inner = new FakeBackend();
   let clock = 0;
   const lines: Array<Record<string, unknown>> = [];
-  const logger = pino({ level: 'info' }, new Writable({ write(c: Buffer, _e, cb) { lines.push(JSON.parse(c.toString()) as Record<string, unknown>); cb(); } }));
+  const logger = memoryLogger(lines);
   const filter = new FramePolicyFilter({ inner, policy, gateway: '10.0.2.2', mapGatewayToHost: true, dnsForwarders: ['10.0.2.3'], deferReplies: false, now: () => clock, logger, ...extra });
   const toGuest: Buffer[] = [];
   filter.attach({ deliver: (f) => { toGuest.push(f); }, writable: () => {}, closed: () => {} });
