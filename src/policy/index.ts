@@ -2,9 +2,23 @@
 // rules are checked in the order given and the FIRST rule whose every condition
 // matches decides; when none matches, the caller's explicit `default` decides. There
 // is no implicit default: constructing a Policy without one is an error.
-import { BlockList, isIPv4 } from 'node:net';
+//
+// Address semantics (docs/security.md §policy):
+//  - An IPv4 CIDR matches IPv4 destinations, an IPv6 CIDR IPv6 destinations; `::/0` is
+//    "any IPv6" and never matches IPv4. IPv4-mapped addresses (::ffff:a.b.c.d) are
+//    IPv4 in both places: as a query they are judged as a.b.c.d, as a CIDR
+//    (::ffff:a.b.c.d/n, n >= 96) they are the IPv4 network a.b.c.d/(n-96).
+//  - Outbound, the policy judges where the host's packets really go: an unspecified
+//    destination (0.0.0.0/8, ::) is denied outright (the host would deliver it to its
+//    own loopback), and a destination that is one of the host's own interface
+//    addresses must be allowed both as itself and as the loopback address of its
+//    family (reaching the host by its LAN address reaches the same services).
+//  - unix paths must be absolute; rule paths are normalised, and a rule path ending
+//    in '/' matches that directory and everything under it.
+import { networkInterfaces } from 'node:os';
+import { posix } from 'node:path';
 import { TsiboxError } from '../errors.js';
-import { canonicalAddress } from '../net/address.js';
+import { canonicalAddress, ipv4Bytes, ipv6Bytes } from '../net/address.js';
 
 export type Action = 'allow' | 'deny';
 /** icmp: ICMP/ICMPv6 echo through the virtio-net frame filter (src/net/frame-policy.ts); TSI never asks for it. */
@@ -18,11 +32,14 @@ export interface PolicyRule {
   protocol?: Protocol | readonly Protocol[];
   /** Matches both directions when absent. */
   direction?: Direction;
-  /** CIDRs ('127.0.0.0/8', '::1/128', or a bare address). Absent: any address. IPv4-mapped IPv6 matches IPv4 rules. */
+  /**
+   * CIDRs ('127.0.0.0/8', '::1/128', or a bare address). Absent: any address. An IPv6
+   * CIDR never matches an IPv4 address ('::/0' is any IPv6); '::ffff:a.b.c.d/n' is IPv4.
+   */
   cidr?: string | readonly string[];
   /** A port or an inclusive [low, high] range. Absent: any port. */
   ports?: number | readonly [number, number];
-  /** unix only: the path equals this or lies under it (prefix ending in '/'). */
+  /** unix only: an absolute path; the target equals it, or lies under it when it ends in '/'. Compared after normalising both. */
   path?: string;
   /** Shown in logs. */
   name?: string;
@@ -32,6 +49,11 @@ export interface PolicyOptions {
   /** What happens when no rule matches. Required: there is no silent default. */
   default: Action;
   rules?: readonly PolicyRule[];
+  /**
+   * The host's own interface addresses (default: os.networkInterfaces(), re-read at
+   * most once a second). Outbound destinations among them are judged as loopback too.
+   */
+  hostAddresses?: () => Iterable<string>;
 }
 
 export interface PolicyQuery {
@@ -52,25 +74,39 @@ export interface Decision {
   by: string;
 }
 
+interface Prefix {
+  bytes: readonly number[];
+  len: number;
+}
+
 interface CompiledRule {
   rule: PolicyRule;
   protocols: ReadonlySet<Protocol> | null;
-  blocks: BlockList | null;
+  /** null: any address; else per-family prefixes (an empty list never matches). */
+  cidrs: { v4: Prefix[]; v6: Prefix[] } | null;
   ports: readonly [number, number] | null;
+  /** Normalised rule path and whether it names a directory (trailing '/'). */
+  path: { path: string; dir: boolean } | null;
 }
+
+/** The decision for destinations the host would deliver to itself by another name. */
+const UNSPECIFIED: Decision = { action: 'deny', rule: -3, by: 'unspecified destination' };
 
 const PROTOCOLS: readonly Protocol[] = ['tcp', 'udp', 'unix', 'icmp'];
 
 export class Policy {
   readonly defaultAction: Action;
   readonly #rules: CompiledRule[];
+  readonly #hostAddresses: () => Iterable<string>;
 
   constructor(opts: PolicyOptions) {
     if (opts === null || typeof opts !== 'object' || (opts.default !== 'allow' && opts.default !== 'deny')) {
       throw new TsiboxError('POLICY_INVALID', "policy needs an explicit default: { default: 'allow' | 'deny' }");
     }
+    if (opts.rules !== undefined && !Array.isArray(opts.rules)) throw new TsiboxError('POLICY_INVALID', 'policy rules must be an array');
     this.defaultAction = opts.default;
     this.#rules = (opts.rules ?? []).map((r, i) => compile(r, i));
+    this.#hostAddresses = opts.hostAddresses ?? cachedInterfaceAddresses;
   }
 
   /** Allows everything (tests, trusted workloads). Still explicit at the call site. */
@@ -86,28 +122,99 @@ export class Policy {
     return this.#rules.map((r) => r.rule);
   }
 
+  /**
+   * Decides one connection or flow. Outbound destinations the host delivers to itself
+   * are judged as such (see the file comment); everything else by the rules in order.
+   */
   evaluate(q: PolicyQuery): Decision {
-    let canon: { family: 'ipv4' | 'ipv6'; address: string } | null | undefined;
+    if (q.address === undefined || q.direction === 'inbound') return this.#match(q, undefined);
+    const canon = canonicalAddress(q.address);
+    if (canon === null) return this.#match(q, null);
+    if (isUnspecified(canon)) return UNSPECIFIED;
+    const first = this.#match(q, canon);
+    if (first.action === 'deny' || isLoopback(canon) || !this.#isHostAddress(canon)) return first;
+    // The host's own address reaches what its loopback does: both must be allowed.
+    const loop = this.#match(q, canon.family === 'ipv4' ? { family: 'ipv4', address: '127.0.0.1' } : { family: 'ipv6', address: '0:0:0:0:0:0:0:1' });
+    return loop.action === 'deny' ? { ...loop, by: `${loop.by} (host address ${canon.address} judged as loopback)` } : first;
+  }
+
+  #isHostAddress(c: Canonical): boolean {
+    for (const a of this.#hostAddresses()) {
+      const h = canonicalAddress(a);
+      if (h !== null && h.family === c.family && h.address === c.address) return true;
+    }
+    return false;
+  }
+
+  /** canon: undefined = not computed yet, null = not an address. */
+  #match(q: PolicyQuery, canonIn: Canonical | null | undefined): Decision {
+    let canon = canonIn;
     for (let i = 0; i < this.#rules.length; i++) {
       const c = this.#rules[i]!;
       const r = c.rule;
       if (r.direction !== undefined && r.direction !== q.direction) continue;
       if (c.protocols !== null && !c.protocols.has(q.protocol)) continue;
-      if (c.blocks !== null) {
+      if (c.cidrs !== null) {
         if (q.address === undefined) continue;
-        canon ??= canonicalAddress(q.address);
-        if (canon === null || !c.blocks.check(canon.address, canon.family)) continue;
+        if (canon === undefined) canon = canonicalAddress(q.address);
+        if (canon === null || !matchCidrs(c.cidrs, canon)) continue;
       }
       if (c.ports !== null && (q.port === undefined || q.port < c.ports[0] || q.port > c.ports[1])) continue;
-      if (r.path !== undefined) {
-        if (q.path === undefined) continue;
-        const ok = r.path.endsWith('/') ? q.path.startsWith(r.path) : q.path === r.path;
+      if (c.path !== null) {
+        const p = q.path === undefined ? null : normalisePath(q.path);
+        if (p === null) continue;
+        const ok = c.path.dir ? p === c.path.path || p.startsWith(c.path.path === '/' ? '/' : `${c.path.path}/`) : p === c.path.path;
         if (!ok) continue;
       }
       return { action: r.action, rule: i, by: r.name ?? `rule ${i}` };
     }
     return { action: this.defaultAction, rule: -1, by: 'default' };
   }
+}
+
+type Canonical = { family: 'ipv4' | 'ipv6'; address: string };
+
+function isUnspecified(c: Canonical): boolean {
+  return c.family === 'ipv4' ? c.address.startsWith('0.') : c.address === '0:0:0:0:0:0:0:0';
+}
+
+function isLoopback(c: Canonical): boolean {
+  return c.family === 'ipv4' ? c.address.startsWith('127.') : c.address === '0:0:0:0:0:0:0:1';
+}
+
+function matchCidrs(cidrs: { v4: Prefix[]; v6: Prefix[] }, c: Canonical): boolean {
+  const bytes = c.family === 'ipv4' ? ipv4Bytes(c.address) : ipv6Bytes(c.address);
+  for (const p of c.family === 'ipv4' ? cidrs.v4 : cidrs.v6) if (prefixMatch(p, bytes)) return true;
+  return false;
+}
+
+function prefixMatch(p: Prefix, bytes: readonly number[]): boolean {
+  let bits = p.len;
+  for (let i = 0; bits > 0; i++, bits -= 8) {
+    const mask = bits >= 8 ? 0xff : (0xff << (8 - bits)) & 0xff;
+    if ((bytes[i]! & mask) !== (p.bytes[i]! & mask)) return false;
+  }
+  return true;
+}
+
+/** An absolute path without '.', '..' or repeated '/' (no trailing '/'), or null when relative. */
+export function normalisePath(path: string): string | null {
+  if (typeof path !== 'string' || !path.startsWith('/') || path.includes('\0')) return null;
+  const n = posix.normalize(path);
+  return n.length > 1 && n.endsWith('/') ? n.slice(0, -1) : n;
+}
+
+let interfaceCache: { at: number; addresses: string[] } | null = null;
+
+/** os.networkInterfaces() addresses, re-read at most once a second. */
+function cachedInterfaceAddresses(): string[] {
+  const now = performance.now();
+  if (interfaceCache === null || now - interfaceCache.at > 1000) {
+    const addresses: string[] = [];
+    for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) addresses.push(a.address);
+    interfaceCache = { at: now, addresses };
+  }
+  return interfaceCache.addresses;
 }
 
 function compile(r: PolicyRule, i: number): CompiledRule {
@@ -120,19 +227,27 @@ function compile(r: PolicyRule, i: number): CompiledRule {
     for (const p of list) if (!PROTOCOLS.includes(p)) throw bad(`unknown protocol ${JSON.stringify(p)}`);
     protocols = new Set(list);
   }
-  let blocks: BlockList | null = null;
+  let cidrs: { v4: Prefix[]; v6: Prefix[] } | null = null;
   if (r.cidr !== undefined) {
-    blocks = new BlockList();
-    for (const cidr of typeof r.cidr === 'string' ? [r.cidr] : r.cidr) {
+    cidrs = { v4: [], v6: [] };
+    const list = typeof r.cidr === 'string' ? [r.cidr] : Array.isArray(r.cidr) ? r.cidr : null;
+    if (list === null) throw bad('cidr must be a string or an array of strings');
+    for (const cidr of list) {
+      if (typeof cidr !== 'string') throw bad(`bad CIDR ${JSON.stringify(cidr)}`);
       const [addr, lenText, extra] = cidr.split('/');
-      const c = addr === undefined ? null : canonicalAddress(addr);
-      if (c === null || extra !== undefined || !(addr !== undefined && (isIPv4(addr) || c.family === 'ipv6' || addr.includes(':')))) throw bad(`bad CIDR ${JSON.stringify(cidr)}`);
-      const max = c.family === 'ipv4' ? 32 : 128;
-      let len = lenText === undefined ? max : Number(lenText);
-      if (lenText !== undefined && (!/^\d+$/.test(lenText) || len > max)) throw bad(`bad prefix length in ${JSON.stringify(cidr)}`);
-      // ::ffff:a.b.c.d/n → the IPv4 network a.b.c.d/(n-96)
-      if (c.family === 'ipv4' && addr.includes(':')) len = lenText === undefined ? 32 : Math.max(0, len - 96);
-      blocks.addSubnet(c.address, len, c.family);
+      const c = addr === undefined || addr.includes('%') ? null : canonicalAddress(addr);
+      if (c === null || extra !== undefined) throw bad(`bad CIDR ${JSON.stringify(cidr)}`);
+      const written = addr!.includes(':') ? 128 : 32;
+      let len = lenText === undefined ? written : Number(lenText);
+      if (lenText !== undefined && (!/^\d{1,3}$/.test(lenText) || len > written)) throw bad(`bad prefix length in ${JSON.stringify(cidr)}`);
+      if (c.family === 'ipv4' && written === 128) {
+        // ::ffff:a.b.c.d/n is the IPv4 network a.b.c.d/(n-96); a shorter prefix covers
+        // more than the mapped range and says nothing clear about IPv4.
+        if (len < 96) throw bad(`${JSON.stringify(cidr)} covers more than ::ffff:0:0/96; write IPv4 and IPv6 networks separately`);
+        len -= 96;
+      }
+      const bytes = c.family === 'ipv4' ? ipv4Bytes(c.address) : ipv6Bytes(c.address);
+      (c.family === 'ipv4' ? cidrs.v4 : cidrs.v6).push({ bytes, len });
     }
   }
   let ports: [number, number] | null = null;
@@ -141,8 +256,13 @@ function compile(r: PolicyRule, i: number): CompiledRule {
     if (!isPort(lo) || !isPort(hi) || lo > hi) throw bad(`bad port range ${JSON.stringify(r.ports)}`);
     ports = [lo, hi];
   }
-  if (r.path !== undefined && (typeof r.path !== 'string' || r.path === '')) throw bad('path must be a non-empty string');
-  return { rule: r, protocols, blocks, ports };
+  let path: { path: string; dir: boolean } | null = null;
+  if (r.path !== undefined) {
+    const n = typeof r.path === 'string' ? normalisePath(r.path) : null;
+    if (n === null) throw bad('path must be an absolute path');
+    path = { path: n, dir: r.path.endsWith('/') };
+  }
+  return { rule: r, protocols, cidrs, ports, path };
 }
 
 function isPort(p: unknown): p is number {

@@ -42,3 +42,56 @@ t.test('bad rules are rejected with the rule index', (t) => {
   }
   t.end();
 });
+
+t.test('IPv6 CIDRs match IPv6 only; IPv4-mapped CIDRs and queries are IPv4', (t) => {
+  const allow6 = new Policy({ default: 'deny', rules: [{ action: 'allow', cidr: '::/0' }] });
+  t.equal(allow6.evaluate({ direction: 'outbound', protocol: 'tcp', address: '127.0.0.1', port: 1 }).action, 'deny', 'allow ::/0 does not allow IPv4');
+  t.equal(allow6.evaluate({ direction: 'outbound', protocol: 'tcp', address: '::ffff:127.0.0.1', port: 1 }).action, 'deny', 'nor a mapped IPv4 address');
+  t.equal(allow6.evaluate({ direction: 'outbound', protocol: 'tcp', address: '2001:db8::1', port: 1 }).action, 'allow');
+  const deny6 = new Policy({ default: 'allow', rules: [{ action: 'deny', cidr: '::/0' }] });
+  t.equal(deny6.evaluate({ direction: 'outbound', protocol: 'tcp', address: '93.184.216.34', port: 1 }).action, 'allow', 'deny ::/0 does not deny IPv4');
+  t.equal(deny6.evaluate({ direction: 'inbound', protocol: 'tcp', address: '::1', port: 1 }).action, 'deny');
+  const mapped = new Policy({ default: 'deny', rules: [{ action: 'allow', cidr: '::ffff:127.0.0.0/104' }] });
+  t.equal(mapped.evaluate({ direction: 'outbound', protocol: 'tcp', address: '127.9.9.9', port: 1 }).action, 'allow', '::ffff:127.0.0.0/104 is 127.0.0.0/8');
+  t.equal(mapped.evaluate({ direction: 'outbound', protocol: 'tcp', address: '128.0.0.1', port: 1 }).action, 'deny');
+  const all4 = new Policy({ default: 'deny', rules: [{ action: 'allow', cidr: '::ffff:0:0/96' }] });
+  t.equal(all4.evaluate({ direction: 'outbound', protocol: 'udp', address: '8.8.8.8', port: 53 }).action, 'allow', '::ffff:0:0/96 is all of IPv4');
+  t.equal(all4.evaluate({ direction: 'outbound', protocol: 'udp', address: '2001:db8::8', port: 53 }).action, 'deny');
+  t.throws(() => new Policy({ default: 'deny', rules: [{ action: 'allow', cidr: '::ffff:0:0/80' }] }), { code: 'POLICY_INVALID' }, 'a mapped prefix shorter than /96 is ambiguous');
+  const odd = new Policy({ default: 'deny', rules: [{ action: 'allow', cidr: ['10.1.2.128/25', '2001:db8:8000::/33'] }] });
+  t.equal(odd.evaluate({ direction: 'outbound', protocol: 'tcp', address: '10.1.2.200', port: 1 }).action, 'allow');
+  t.equal(odd.evaluate({ direction: 'outbound', protocol: 'tcp', address: '10.1.2.100', port: 1 }).action, 'deny');
+  t.equal(odd.evaluate({ direction: 'outbound', protocol: 'tcp', address: '2001:db8:8000::5', port: 1 }).action, 'allow');
+  t.equal(odd.evaluate({ direction: 'outbound', protocol: 'tcp', address: '2001:db8:7fff::5', port: 1 }).action, 'deny');
+  t.end();
+});
+
+t.test('outbound to unspecified or host-local addresses is judged as loopback', (t) => {
+  const p = new Policy({
+    default: 'allow', rules: [{ action: 'deny', cidr: ['127.0.0.0/8', '::1/128'] }],
+    hostAddresses: () => ['192.0.2.10', 'fe80::1', '127.0.0.1'],
+  });
+  const q = (address: string) => p.evaluate({ direction: 'outbound', protocol: 'tcp', address, port: 80 });
+  for (const a of ['0.0.0.0', '0.1.2.3', '::', '::ffff:0.0.0.0', '0:0:0:0:0:0:0:0']) t.equal(q(a).action, 'deny', `${a} is unspecified`);
+  t.equal(q('192.0.2.10').action, 'deny', "the host's own address reaches loopback services");
+  t.match(q('192.0.2.10').by, /judged as loopback/);
+  t.equal(q('192.0.2.11').action, 'allow', 'another address on that network is not the host');
+  t.equal(q('fe80::1').action, 'deny');
+  t.equal(p.evaluate({ direction: 'inbound', protocol: 'tcp', address: '192.0.2.10', port: 80 }).action, 'allow', 'inbound clients are judged as themselves');
+  const open = new Policy({ default: 'allow', hostAddresses: () => ['192.0.2.10'] });
+  t.equal(open.evaluate({ direction: 'outbound', protocol: 'tcp', address: '192.0.2.10', port: 80 }).action, 'allow', 'allowed when loopback is allowed');
+  t.equal(open.evaluate({ direction: 'outbound', protocol: 'tcp', address: '0.0.0.0', port: 80 }).action, 'deny', 'unspecified is denied even by allow-all');
+  t.end();
+});
+
+t.test('unix paths: absolute, normalised, directory rules match on a path boundary', (t) => {
+  const p = new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'unix', path: '/run/svc/' }, { action: 'allow', protocol: 'unix', path: '/tmp//one.sock' }] });
+  const q = (path: string) => p.evaluate({ direction: 'outbound', protocol: 'unix', path }).action;
+  t.equal(q('/run/svc/a.sock'), 'allow');
+  t.equal(q('/run/svc/../docker.sock'), 'deny', '.. is resolved before matching');
+  t.equal(q('/run/svcX/a.sock'), 'deny', 'a sibling with the same prefix is not under the directory');
+  t.equal(q('/tmp/one.sock'), 'allow', 'rule paths are normalised too');
+  t.equal(q('run/svc/a.sock'), 'deny', 'relative paths never match');
+  t.throws(() => new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'unix', path: 'relative/' }] }), { code: 'POLICY_INVALID' });
+  t.end();
+});
