@@ -4,6 +4,8 @@ import type { Policy } from '../src/policy/index.js';
 import type { PortMap } from '../src/portmap/index.js';
 import type { VsockDevice } from '../src/virtio/vsock/device.js';
 import type { ConnectionLog } from './log.js';
+import type { RateLimitedLog } from '../src/log-rate.js';
+import type { TsiLimits } from './limits.js';
 import { TsiboxError } from '../src/errors.js';
 import { canonicalAddress } from '../src/net/address.js';
 
@@ -13,6 +15,11 @@ export interface TsiContext {
   readonly portMap: PortMap;
   readonly connections: ConnectionLog;
   readonly log: Logger;
+  /** Guest-triggered log lines (denials, limits, malformed requests) go through this. */
+  readonly guestLog: RateLimitedLog;
+  readonly limits: TsiLimits;
+  /** Whether the guest may connect to host unix sockets at all (opt-in; the policy still decides which). */
+  readonly unixSockets: boolean;
   /** Host connect timeout and the handshake deadline for a guest's first message (ms). */
   readonly timeoutMs: number;
   /**

@@ -15,8 +15,9 @@ import type { Decision } from '../src/policy/index.js';
 import type { VsockConnection } from '../src/virtio/vsock/connection.js';
 import type { TsiContext } from './context.js';
 import type { TrackedConnection } from './log.js';
+import { endThenReset } from './pipe.js';
 import {
-  DgramFlag, Errno, FrameReader, TsiError, decodeDgram, decodeDgramOpen, encodeDgram, encodeDgramError,
+  DgramFlag, Errno, FrameReader, TsiError, canonicalAddress, decodeDgram, decodeDgramOpen, encodeDgram, encodeDgramError,
   encodeDgramOpenResult, errnoOf, formatAddr, sockAddrOf, type SockAddr,
 } from './protocol.js';
 
@@ -56,12 +57,18 @@ export class DatagramProxy {
     let flow: Flow | null = null;
     const timer = setTimeout(() => { if (flow === null) conn.destroy('no DGRAM_OPEN in time'); }, this.#ctx.timeoutMs);
     conn.once('close', () => { clearTimeout(timer); });
-    conn.on('data', (d) => {
-      reader.push(d);
-      for (let f = reader.next(); f !== null; f = reader.next()) {
+    // Requests are taken only while our replies to the guest are below the connection's
+    // high-water mark: a guest that reads nothing stops being credited and can queue
+    // no more than its buf_alloc here ('drain' resumes).
+    const pump = (): void => {
+      for (;;) {
+        if (conn.state === 'closed' || conn.hostEnded || conn.bufferedToGuest >= conn.highWater) return;
+        if (flow !== null && !flow.ready) return; // resumed once the host socket is bound
+        const f = reader.next();
+        if (f === null) return;
         if (f instanceof TsiError) {
           conn.write(encodeDgramError(-f.errno, { family: 'none' }));
-          conn.end();
+          endThenReset(conn, f.reason);
           conn.consumed(conn.unconsumed);
           return;
         }
@@ -71,16 +78,35 @@ export class DatagramProxy {
           const bind = decodeDgramOpen(f);
           if (bind instanceof TsiError) {
             conn.write(encodeDgramOpenResult(-bind.errno, 0, { family: 'none' }));
-            conn.end();
+            endThenReset(conn, bind.reason);
             return;
           }
-          flow = new Flow(this.#ctx, conn, bind, this.#sockets, this.#exposed);
+          const slot = this.#ctx.limits.takeUdpSocket();
+          if (typeof slot === 'string') {
+            this.#ctx.guestLog.warn({ event: 'tsi.limit', limit: slot }, `tsi: ${slot} limit reached; UDP socket refused`);
+            conn.write(encodeDgramOpenResult(-Errno.ENOBUFS, 0, { family: 'none' }));
+            endThenReset(conn, `${slot} limit`);
+            return;
+          }
+          conn.once('close', slot.release);
+          flow = new Flow(this.#ctx, conn, bind, this.#sockets, this.#exposed, pump);
           continue;
         }
         flow.send(f.bytes.length, decodeDgram(f));
       }
+    };
+    conn.on('data', (d) => {
+      reader.push(d);
+      pump();
     });
+    conn.on('drain', pump);
   }
+}
+
+
+/** "address|port" with the address canonical (IPv4-mapped IPv6 as IPv4), as both directions see it. */
+function peerKey(address: string, port: number): string {
+  return `${canonicalAddress(address)?.address ?? address}|${port}`;
 }
 
 class Flow {
@@ -95,15 +121,13 @@ class Flow {
   #mapping: PortMapping | null;
   #ready = false;
   #closed = false;
-  /** Guest datagrams waiting for the bind to finish. */
-  #early: Array<[number, ReturnType<typeof decodeDgram>]> = [];
   datagramsIn = 0;
   datagramsOut = 0;
   dropped = 0;
   denied = 0;
 
   constructor(ctx: TsiContext, conn: VsockConnection, bind: SockAddr & { family: 'ipv4' | 'ipv6' } | SockAddr, sockets: Set<UdpSocket>,
-    exposed: Map<number, { mapping: PortMapping; unexpose: () => void }>) {
+    exposed: Map<number, { mapping: PortMapping; unexpose: () => void }>, onReady: () => void) {
     this.#ctx = ctx;
     this.#conn = conn;
     const b = bind as { family: 'ipv4' | 'ipv6'; address: string; port: number };
@@ -118,9 +142,10 @@ class Flow {
     socket.on('message', (msg, rinfo) => { this.#receive(msg, rinfo); });
     socket.on('error', (err) => {
       if (!this.#ready) {
+        // The errno must reach the guest: end (the result goes out first), reset later.
         conn.write(encodeDgramOpenResult(-errnoOf(err), 0, { family: 'none' }));
-        conn.end();
-        this.#finish(`bind failed: ${(err as NodeJS.ErrnoException).code ?? err.message}`);
+        endThenReset(conn, 'bind failed');
+        this.#finish(`bind failed: ${(err as NodeJS.ErrnoException).code ?? err.message}`, false);
       } else {
         this.#ctx.log.debug({ err }, 'udp socket error');
       }
@@ -141,19 +166,18 @@ class Flow {
       if (mapping !== null) mapping.boundPort = local.family === 'none' || local.family === 'unix' ? null : local.port;
       this.#rec.rec.src = formatAddr(local);
       conn.write(encodeDgramOpenResult(0, mapping !== null ? DgramFlag.EXPOSED : 0, local));
-      const early = this.#early;
-      this.#early = [];
-      for (const [n, d] of early) this.send(n, d);
+      onReady();
     });
   }
 
-  /** One guest datagram (frame of `frameLen` bytes). */
+  /** Whether the host socket is bound (guest datagrams wait in the reader until then). */
+  get ready(): boolean {
+    return this.#ready;
+  }
+
+  /** One guest datagram (frame of `frameLen` bytes); only once ready. */
   send(frameLen: number, d: ReturnType<typeof decodeDgram>): void {
     if (this.#closed) return;
-    if (!this.#ready) {
-      this.#early.push([frameLen, d]);
-      return;
-    }
     const conn = this.#conn;
     const reject = (errno: number, addr: SockAddr): void => {
       conn.consumed(frameLen);
@@ -165,13 +189,14 @@ class Flow {
     // Host aliases first (docs/tsi-protocol.md §4.1): the policy judges the real destination.
     const real = this.#ctx.aliases?.resolve(addr.address);
     if (real !== undefined) {
-      if (this.#aliased.size >= MAX_PEERS && !this.#aliased.has(`${real}|${addr.port}`)) this.#aliased.delete(this.#aliased.keys().next().value as string);
-      this.#aliased.set(`${real}|${addr.port}`, addr.address);
+      const k = peerKey(real, addr.port);
+      if (this.#aliased.size >= MAX_PEERS && !this.#aliased.has(k)) this.#aliased.delete(this.#aliased.keys().next().value as string);
+      this.#aliased.set(k, addr.address);
       addr = { family: real.includes(':') ? 'ipv6' : 'ipv4', address: real, port: addr.port };
     }
     if (addr.family !== this.#family) return reject(Errno.EAFNOSUPPORT, addr);
     if (addr.port === 0) return reject(Errno.EINVAL, addr);
-    const key = `${addr.address}|${addr.port}`;
+    const key = peerKey(addr.address, addr.port);
     let decision = this.#peers.get(key);
     if (decision === undefined) {
       decision = this.#ctx.policy.evaluate({ direction: 'outbound', protocol: 'udp', address: addr.address, port: addr.port });
@@ -195,7 +220,8 @@ class Flow {
     if (this.#closed) return;
     const src = sockAddrOf(rinfo);
     if (src.family !== 'ipv4' && src.family !== 'ipv6') return;
-    const known = this.#peers.get(`${src.address}|${src.port}`)?.action === 'allow';
+    const key = peerKey(src.address, src.port);
+    const known = this.#peers.get(key)?.action === 'allow';
     if (!known) {
       const mapping = this.#mapping;
       const ok = mapping !== null && this.#ctx.policy.evaluate({
@@ -212,15 +238,18 @@ class Flow {
     }
     this.datagramsIn++;
     this.#rec.bytesToGuest += msg.length;
-    const alias = this.#aliased.get(`${src.address}|${src.port}`);
-    this.#conn.write(encodeDgram(alias !== undefined ? { ...src, address: alias } : src, msg));
+    const alias = this.#aliased.get(key);
+    let from: SockAddr = alias !== undefined ? { ...src, address: alias } : src;
+    // An IPv6 guest socket hears IPv4 peers as IPv4-mapped addresses, as Linux reports them.
+    if (this.#family === 'ipv6' && from.family === 'ipv4') from = { family: 'ipv6', address: `::ffff:${from.address}`, port: from.port };
+    this.#conn.write(encodeDgram(from, msg));
   }
 
-  #finish(reason: string): void {
+  #finish(reason: string, reset = true): void {
     if (this.#closed) return;
     this.#closed = true;
     try { this.#socket.close(); } catch { /* already closed */ }
-    if (this.#conn.state !== 'closed') this.#conn.destroy('udp socket closed');
+    if (reset && this.#conn.state !== 'closed') this.#conn.destroy('udp socket closed');
     this.#rec.finish(`${reason} (datagrams out ${this.datagramsOut}, in ${this.datagramsIn}, dropped ${this.dropped}, denied ${this.denied})`);
   }
 }

@@ -10,7 +10,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { PortMapping } from '../src/portmap/index.js';
 import type { VsockConnection } from '../src/virtio/vsock/connection.js';
 import type { TsiContext } from './context.js';
-import { pipeSocket } from './pipe.js';
+import { endThenReset, pipeSocket } from './pipe.js';
 import {
   Errno, FrameReader, TSI_VERSION, TsiError, TsiOp, checkSize, decodeListen, encodeAccept, encodeHelloResult,
   encodeListenResult, encodeSeqResult, errnoOf, formatAddr, sockAddrOf, type Frame, type SockAddr,
@@ -18,8 +18,13 @@ import {
 
 /** Control requests are small; anything longer is a protocol error. */
 const MAX_CONTROL_MESSAGE = 64;
-/** Listeners one control session may register. */
-const MAX_LISTENERS_PER_SESSION = 256;
+/**
+ * Control sessions must come from a guest vsock port at or below this: Linux lets only
+ * CAP_NET_BIND_SERVICE bind those (af_vsock.c, LAST_RESERVED_PORT), and our guest
+ * kernel binds its control socket there. So an unprivileged guest process cannot
+ * register a listener, and so cannot take over a published port (docs/security.md).
+ */
+export const MAX_CONTROL_SOURCE_PORT = 1023;
 /** Feature bits in HELLO_RESULT. */
 export const TsiFeature = { DGRAM_SEQPACKET: 1, UNIX_STREAM: 2 } as const;
 
@@ -31,6 +36,8 @@ interface GuestListener {
   session: ControlSession;
   server: Server | null;
   mapping: PortMapping | null;
+  /** Gives the listener's slot back to the sandbox limit. */
+  release: () => void;
 }
 
 interface ControlSession {
@@ -77,26 +84,40 @@ export class ListenerProxy {
 
   /** A guest connection to the control port. */
   handle(conn: VsockConnection): void {
+    if (conn.guestPort > MAX_CONTROL_SOURCE_PORT) {
+      this.#ctx.guestLog.warn({ event: 'tsi.control.refused', guestPort: conn.guestPort },
+        `tsi: control session from unprivileged guest vsock port ${conn.guestPort} refused`);
+      conn.write(encodeSeqResult(TsiOp.ERROR, 0, -Errno.EACCES));
+      endThenReset(conn, 'control session from an unprivileged port');
+      return;
+    }
     const session: ControlSession = { conn, hello: false, listeners: new Set() };
     const reader = new FrameReader(MAX_CONTROL_MESSAGE);
-    conn.on('data', (d) => {
-      reader.push(d);
-      for (let f = reader.next(); f !== null; f = reader.next()) {
+    // Requests are taken only while our replies are below the connection's high-water
+    // mark: a guest that reads nothing stops being credited ('drain' resumes).
+    const pump = (): void => {
+      for (;;) {
+        if (conn.state === 'closed' || conn.hostEnded || conn.bufferedToGuest >= conn.highWater) return;
+        const f = reader.next();
+        if (f === null) return;
         if (f instanceof TsiError) {
-          // The stream cannot be re-synchronised: say why, then reset.
-          // Say why, end our side, and reset if the guest does not close within a second.
+          // The stream cannot be re-synchronised: say why, end our side, and reset if
+          // the guest does not close within a second.
           conn.write(encodeSeqResult(TsiOp.ERROR, 0, -f.errno));
-          conn.end();
           conn.consumed(conn.unconsumed);
           this.#ctx.log.debug({ reason: f.reason }, 'tsi control stream error');
-          setTimeout(() => { conn.destroy(f.reason); }, 1000).unref();
+          endThenReset(conn, f.reason);
           return;
         }
+        conn.consumed(f.bytes.length);
         this.#request(session, f);
-        if (conn.state === 'closed') return;
       }
-      conn.consumed(conn.unconsumed);
+    };
+    conn.on('data', (d) => {
+      reader.push(d);
+      pump();
     });
+    conn.on('drain', pump);
     conn.on('close', () => {
       for (const l of session.listeners) this.#drop(l);
       session.listeners.clear();
@@ -116,7 +137,7 @@ export class ListenerProxy {
       const ok = min <= TSI_VERSION && TSI_VERSION <= max;
       s.hello ||= ok;
       s.conn.write(encodeHelloResult(seq, ok ? 0 : -Errno.EPROTONOSUPPORT, ok ? TSI_VERSION : 0,
-        TsiFeature.UNIX_STREAM | (this.#ctx.device.seqpacketNegotiated ? TsiFeature.DGRAM_SEQPACKET : 0)));
+        (this.#ctx.unixSockets ? TsiFeature.UNIX_STREAM : 0) | (this.#ctx.device.seqpacketNegotiated ? TsiFeature.DGRAM_SEQPACKET : 0)));
       return;
     }
     if (!s.hello) {
@@ -150,8 +171,14 @@ export class ListenerProxy {
     if (req.bind.family !== 'ipv4' && req.bind.family !== 'ipv6') return reply(-Errno.EAFNOSUPPORT, 0, { family: 'none' });
     const guestPort = req.bind.port;
     if (this.#byPort.has(guestPort)) return reply(-Errno.EADDRINUSE, 0, { family: 'none' });
-    if (s.listeners.size >= MAX_LISTENERS_PER_SESSION) return reply(-Errno.ENOBUFS, 0, { family: 'none' });
-    const l: GuestListener = { id: this.#nextId++, guestPort, vsockPort: req.vsockPort, bind: req.bind, session: s, server: null, mapping: null };
+    const slot = this.#ctx.limits.takeListener();
+    if (typeof slot === 'string') {
+      this.#ctx.guestLog.warn({ event: 'tsi.limit', limit: slot, guestPort }, `tsi: ${slot} limit reached; listener refused`);
+      return reply(-Errno.ENOBUFS, 0, { family: 'none' });
+    }
+    const l: GuestListener = {
+      id: this.#nextId++, guestPort, vsockPort: req.vsockPort, bind: req.bind, session: s, server: null, mapping: null, release: slot.release,
+    };
     this.#byPort.set(guestPort, l);
     this.#byId.set(l.id, l);
     s.listeners.add(l);
@@ -203,6 +230,7 @@ export class ListenerProxy {
 
   #drop(l: GuestListener): void {
     this.#unexpose(l);
+    l.release();
     if (this.#byPort.get(l.guestPort) === l) this.#byPort.delete(l.guestPort);
     this.#byId.delete(l.id);
     l.session.listeners.delete(l);
@@ -261,3 +289,4 @@ export class ListenerProxy {
     });
   }
 }
+

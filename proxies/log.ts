@@ -1,6 +1,6 @@
 // One structured event per proxied connection (or datagram flow), written when it ends:
 // decision, addresses, bytes each way, duration and close reason.
-import type { Logger } from 'pino';
+import type { RateLimitedLog } from '../src/log-rate.js';
 
 export interface ConnectionRecord {
   kind: 'stream' | 'listener' | 'datagram' | 'bridge';
@@ -16,12 +16,13 @@ export interface ConnectionRecord {
 }
 
 export class ConnectionLog {
-  readonly #log: Logger;
+  readonly #log: RateLimitedLog;
   /** Every finished record (tests inspect it; capped). */
   readonly recent: Array<ConnectionRecord & { bytesFromGuest: number; bytesToGuest: number; durationMs: number; closeReason: string }> = [];
   static readonly RECENT_MAX = 2000;
 
-  constructor(log: Logger) {
+  /** `log` is rate-limited: a guest opens connections as fast as it likes. */
+  constructor(log: RateLimitedLog) {
     this.#log = log;
   }
 

@@ -70,3 +70,9 @@ export function pipeSocket(conn: VsockConnection, socket: Socket, done: (end: Pi
     socket.destroy();
   }
 }
+
+/** Ends our side (queued replies still go out), then resets if the guest has not closed within a second. */
+export function endThenReset(conn: VsockConnection, reason: string): void {
+  conn.end();
+  setTimeout(() => { conn.destroy(reason); }, 1000).unref();
+}

@@ -3,10 +3,12 @@
 // the target, asks the policy, opens the host socket (TCP over IPv4/IPv6, or a unix
 // stream socket), answers CONNECT_RESULT (0 or -errno, with the host socket's local and
 // peer addresses) and then pipes bytes both ways.
+import { realpath } from 'node:fs/promises';
 import { connect as netConnect, type Socket } from 'node:net';
+import { normalisePath } from '../src/policy/index.js';
 import type { VsockConnection } from '../src/virtio/vsock/connection.js';
 import type { TsiContext } from './context.js';
-import { pipeSocket } from './pipe.js';
+import { endThenReset, pipeSocket } from './pipe.js';
 import {
   Errno, FrameReader, MAX_UNIX_PATH, TsiError, canonicalAddress, decodeConnect, encodeConnectResult, errnoOf, formatAddr,
   sockAddrOf, type SockAddr,
@@ -33,18 +35,38 @@ export class StreamProxy {
   handle(conn: VsockConnection): void {
     const reader = new FrameReader(40 + MAX_UNIX_PATH);
     const timer = setTimeout(() => { conn.destroy('no CONNECT in time'); }, this.#ctx.timeoutMs);
+    // Bytes the guest sends after CONNECT, before the host socket is open: kept (not
+    // credited, so bounded by buf_alloc) and written first once it is.
+    let early: Buffer[] | null = null;
     const onData = (d: Buffer): void => {
+      if (early !== null) {
+        early.push(d);
+        return;
+      }
       reader.push(d);
       const f = reader.next();
       if (f === null) return;
-      conn.off('data', onData);
       clearTimeout(timer);
+      if (f instanceof TsiError) {
+        conn.off('data', onData);
+        conn.consumed(conn.unconsumed);
+        return this.#reject(conn, f, undefined);
+      }
       // The handshake bytes are ours now; credit them back.
-      conn.consumed(conn.unconsumed);
-      if (f instanceof TsiError) return this.#reject(conn, f, undefined);
+      conn.consumed(f.bytes.length);
       const req = decodeConnect(f);
-      if (req instanceof TsiError) return this.#reject(conn, req, undefined);
-      this.#open(conn, req.target, reader.rest(), f.bytes.length);
+      if (req instanceof TsiError) {
+        conn.off('data', onData);
+        conn.consumed(conn.unconsumed);
+        return this.#reject(conn, req, undefined);
+      }
+      early = [reader.rest()];
+      void this.#open(conn, req.target, f.bytes.length, () => {
+        conn.off('data', onData);
+        const first = Buffer.concat(early ?? []);
+        early = [];
+        return first;
+      });
     };
     conn.on('data', onData);
     conn.once('close', () => { clearTimeout(timer); });
@@ -56,12 +78,18 @@ export class StreamProxy {
       ...(target ? { dst: formatAddr(target) } : {}), errno: -err.errno, ...(rule ? { rule } : {}),
     });
     conn.write(encodeConnectResult(-err.errno, { family: 'none' }, { family: 'none' }));
-    conn.end();
+    // A guest that never closes must not keep the vsock slot: reset after a second.
+    endThenReset(conn, err.reason);
     rec.finish(`${decision === 'deny' ? 'denied' : 'rejected'}: ${err.reason}`);
   }
 
-  #open(conn: VsockConnection, guestTarget: SockAddr, rest: Buffer, handshake: number): void {
+  /** `takeEarly` hands over the bytes that came after CONNECT and stops collecting. */
+  async #open(conn: VsockConnection, guestTarget: SockAddr, handshake: number, takeEarly: () => Buffer): Promise<void> {
     const ctx = this.#ctx;
+    const fail = (err: TsiError, target: SockAddr | undefined, decision: 'deny' | 'invalid' = 'invalid', rule?: string): void => {
+      conn.consumed(takeEarly().length);
+      this.#reject(conn, err, target, decision, rule);
+    };
     // Host aliases first (the policy judges the real destination).
     let target = guestTarget;
     if ((target.family === 'ipv4' || target.family === 'ipv6') && ctx.aliases !== undefined) {
@@ -70,17 +98,35 @@ export class StreamProxy {
     }
     let decision;
     if (target.family === 'unix') {
-      decision = ctx.policy.evaluate({ direction: 'outbound', protocol: 'unix', path: target.path });
+      if (!ctx.unixSockets) return fail(new TsiError(Errno.EACCES, 'unix sockets are not enabled for this sandbox'), target, 'deny', 'unixSockets: false');
+      const normal = normalisePath(target.path);
+      if (normal === null) return fail(new TsiError(Errno.EINVAL, 'unix path is not absolute'), target);
+      // Judge and connect to the path with every symlink resolved: the policy must see
+      // the socket the host really reaches.
+      let real: string;
+      try {
+        real = await realpath(normal);
+      } catch (err) {
+        return fail(new TsiError(errnoOf(err) === Errno.EIO ? Errno.ECONNREFUSED : errnoOf(err), `unix path ${normal}: ${(err as NodeJS.ErrnoException).code ?? 'unresolvable'}`), target);
+      }
+      if (conn.state === 'closed') return;
+      target = { family: 'unix', path: real };
+      decision = ctx.policy.evaluate({ direction: 'outbound', protocol: 'unix', path: real });
     } else if (target.family === 'ipv4' || target.family === 'ipv6') {
       const unroutable = unroutableForTcp(target.address);
-      if (unroutable !== null) return this.#reject(conn, new TsiError(Errno.ENETUNREACH, unroutable), target);
-      if (target.port === 0) return this.#reject(conn, new TsiError(Errno.ECONNREFUSED, 'port 0'), target);
+      if (unroutable !== null) return fail(new TsiError(Errno.ENETUNREACH, unroutable), target);
+      if (target.port === 0) return fail(new TsiError(Errno.ECONNREFUSED, 'port 0'), target);
       decision = ctx.policy.evaluate({ direction: 'outbound', protocol: 'tcp', address: target.address, port: target.port });
     } else {
-      return this.#reject(conn, new TsiError(Errno.EAFNOSUPPORT, 'no address'), target);
+      return fail(new TsiError(Errno.EAFNOSUPPORT, 'no address'), target);
     }
     if (decision.action === 'deny') {
-      return this.#reject(conn, new TsiError(Errno.EACCES, `policy ${decision.by}`), target, 'deny', decision.by);
+      return fail(new TsiError(Errno.EACCES, `policy ${decision.by}`), target, 'deny', decision.by);
+    }
+    const slot = ctx.limits.takeConnection();
+    if (typeof slot === 'string') {
+      ctx.guestLog.warn({ event: 'tsi.limit', limit: slot, dst: formatAddr(target) }, `tsi: ${slot} limit reached; connect refused`);
+      return fail(new TsiError(slot === 'connectionRate' ? Errno.EAGAIN : Errno.ENOBUFS, `${slot} limit`), target, 'deny', `limit ${slot}`);
     }
     const rec = ctx.connections.open({
       kind: 'stream', protocol: target.family === 'unix' ? 'unix' : 'tcp', direction: 'outbound', decision: 'allow',
@@ -93,6 +139,7 @@ export class StreamProxy {
         port: target.port, family: target.family === 'ipv6' ? 6 : 4, allowHalfOpen: true, noDelay: true,
       });
     this.#sockets.add(socket);
+    socket.once('close', () => { slot.release(); });
     socket.setTimeout(ctx.timeoutMs, () => { socket.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })); });
     let connected = false;
     const onEarlyClose = (): void => { if (!connected) socket.destroy(); };
@@ -102,8 +149,9 @@ export class StreamProxy {
       this.#sockets.delete(socket);
       const errno = errnoOf(err);
       rec.rec.errno = -errno;
+      conn.consumed(takeEarly().length);
       conn.write(encodeConnectResult(-errno, { family: 'none' }, { family: 'none' }));
-      conn.end();
+      endThenReset(conn, 'connect failed');
       rec.finish(`connect failed: ${(err as NodeJS.ErrnoException).code ?? err.message}`);
     });
     socket.once('connect', () => {
@@ -122,7 +170,7 @@ export class StreamProxy {
         rec.bytesFromGuest = conn.bytesFromGuest - handshake;
         rec.bytesToGuest = conn.bytesToGuest - 64;
         rec.finish(end.reason);
-      }, rest);
+      }, takeEarly());
     });
   }
 }
@@ -133,6 +181,8 @@ export function unroutableForTcp(address: string): string | null {
   if (c === null) return 'not an address';
   if (c.family === 'ipv4') {
     const first = Number(c.address.split('.')[0]);
+    // The host would deliver 0.0.0.0/8 to its own loopback: never a TSI target.
+    if (first === 0) return 'unspecified destination (0.0.0.0/8)';
     if (first >= 224 && first <= 239) return 'multicast destination';
     if (c.address === '255.255.255.255') return 'broadcast destination';
     if (first >= 240) return 'reserved destination (240.0.0.0/4)';

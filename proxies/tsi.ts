@@ -3,11 +3,13 @@
 // the port map.
 import type { Logger } from 'pino';
 import { silentLogger } from '../src/log.js';
+import { RateLimitedLog } from '../src/log-rate.js';
 import type { Policy } from '../src/policy/index.js';
 import { PortMap } from '../src/portmap/index.js';
 import type { VsockDevice } from '../src/virtio/vsock/device.js';
 import { HostAliases, type TsiContext } from './context.js';
 import { DatagramProxy } from './datagram.js';
+import { TsiLimits, type TsiLimitOptions } from './limits.js';
 import { ListenerProxy } from './listener.js';
 import { ConnectionLog } from './log.js';
 import { TsiPort } from './protocol.js';
@@ -27,6 +29,19 @@ export interface TsiHostOptions {
    * loopback services through 10.0.2.2 / fd00::2).
    */
   hostAliases?: Record<string, string>;
+  /**
+   * Whether guest connects to host unix sockets are proxied at all (default false:
+   * CONNECT to AF_UNIX fails with EACCES and HELLO does not offer it). When true the
+   * policy still decides, on the canonical path (docs/security.md).
+   */
+  unixSockets?: boolean;
+  /** Connection, listener, UDP socket and connect-rate limits (defaults in proxies/limits.ts). */
+  limits?: TsiLimitOptions;
+  /**
+   * Where guest-triggered log lines go (rate-limited; default: one built on `logger`,
+   * 200 lines at once, 50 a second). Share one per sandbox with the frame filter.
+   */
+  guestLog?: RateLimitedLog;
 }
 
 export class TsiHost {
@@ -36,15 +51,20 @@ export class TsiHost {
   readonly stream: StreamProxy;
   readonly listener: ListenerProxy;
   readonly datagram: DatagramProxy;
+  readonly limits: TsiLimits;
+  readonly guestLog: RateLimitedLog;
   readonly #stops: Array<() => void>;
 
   constructor(opts: TsiHostOptions) {
     const log = opts.logger ?? silentLogger;
     this.device = opts.device;
     this.portMap = opts.portMap ?? new PortMap();
-    this.connections = new ConnectionLog(log);
+    this.guestLog = opts.guestLog ?? new RateLimitedLog(log);
+    this.connections = new ConnectionLog(this.guestLog);
+    this.limits = new TsiLimits(opts.limits);
     const ctx: TsiContext = {
       device: opts.device, policy: opts.policy, portMap: this.portMap, connections: this.connections, log, timeoutMs: opts.timeoutMs ?? 10_000,
+      guestLog: this.guestLog, limits: this.limits, unixSockets: opts.unixSockets === true,
       ...(opts.hostAliases ? { aliases: new HostAliases(Object.entries(opts.hostAliases)) } : {}),
     };
     this.stream = new StreamProxy(ctx);
@@ -62,5 +82,6 @@ export class TsiHost {
     this.stream.close();
     this.listener.close();
     this.datagram.close();
+    this.guestLog.flush();
   }
 }

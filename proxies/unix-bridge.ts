@@ -5,6 +5,7 @@
 //   new vsock connection to guest port P.
 // No TSI framing: bytes pass through as they are.
 import { rmSync } from 'node:fs';
+import type { VsockConnection } from '../src/virtio/vsock/connection.js';
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import type { VsockDevice } from '../src/virtio/vsock/device.js';
 import type { ConnectionLog } from './log.js';
@@ -55,7 +56,16 @@ function unixToGuest(device: VsockDevice, port: number, path: string, log?: Conn
     sockets.add(socket);
     socket.on('error', () => { /* reported through close */ });
     const rec = log?.open({ kind: 'bridge', protocol: 'unix', direction: 'inbound', decision: 'allow', src: `unix:${path}`, dst: `vsock:guest:${port}` });
-    const conn = device.connect(port);
+    let conn: VsockConnection;
+    try {
+      conn = device.connect(port);
+    } catch (err) {
+      // VSOCK_BUSY: the device is at its connection limit; this client is turned away.
+      socket.destroy();
+      sockets.delete(socket);
+      rec?.finish(`vsock connect failed: ${(err as Error).message}`);
+      return;
+    }
     const early = (reason: string): void => {
       socket.destroy();
       sockets.delete(socket);

@@ -19,6 +19,8 @@ export type TsiboxErrorCode =
   | 'GUEST_BUILD'
   /** A host vsock port already has a listener or bridge. */
   | 'VSOCK_PORT_IN_USE'
+  /** The vsock device has its maximum number of connections open (a host-side connect was refused). */
+  | 'VSOCK_BUSY'
   /** A port-map entry conflicts with an existing one (same host port or guest port). */
   | 'PORT_MAP_CONFLICT'
   /** A policy rule is malformed (bad CIDR, port range, protocol). */

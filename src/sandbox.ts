@@ -13,13 +13,16 @@ import { RngDevice } from './virtio/rng.js';
 import { VsockDevice } from './virtio/vsock/device.js';
 import { addVsockPort, type VsockBridge } from '../proxies/unix-bridge.js';
 import { ConnectionLog } from '../proxies/log.js';
+import { resolveLimits, type TsiLimitOptions } from '../proxies/limits.js';
 import { TsiHost } from '../proxies/tsi.js';
+import { RateLimitedLog } from './log-rate.js';
 import { checkPasstPolicy, startPasstNetwork, type PasstNetwork, type PasstNetworkSetup } from './engine/network-passt.js';
 import type { Policy } from './policy/index.js';
 import type { PortMap } from './portmap/index.js';
 
 export type { EngineChoice, EngineName } from './engine/select.js';
 export type { PasstNetwork } from './engine/network-passt.js';
+export type { TsiLimitOptions } from '../proxies/limits.js';
 
 export interface SandboxOptions {
   /** The program and its arguments (argv[0] is looked up in PATH when it has no '/'). */
@@ -75,6 +78,18 @@ export interface SandboxNetwork {
   hostLoopbackAlias?: string;
   /** The same for IPv6 (e.g. 'fd00::2' → ::1). Off by default. */
   hostLoopbackAlias6?: string;
+  /**
+   * Let the guest connect to host unix sockets (AF_UNIX through TSI), subject to the
+   * policy's `protocol: 'unix'` rules on the canonical path. Default false: a guest
+   * AF_UNIX connect to a host path fails with EACCES (docs/security.md).
+   */
+  unixSockets?: boolean;
+  /**
+   * Limits on what the guest can hold open on the host (docs/security.md): concurrent
+   * connections (512), listeners (128), UDP sockets (256), new connections per second
+   * (1000). Over a limit the guest gets ENOBUFS (EAGAIN for the rate), never a host failure.
+   */
+  limits?: TsiLimitOptions;
 }
 
 /**
@@ -145,6 +160,8 @@ export class Sandbox {
       ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
     };
 
+    // One rate limit per sandbox for every log line the guest can trigger.
+    const guestLog = new RateLimitedLog(log);
     const vsockPorts = opts.vsockPorts ?? [];
     checkVsockPorts(vsockPorts);
 
@@ -182,11 +199,13 @@ export class Sandbox {
           if (network.hostLoopbackAlias !== undefined) hostAliases[network.hostLoopbackAlias] = '127.0.0.1';
           if (network.hostLoopbackAlias6 !== undefined) hostAliases[network.hostLoopbackAlias6] = '::1';
           tsi = new TsiHost({
-            device: vsock, policy: network.policy, logger: log, hostAliases,
+            device: vsock, policy: network.policy, logger: log, hostAliases, guestLog,
+            unixSockets: network.unixSockets === true,
+            ...(network.limits ? { limits: network.limits } : {}),
             ...(network.portMap ? { portMap: network.portMap } : {}),
           });
         }
-        const connLog = new ConnectionLog(log);
+        const connLog = new ConnectionLog(guestLog);
         for (const p of vsockPorts) bridges.push(addVsockPort(vsock, p.port, p.path, p.direction === 'host-to-guest', connLog));
         await Promise.all(bridges.map((b) => b.ready));
         ({ exitCode } = await runQemu({
@@ -202,6 +221,7 @@ export class Sandbox {
         tsi?.close();
         await Promise.all(bridges.map((b) => b.close()));
         await passtNet?.close();
+        guestLog.flush();
       }
     }
     const result: SandboxResult = { exitCode, engine: decision.engine, ms: performance.now() - start };
@@ -233,6 +253,8 @@ function checkNetwork(n: SandboxNetwork): void {
   }
   if (n.hostLoopbackAlias !== undefined && !isIPv4(n.hostLoopbackAlias)) throw new TsiboxError('INVALID_ARGUMENT', `network.hostLoopbackAlias ${n.hostLoopbackAlias} is not an IPv4 address`);
   if (n.hostLoopbackAlias6 !== undefined && !isIPv6(n.hostLoopbackAlias6)) throw new TsiboxError('INVALID_ARGUMENT', `network.hostLoopbackAlias6 ${n.hostLoopbackAlias6} is not an IPv6 address`);
+  if (n.unixSockets !== undefined && typeof n.unixSockets !== 'boolean') throw new TsiboxError('INVALID_ARGUMENT', 'network.unixSockets must be a boolean');
+  resolveLimits(n.limits);
 }
 
 /** Our devices every QEMU sandbox gets, served over vhost-user. */

@@ -135,9 +135,12 @@ export class TsiGuest {
     this.vsock = vsock;
   }
 
-  /** Opens the control channel and negotiates the version. */
-  async hello(): Promise<{ version: number; features: number }> {
-    const s = await this.vsock.connect(TsiPort.CONTROL, this.vsock.seqpacket ? 'seqpacket' : 'stream');
+  /**
+   * Opens the control channel (from a reserved vsock port, as the guest kernel does;
+   * the host refuses others) and negotiates the version.
+   */
+  async hello(localPort = 1023): Promise<{ version: number; features: number }> {
+    const s = await this.vsock.connect(TsiPort.CONTROL, this.vsock.seqpacket ? 'seqpacket' : 'stream', { localPort });
     this.#control = s;
     s.on('data', (d) => {
       this.#controlReader.push(d);

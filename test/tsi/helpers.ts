@@ -11,6 +11,7 @@ import { PortMap } from '../../src/portmap/index.js';
 import { GuestVsock, type GuestVsockOptions } from '../../src/virtio/vsock/testing/guest.js';
 import { TsiHost } from '../../proxies/tsi.js';
 import { TsiGuest } from '../../proxies/testing/tsi-guest.js';
+import type { TsiLimitOptions } from '../../proxies/limits.js';
 
 export interface Rig {
   vsock: GuestVsock;
@@ -29,10 +30,26 @@ export const LOOPBACK_ONLY: PolicyOptions = {
   ],
 };
 
-export async function rig(t: Test, opts: { policy?: PolicyOptions; guest?: GuestVsockOptions; portMap?: PortMap; hello?: boolean; hostAliases?: Record<string, string> } = {}): Promise<Rig> {
+export interface RigOptions {
+  policy?: PolicyOptions;
+  guest?: GuestVsockOptions;
+  portMap?: PortMap;
+  hello?: boolean;
+  hostAliases?: Record<string, string>;
+  unixSockets?: boolean;
+  limits?: TsiLimitOptions;
+  timeoutMs?: number;
+}
+
+export async function rig(t: Test, opts: RigOptions = {}): Promise<Rig> {
   const vsock = new GuestVsock(opts.guest);
   const portMap = opts.portMap ?? new PortMap();
-  const host = new TsiHost({ device: vsock.device, policy: new Policy(opts.policy ?? LOOPBACK_ONLY), portMap, timeoutMs: 5000, ...(opts.hostAliases ? { hostAliases: opts.hostAliases } : {}) });
+  const host = new TsiHost({
+    device: vsock.device, policy: new Policy(opts.policy ?? LOOPBACK_ONLY), portMap, timeoutMs: opts.timeoutMs ?? 5000,
+    ...(opts.hostAliases ? { hostAliases: opts.hostAliases } : {}),
+    ...(opts.unixSockets !== undefined ? { unixSockets: opts.unixSockets } : {}),
+    ...(opts.limits ? { limits: opts.limits } : {}),
+  });
   const guest = new TsiGuest(vsock);
   const r: Rig = {
     vsock, host, guest, portMap,

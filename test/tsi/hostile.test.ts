@@ -59,20 +59,20 @@ t.test('malformed CONNECT messages get errors, never crashes', async (t) => {
 
 t.test('control channel: garbage, unknown ops, requests before HELLO', async (t) => {
   const { vsock, host } = await rig(t, { hello: false });
-  const c = await vsock.connect(TsiPort.CONTROL, 'seqpacket');
+  const c = await vsock.connect(TsiPort.CONTROL, 'seqpacket', { localPort: 1000 });
   const unknown = header(77, 16);
   unknown.writeUInt32LE(5, 8);
   t.same(await rawFirstReply(c, unknown), { op: TsiOp.ERROR, result: -Errno.EOPNOTSUPP }, 'unknown op → ERROR -EOPNOTSUPP');
-  const c2 = await vsock.connect(TsiPort.CONTROL, 'seqpacket');
+  const c2 = await vsock.connect(TsiPort.CONTROL, 'seqpacket', { localPort: 1001 });
   const listen = header(TsiOp.LISTEN, 48);
   t.same(await rawFirstReply(c2, listen), { op: TsiOp.ERROR, result: -Errno.EPROTO }, 'LISTEN before HELLO → -EPROTO');
-  const c3 = await vsock.connect(TsiPort.CONTROL, 'stream');
+  const c3 = await vsock.connect(TsiPort.CONTROL, 'stream', { localPort: 1002 });
   const garbage = Buffer.alloc(64, 0xff);
   t.same(await rawFirstReply(c3, garbage), { op: TsiOp.ERROR, result: -Errno.EPROTO }, 'garbage → ERROR then reset');
   await until(() => c3.state === 'closed', 2000, 'reset after garbage');
   t.equal(host.listener.listeners, 0);
   // A message split across many tiny writes is still understood.
-  const c4 = await vsock.connect(TsiPort.CONTROL, 'stream');
+  const c4 = await vsock.connect(TsiPort.CONTROL, 'stream', { localPort: 1003 });
   const hello = header(TsiOp.HELLO, 16);
   hello.writeUInt32LE(1, 8); hello[12] = 1; hello[13] = 1;
   const reader = new FrameReader();

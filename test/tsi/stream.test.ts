@@ -51,7 +51,7 @@ t.test('unix stream echo', async (t) => {
   const server = createUnixServer({ allowHalfOpen: true }, (s) => { sockets.add(s); s.pipe(s); });
   await new Promise<void>((r) => server.listen(path, r));
   t.teardown(() => { for (const s of sockets) s.destroy(); server.close(); });
-  const { guest } = await rig(t);
+  const { guest } = await rig(t, { unixSockets: true });
   const s = await guest.connect({ family: 'unix', path });
   t.same(s.peer, { family: 'unix', path: '' }, 'peer reported as AF_UNIX');
   const got = s.readAll();
@@ -66,7 +66,7 @@ t.test('connection refused and unreachable destinations surface the right errno'
   const port = srv.port;
   await new Promise<void>((r) => srv.server.close(() => r()));
   const dir = tempDir(t);
-  const { guest } = await rig(t);
+  const { guest } = await rig(t, { unixSockets: true });
   const refused = await guest.connect({ family: 'ipv4', address: '127.0.0.1', port }).catch((e: unknown) => e);
   t.type(refused, TsiCallError);
   t.equal((refused as TsiCallError).errno, Errno.ECONNREFUSED);

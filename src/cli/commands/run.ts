@@ -3,6 +3,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { Sandbox, type EngineChoice, type SandboxNetwork } from '../../sandbox.js';
 import { Policy, type PolicyRule } from '../../policy/index.js';
 import { PortMap } from '../../portmap/index.js';
+import { DEFAULT_LIMITS, type TsiLimitOptions } from '../../../proxies/limits.js';
 import { UsageError } from '../args.js';
 import { passtNetworkOption } from '../net-passt.js';
 import { expectPositionals, type Command } from '../registry.js';
@@ -10,7 +11,7 @@ import { expectPositionals, type Command } from '../registry.js';
 export const runCommand: Command = {
   name: 'run',
   summary: 'run a program in a microVM (default root: busybox); exits with its status',
-  usage: 'run [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]... [--publish [ADDR:]HOST:GUEST[/udp]]... | --net passt [--allow CIDR[:PORTS]]...] [--verbose] -- CMD [ARGS...]',
+  usage: 'run [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]... [--publish [ADDR:]HOST:GUEST[/udp]]... [--allow-unix PATH]... [--max-connections N] [--max-listeners N] [--max-udp-sockets N] [--connect-rate N] | --net passt [--allow CIDR[:PORTS]]...] [--verbose] -- CMD [ARGS...]',
   options: {
     engine: { type: 'string', value: 'kvm|qemu|auto', choices: ['kvm', 'qemu', 'auto'], description: 'how to run the VM (default auto: KVM where guest ring 0 runs natively, else QEMU)' },
     cpus: { type: 'integer', value: 'N', min: 1, max: 16, description: 'vCPUs (default 1)' },
@@ -22,7 +23,12 @@ export const runCommand: Command = {
     timeout: { type: 'integer', value: 'SEC', min: 1, description: 'kill the VM after this many seconds' },
     verbose: { type: 'boolean', description: 'say on stderr which engine runs the VM, and why' },
     net: { type: 'string', value: 'tsi|passt', choices: ['tsi', 'passt'], description: 'tsi: guest TCP connect() and UDP go out through tsibox (TSI; QEMU engine); everything is denied unless --allow permits it. passt: a virtio-net NIC (eth0 10.0.2.15/24) wired to passt; 10.0.2.2 reaches the host\'s 127.0.0.1; its frames are filtered by the same policy: everything is denied unless --allow permits it (QEMU engine)' },
-    allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'allow TCP and UDP with CIDR (with --net tsi: outbound destinations, and clients of --publish ports; with --net passt: what the host connects to, so 10.0.2.2:PORT is --allow 127.0.0.1:PORT) (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, ::/0)' },
+    allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'allow TCP and UDP with CIDR (with --net tsi: outbound destinations, and clients of --publish ports; with --net passt: what the host connects to, so 10.0.2.2:PORT is --allow 127.0.0.1:PORT) (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, 0.0.0.0/0 for all IPv4, ::/0 for all IPv6)' },
+    'allow-unix': { type: 'string', value: 'PATH', repeatable: true, description: 'with --net tsi: let the guest connect to the host unix socket PATH (or anything under PATH/ when it ends in /); judged on the canonical path (symlinks resolved); off unless given' },
+    'max-connections': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: concurrent guest connections (default ${DEFAULT_LIMITS.maxConnections}); over it connect() fails with ENOBUFS` },
+    'max-listeners': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: guest listeners registered with the host (default ${DEFAULT_LIMITS.maxListeners})` },
+    'max-udp-sockets': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: guest UDP sockets with a host socket (default ${DEFAULT_LIMITS.maxUdpSockets}); over it sendto() fails with ENOBUFS` },
+    'connect-rate': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: new guest connections per second (default ${DEFAULT_LIMITS.connectionsPerSecond}); over it connect() fails with EAGAIN` },
     publish: { type: 'string', value: '[ADDR:]HOST:GUEST[/udp]', repeatable: true, description: 'with --net tsi: expose guest port GUEST on host ADDR:HOST (default address 127.0.0.1; HOST 0 lets the OS choose); the policy must allow the clients' },
     'host-alias': { type: 'string', value: 'ADDR', repeatable: true, description: "with --net tsi: the guest reaches the host's 127.0.0.1 (IPv4 ADDR) or ::1 (IPv6 ADDR) through ADDR, e.g. 10.0.2.2; --allow 127.0.0.1 (or ::1) too" },
   },
@@ -39,9 +45,13 @@ export const runCommand: Command = {
     if (o.net === 'passt' && (o['host-alias'] !== undefined || o.publish !== undefined)) {
       throw new UsageError('--host-alias and --publish need --net tsi (passt has its own addressing: 10.0.2.2 is the host; see README)');
     }
+    const tsiOnlyFlags = ['allow-unix', 'max-connections', 'max-listeners', 'max-udp-sockets', 'connect-rate'].filter((k) => o[k] !== undefined);
+    if (o.net === 'passt' && tsiOnlyFlags.length > 0) {
+      throw new UsageError(`--${tsiOnlyFlags[0]!} needs --net tsi (passt opens the host sockets itself)`);
+    }
     const network = o.net === 'passt'
       ? passtNetworkOption(allowPolicy(o.allow))
-      : networkOption(o.net, o.allow, o['host-alias'], o.publish);
+      : networkOption(o.net, o.allow, o['host-alias'], o.publish, tsiExtras(o));
     const verbose = o.verbose === true;
     const logger = pino({ name: 'tsibox', level: 'silent' });
     const stdin = io.stdin ?? process.stdin;
@@ -85,16 +95,43 @@ function engineLineLogger(print: (line: string) => void): pino.Logger {
   });
 }
 
+/** --allow-unix and the limit flags (TSI only). */
+export interface TsiExtras {
+  allowUnix: string[];
+  limits: TsiLimitOptions;
+}
+
+function tsiExtras(o: Record<string, unknown>): TsiExtras {
+  const limits: TsiLimitOptions = {};
+  if (typeof o['max-connections'] === 'number') limits.maxConnections = o['max-connections'];
+  if (typeof o['max-listeners'] === 'number') limits.maxListeners = o['max-listeners'];
+  if (typeof o['max-udp-sockets'] === 'number') limits.maxUdpSockets = o['max-udp-sockets'];
+  if (typeof o['connect-rate'] === 'number') limits.connectionsPerSecond = o['connect-rate'];
+  const allowUnix = Array.isArray(o['allow-unix']) ? o['allow-unix'].map(String) : [];
+  return { allowUnix, limits };
+}
+
 /** --net tsi, --allow CIDR[:PORTS]... and --host-alias ADDR... → Sandbox network (default deny). */
-export function networkOption(net: unknown, allow: unknown, aliases: unknown, publish?: unknown): SandboxNetwork | undefined {
+export function networkOption(net: unknown, allow: unknown, aliases: unknown, publish?: unknown, extras: TsiExtras = { allowUnix: [], limits: {} }): SandboxNetwork | undefined {
   const allows = Array.isArray(allow) ? allow.map(String) : [];
   const alias = Array.isArray(aliases) ? aliases.map(String) : [];
   const published = Array.isArray(publish) ? publish.map(String) : [];
+  const tsiOnly = extras.allowUnix.length > 0 || Object.keys(extras.limits).length > 0;
   if (net !== 'tsi') {
-    if (allows.length > 0 || alias.length > 0 || published.length > 0) throw new UsageError('--allow needs --net tsi or passt; --host-alias and --publish need --net tsi');
+    if (allows.length > 0 || alias.length > 0 || published.length > 0 || tsiOnly) {
+      throw new UsageError('--allow needs --net tsi or passt; --host-alias, --publish, --allow-unix and the limit flags need --net tsi');
+    }
     return undefined;
   }
-  const network: SandboxNetwork = { mode: 'tsi', policy: allowPolicy(allows) };
+  for (const p of extras.allowUnix) if (!p.startsWith('/')) throw new UsageError(`--allow-unix wants an absolute path, got ${JSON.stringify(p)}`);
+  const unixRules: PolicyRule[] = extras.allowUnix.map((path) => ({ action: 'allow', protocol: 'unix', path, name: `--allow-unix ${path}` }));
+  const base = allowPolicy(allows);
+  const network: SandboxNetwork = {
+    mode: 'tsi',
+    policy: unixRules.length > 0 ? new Policy({ default: 'deny', rules: [...unixRules, ...base.rules] }) : base,
+    ...(extras.allowUnix.length > 0 ? { unixSockets: true } : {}),
+    ...(Object.keys(extras.limits).length > 0 ? { limits: extras.limits } : {}),
+  };
   if (published.length > 0) {
     try {
       network.portMap = new PortMap(published);

@@ -130,12 +130,19 @@ export class VsockDevice implements VirtioDevice, ConnectionHost {
     return () => { if (this.#listeners.get(port) === entry) this.#listeners.delete(port); };
   }
 
-  /** Opens a connection to guest port `guestPort`; 'connect' or 'close' ('refused') follows. */
+  /**
+   * Opens a connection to guest port `guestPort`; 'connect' or 'close' ('refused')
+   * follows. Throws TsiboxError VSOCK_BUSY when `maxConnections` are open.
+   */
   connect(guestPort: number, opts: { type?: 'stream' | 'seqpacket' } = {}): VsockConnection {
     if (!Number.isInteger(guestPort) || guestPort < 0 || guestPort >= 0xffff_ffff) {
       throw new TsiboxError('INVALID_ARGUMENT', `vsock port ${guestPort} is not a u32 port`);
     }
     const type = opts.type === 'seqpacket' ? VsockType.SEQPACKET : VsockType.STREAM;
+    // Host clients (published ports, bridges) count against the same bound as the guest's.
+    if (this.#conns.size >= this.#opts.maxConnections) {
+      throw new TsiboxError('VSOCK_BUSY', `vsock: ${this.#conns.size} connections open, the limit is ${this.#opts.maxConnections}`);
+    }
     const hostPort = this.#ephemeralPort(guestPort);
     const conn = this.#newConnection(type, hostPort, guestPort, 'host');
     const timer = setTimeout(() => { conn.timeout(); }, this.#opts.connectTimeoutMs);

@@ -274,10 +274,16 @@ export class GuestVsock {
     return this.#socks.size;
   }
 
-  /** connect() to host port `port`; rejects with errno-like code ECONNREFUSED on RST. */
-  connect(port: number, type: 'stream' | 'seqpacket' = 'stream'): Promise<GuestSocket> {
+  /**
+   * connect() to host port `port`; rejects with errno-like code ECONNREFUSED on RST.
+   * `localPort` binds the guest side (a reserved port <= 1023 is what a privileged
+   * guest process or the guest kernel would use); default: an ephemeral port.
+   */
+  connect(port: number, type: 'stream' | 'seqpacket' = 'stream', opts: { localPort?: number; bufAlloc?: number } = {}): Promise<GuestSocket> {
     const t = type === 'seqpacket' ? VsockType.SEQPACKET : VsockType.STREAM;
-    const s = new GuestSocket(this, this.#allocPort(port), port, t, 'connecting', this.#bufAlloc);
+    const local = opts.localPort ?? this.#allocPort(port);
+    if (this.#socks.has(`${local}:${port}`)) return Promise.reject(Object.assign(new Error(`vsock port ${local} in use`), { code: 'EADDRINUSE' }));
+    const s = new GuestSocket(this, local, port, t, 'connecting', opts.bufAlloc ?? this.#bufAlloc);
     this.#socks.set(s.key, s);
     return new Promise((resolve, reject) => {
       s.once('connect', () => { resolve(s); });
