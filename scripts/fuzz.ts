@@ -1,4 +1,4 @@
-// npm run fuzz -- <target> [--iterations N] [--seed S]
+// npm run fuzz -- <target> [--iterations N] [--seed S] [--mode M]
 // Runs a seeded fuzz target and prints `iterations=N failures=F seed=S` last; the exit
 // code is nonzero when anything failed. Targets register below.
 import { parseArgs } from 'node:util';
@@ -6,27 +6,30 @@ import { Prng, virtqueueTarget, type FuzzTarget } from '../src/virtio/testing/fu
 import { tsiTarget } from '../proxies/testing/fuzz-tsi.js';
 import { netstackTarget } from '../src/net/testing/fuzz-netstack.js';
 
-const targets: Record<string, () => FuzzTarget> = {
-  virtqueue: virtqueueTarget,
-  tsi: tsiTarget,
-  netstack: netstackTarget,
+const targets: Record<string, (mode: string | undefined) => FuzzTarget> = {
+  virtqueue: () => virtqueueTarget(),
+  // --mode deny (default): parser and device only; --mode open: an allowing policy, a
+  // port map and loopback servers of our own, so messages reach the proxies.
+  tsi: (mode) => tsiTarget(mode === undefined ? 'deny' : mode),
+  netstack: () => netstackTarget(),
 };
 
 /** Failures reported in full before the rest are only counted. */
 const MAX_REPORTED = 5;
 
-function main(): number {
+async function main(): Promise<number> {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
     options: {
       iterations: { type: 'string', default: '10000' },
       seed: { type: 'string' },
+      mode: { type: 'string' },
     },
   });
   const name = positionals[0];
   const make = name === undefined ? undefined : targets[name];
   if (make === undefined) {
-    process.stderr.write(`usage: npm run fuzz -- <${Object.keys(targets).join('|')}> [--iterations N] [--seed S]\n`);
+    process.stderr.write(`usage: npm run fuzz -- <${Object.keys(targets).join('|')}> [--iterations N] [--seed S] [--mode deny|open (tsi)]\n`);
     return 2;
   }
   const iterations = Number(values.iterations);
@@ -36,18 +39,24 @@ function main(): number {
     return 2;
   }
   const rng = new Prng(seed);
-  const target = make();
+  const target = make(values.mode);
   let failures = 0;
   const started = performance.now();
   try {
     for (let i = 0; i < iterations; i++) {
-      const failure = target.iterate(rng);
+      const failure = await target.iterate(rng);
       if (failure === null) continue;
       failures++;
       if (failures <= MAX_REPORTED) process.stdout.write(`iteration ${i}: ${failure}\n`);
     }
+    const last = target.finish ? await target.finish() : null;
+    if (target.describe) process.stdout.write(`${name}: ${target.describe()}\n`);
+    if (last !== null) {
+      failures++;
+      process.stdout.write(`after the last iteration: ${last}\n`);
+    }
   } finally {
-    target.close();
+    await target.close();
   }
   const seconds = (performance.now() - started) / 1000;
   process.stdout.write(`${name}: ${iterations} iterations in ${seconds.toFixed(1)} s\n`);
@@ -55,4 +64,4 @@ function main(): number {
   return failures === 0 ? 0 : 1;
 }
 
-process.exitCode = main();
+process.exitCode = await main();

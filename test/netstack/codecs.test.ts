@@ -127,7 +127,7 @@ t.test('property: random and mutated frames (seeded fuzz target)', async (t) => 
   let failures = 0;
   const first: string[] = [];
   for (let i = 0; i < 5000; i++) {
-    const f = target.iterate(rng);
+    const f = await target.iterate(rng);
     if (f !== null) { failures++; if (first.length < 3) first.push(f); }
   }
   target.close();

@@ -41,9 +41,13 @@ export class Prng {
 }
 
 export interface FuzzTarget {
-  /** Runs one iteration; returns a failure description or null. */
-  iterate(rng: Prng): string | null;
-  close(): void;
+  /** Runs one iteration; returns a failure description or null (async targets let host sockets progress). */
+  iterate(rng: Prng): string | null | Promise<string | null>;
+  /** One line on what the run reached (printed after the iterations). */
+  describe?(): string;
+  /** After the last iteration: a final check (async targets), then close(). */
+  finish?(): Promise<string | null>;
+  close(): void | Promise<void>;
 }
 
 const RAM = 1 << 20;
