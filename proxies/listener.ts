@@ -253,6 +253,7 @@ export class ListenerProxy {
     }
     this.#sockets.add(socket);
     socket.on('error', () => { /* reported through close */ });
+    socket.once('close', () => { this.#sockets.delete(socket); });
     let conn: VsockConnection;
     try {
       conn = ctx.device.connect(l.vsockPort);

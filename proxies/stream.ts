@@ -139,7 +139,8 @@ export class StreamProxy {
         port: target.port, family: target.family === 'ipv6' ? 6 : 4, allowHalfOpen: true, noDelay: true,
       });
     this.#sockets.add(socket);
-    socket.once('close', () => { slot.release(); });
+    // Whatever ends it (error, guest gone before connect, pipe end): forget it once closed.
+    socket.once('close', () => { slot.release(); this.#sockets.delete(socket); });
     socket.setTimeout(ctx.timeoutMs, () => { socket.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })); });
     let connected = false;
     const onEarlyClose = (): void => { if (!connected) socket.destroy(); };
