@@ -9,7 +9,7 @@
 //    IPv4 in both places: as a query they are judged as a.b.c.d, as a CIDR
 //    (::ffff:a.b.c.d/n, n >= 96) they are the IPv4 network a.b.c.d/(n-96).
 //  - Outbound, the policy judges where the host's packets really go: an unspecified
-//    destination (0.0.0.0/8, ::) is denied outright (the host would deliver it to its
+//    destination (0.0.0.0/8, ::, IPv4-compatible ::a.b.c.d) is denied outright (the host would deliver it to its
 //    own loopback), and a destination that is one of the host's own interface
 //    addresses must be allowed both as itself and as the loopback address of its
 //    family (reaching the host by its LAN address reaches the same services).
@@ -174,8 +174,14 @@ export class Policy {
 
 type Canonical = { family: 'ipv4' | 'ipv6'; address: string };
 
+/**
+ * Addresses the host may deliver to itself under another name: 0.0.0.0/8, ::, and the
+ * deprecated IPv4-compatible ::a.b.c.d (::/96 but ::1), which a host with a sit
+ * tunnel turns into IPv4 to a.b.c.d.
+ */
 function isUnspecified(c: Canonical): boolean {
-  return c.family === 'ipv4' ? c.address.startsWith('0.') : c.address === '0:0:0:0:0:0:0:0';
+  if (c.family === 'ipv4') return c.address.startsWith('0.');
+  return c.address.startsWith('0:0:0:0:0:0:') && c.address !== '0:0:0:0:0:0:0:1';
 }
 
 function isLoopback(c: Canonical): boolean {

@@ -72,7 +72,8 @@ t.test('outbound to unspecified or host-local addresses is judged as loopback', 
     hostAddresses: () => ['192.0.2.10', 'fe80::1', '127.0.0.1'],
   });
   const q = (address: string) => p.evaluate({ direction: 'outbound', protocol: 'tcp', address, port: 80 });
-  for (const a of ['0.0.0.0', '0.1.2.3', '::', '::ffff:0.0.0.0', '0:0:0:0:0:0:0:0']) t.equal(q(a).action, 'deny', `${a} is unspecified`);
+  for (const a of ['0.0.0.0', '0.1.2.3', '::', '::ffff:0.0.0.0', '0:0:0:0:0:0:0:0', '::127.0.0.1', '::7f00:1']) t.equal(q(a).action, 'deny', `${a} is unspecified (or IPv4-compatible)`);
+  t.equal(q('2001:db8::1').action, 'allow', 'ordinary IPv6 is judged by the rules');
   t.equal(q('192.0.2.10').action, 'deny', "the host's own address reaches loopback services");
   t.match(q('192.0.2.10').by, /judged as loopback/);
   t.equal(q('192.0.2.11').action, 'allow', 'another address on that network is not the host');
