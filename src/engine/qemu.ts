@@ -131,7 +131,9 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
     '-accel', accel, ...(accel === 'kvm' ? ['-cpu', 'host'] : []),
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
     '-m', `${memoryMiB}M`, '-smp', String(cpus),
-    '-object', `memory-backend-memfd,id=mem,size=${memoryMiB}M,share=on`,
+    // seal=on (QEMU's default, said here because our vhost-user back ends refuse RAM
+    // whose memfd is not sealed against shrinking: see vhost-user/memory.ts).
+    '-object', `memory-backend-memfd,id=mem,size=${memoryMiB}M,share=on,seal=on`,
     '-serial', 'stdio',
     '-kernel', opts.kernel,
   ];

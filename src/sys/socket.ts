@@ -4,6 +4,7 @@
 import koffi from 'koffi';
 import { TsiboxError } from '../errors.js';
 import { sys, errno, syscallError, view, EAGAIN, EINTR, MAP_SHARED, PROT_READ, PROT_WRITE } from './libc.js';
+import { addSeals, Seal } from './seals.js';
 
 const libc = koffi.load('libc.so.6');
 
@@ -17,6 +18,7 @@ const MSG_NOSIGNAL = 0x4000;
 const MSG_CTRUNC = 0x8;
 const MSG_CMSG_CLOEXEC = 0x40000000;
 const MFD_CLOEXEC = 1;
+const MFD_ALLOW_SEALING = 2;
 
 const fn = {
   socketpair: libc.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)'),
@@ -180,14 +182,21 @@ export function sendWithFds(fd: number, data: Uint8Array, fds: readonly number[]
   }
 }
 
-/** An anonymous shared-memory file (memfd), close-on-exec, of `size` bytes. */
-export function memfdCreate(name: string, size: number): number {
-  const fd = fn.memfdCreate(name, MFD_CLOEXEC) as number;
+/**
+ * An anonymous shared-memory file (memfd), close-on-exec, of `size` bytes. `sealed`:
+ * its size is then sealed (shrink, grow, and the seals themselves), as QEMU's
+ * memory-backend-memfd does, and as a vhost-user back end requires of guest RAM.
+ */
+export function memfdCreate(name: string, size: number, opts: { sealed?: boolean } = {}): number {
+  const sealed = opts.sealed === true;
+  const fd = fn.memfdCreate(name, MFD_CLOEXEC | (sealed ? MFD_ALLOW_SEALING : 0)) as number;
   if (fd < 0) throw syscallError('memfd_create');
-  if ((fn.ftruncate(fd, size) as number) !== 0) {
-    const e = errno();
+  try {
+    if ((fn.ftruncate(fd, size) as number) !== 0) throw syscallError('ftruncate of a memfd');
+    if (sealed) addSeals(fd, Seal.SHRINK | Seal.GROW | Seal.SEAL);
+  } catch (err) {
     sys.close(fd);
-    throw syscallError('ftruncate of a memfd', e);
+    throw err;
   }
   return fd;
 }

@@ -89,7 +89,7 @@ t.test('a front end sets up a ring and the rng device fills its buffer', async (
   t.equal((await fe.reply())!.readBigUInt64LE(0), 0n, 'REPLY_ACK: success');
   fe.send(Req.SET_FEATURES, u64Payload(Feature.VERSION_1 | F_PROTOCOL_FEATURES));
 
-  const memfd = memfdCreate('ram', RAM);
+  const memfd = memfdCreate('ram', RAM, { sealed: true });
   const addr = mmapShared(memfd, RAM);
   t.teardown(() => { munmap(addr, RAM); });
   const ram = new DataView(view(addr, RAM));

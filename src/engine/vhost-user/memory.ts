@@ -2,9 +2,11 @@
 // a file descriptor (a memfd) mmapped MAP_SHARED here and wrapped in a GuestMemory,
 // so devices get the same checked accessors as under the KVM engine. Ring addresses
 // arrive as front-end virtual addresses and are translated to guest-physical ones.
+import { fstatSync } from 'node:fs';
 import { GuestMemory } from '../../vmm/memory.js';
 import type { VirtioMemory } from '../../virtio/memory.js';
 import { closeFd, view } from '../../sys/libc.js';
+import { fileSeals, Seal } from '../../sys/seals.js';
 import { mmapShared, munmap } from '../../sys/socket.js';
 import { ProtocolError, type MemRegionDesc } from './protocol.js';
 
@@ -31,7 +33,7 @@ export function mapMemTable(regions: readonly MemRegionDesc[], fds: readonly num
     maps.length = 0;
   };
   try {
-    const parts = regions.map((r) => {
+    const parts = regions.map((r, i) => {
       const size = Number(r.memorySize);
       const offset = Number(r.mmapOffset);
       const gpa = Number(r.guestPhysAddr);
@@ -39,6 +41,7 @@ export function mapMemTable(regions: readonly MemRegionDesc[], fds: readonly num
         || r.guestPhysAddr > BigInt(Number.MAX_SAFE_INTEGER) || offset % PAGE !== 0) {
         throw new ProtocolError(`SET_MEM_TABLE: region gpa 0x${r.guestPhysAddr.toString(16)} size 0x${r.memorySize.toString(16)} offset 0x${r.mmapOffset.toString(16)} is not mappable`);
       }
+      checkBacking(i, fds[i]!, r);
       return { size, offset, gpa };
     });
     const mapped = parts.map((p, i) => {
@@ -64,6 +67,32 @@ export function mapMemTable(regions: readonly MemRegionDesc[], fds: readonly num
     throw err;
   } finally {
     for (const fd of fds) closeFd(fd);
+  }
+}
+
+/**
+ * A page of a MAP_SHARED mapping past the end of its file faults with SIGBUS, which
+ * kills this process: the region must lie within the file, and the file must not be
+ * able to shrink later (F_SEAL_SHRINK), or a compromised front end could truncate it
+ * after we checked. Files without seals (F_GET_SEALS fails with EINVAL: tmpfs or
+ * hugetlbfs files, not memfds) are refused: nothing stops their owner from truncating
+ * them. QEMU's memory-backend-memfd seals by default (seal=on; the QEMU engine says so).
+ */
+function checkBacking(i: number, fd: number, r: MemRegionDesc): void {
+  let seals: number | null;
+  let size: bigint;
+  try {
+    seals = fileSeals(fd);
+    size = fstatSync(fd, { bigint: true }).size;
+  } catch (err) {
+    throw new ProtocolError(`SET_MEM_TABLE: region ${i}: ${(err as Error).message}`);
+  }
+  if (seals === null || (seals & Seal.SHRINK) === 0) {
+    throw new ProtocolError(`SET_MEM_TABLE: region ${i}: its file can shrink under the mapping (${seals === null ? 'not a sealable memfd' : 'no F_SEAL_SHRINK'})`);
+  }
+  // Seals first, size second: once sealed the size can only stay or grow.
+  if (r.mmapOffset + r.memorySize > size) {
+    throw new ProtocolError(`SET_MEM_TABLE: region ${i}: offset 0x${r.mmapOffset.toString(16)} + size 0x${r.memorySize.toString(16)} is past the end of its file (0x${size.toString(16)} bytes)`);
   }
 }
 

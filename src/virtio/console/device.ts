@@ -11,6 +11,7 @@ import {
   decodeControl, encodeControl, portRxQueue,
 } from './control.js';
 import { ConsolePort, type PortHost } from './port.js';
+import { ControlOutbox, MAX_PENDING_CONTROL } from './outbox.js';
 import { ExitStatusParser } from './status.js';
 
 /** Names of the ports tsibox creates, in port-id order after port 0 (hvc0). */
@@ -47,8 +48,8 @@ export class ConsoleDevice extends EventEmitter<ConsoleEvents> implements Virtio
   #config = new Uint8Array(12);
   #ctx: DeviceContext | null = null;
   #multiport = false;
-  /** Control messages waiting for a control-rx buffer from the guest. */
-  #controlOut: Uint8Array[] = [];
+  /** Control messages waiting for a control-rx buffer from the guest (bounded). */
+  readonly #controlOut: ControlOutbox;
   #exitStatus: number | null = null;
   /** Re-entrancy guard: finishing a write can synchronously queue the next chunk. */
   #moving = new Set<number>();
@@ -59,6 +60,8 @@ export class ConsoleDevice extends EventEmitter<ConsoleEvents> implements Virtio
     const size = opts.queueSize ?? 128;
     this.queueSizes = new Array<number>(2 * (names.length + 1)).fill(size);
     this.ports = names.map((name, id) => new ConsolePort(id, name, this, { alwaysDrain: id === 0 }));
+    // About 3 distinct (port, event) keys per port ever wait at once; the cap is a backstop.
+    this.#controlOut = new ControlOutbox(Math.max(MAX_PENDING_CONTROL, 4 * names.length));
     const cfg = new DataView(this.#config.buffer);
     cfg.setUint16(0, opts.cols ?? 80, true);
     cfg.setUint16(2, opts.rows ?? 25, true);
@@ -81,6 +84,16 @@ export class ConsoleDevice extends EventEmitter<ConsoleEvents> implements Virtio
     return this.ports.find((p) => p.name === name);
   }
 
+  /** Control messages waiting for the guest to post control-rx buffers. */
+  get pendingControl(): number {
+    return this.#controlOut.size;
+  }
+
+  /** Control messages dropped because too many distinct ones were waiting. */
+  get droppedControl(): number {
+    return this.#controlOut.dropped;
+  }
+
   /** The exit status init reported, or null. */
   get exitStatus(): number | null {
     return this.#exitStatus;
@@ -99,7 +112,7 @@ export class ConsoleDevice extends EventEmitter<ConsoleEvents> implements Virtio
   activate(ctx: DeviceContext): void {
     this.#ctx = ctx;
     this.#multiport = (ctx.features & ConsoleFeature.MULTIPORT) !== 0n;
-    this.#controlOut = [];
+    this.#controlOut.clear();
     this.#moving.clear();
     // Without MULTIPORT only port 0 exists, and it is open from the start.
     if (!this.#multiport) this.ports[0]!.setGuestOpen(true);
@@ -107,7 +120,7 @@ export class ConsoleDevice extends EventEmitter<ConsoleEvents> implements Virtio
 
   reset(): void {
     this.#ctx = null;
-    this.#controlOut = [];
+    this.#controlOut.clear();
     this.#moving.clear();
     for (const p of this.ports) p.detach();
   }
@@ -190,7 +203,9 @@ export class ConsoleDevice extends EventEmitter<ConsoleEvents> implements Virtio
   // ---- control ----
 
   #sendControl(id: number, event: number, value: number, payload?: Uint8Array): void {
-    this.#controlOut.push(encodeControl({ id, event, value }, payload));
+    if (!this.#controlOut.put(id, event, encodeControl({ id, event, value }, payload))) {
+      this.#ctx?.log.debug({ id, event, dropped: this.#controlOut.dropped }, 'control queue full: message dropped');
+    }
     this.#flushControl();
   }
 
@@ -198,10 +213,10 @@ export class ConsoleDevice extends EventEmitter<ConsoleEvents> implements Virtio
     const q = this.#queue(CONTROL_RX_QUEUE);
     if (q === null) return;
     let used = 0;
-    while (this.#controlOut.length > 0) {
+    while (this.#controlOut.size > 0) {
       const chain = q.pop();
       if (chain === null) break;
-      const msg = this.#controlOut.shift()!;
+      const msg = this.#controlOut.take()!;
       // Linux posts one page per buffer; a message that does not fit is dropped.
       const dest = chain.writable[0];
       if (dest === undefined || dest.length < msg.length) {
