@@ -2,6 +2,7 @@
 // (struct boot_params) with the setup header, e820 map, command line and initrd,
 // identity page tables, a flat GDT, and the BSP's registers at startup_64.
 import { readFileSync } from 'node:fs';
+import { writeMpTable } from './mptable.js';
 import { TsiboxError } from '../../errors.js';
 import type { Vm } from '../vm.js';
 import type { GuestMemory } from '../memory.js';
@@ -97,6 +98,8 @@ export function loadLinux(vm: Vm, opts: LinuxBootOptions): LinuxBootInfo {
 
   const e820 = e820Map(mem);
   writeZeroPage(mem, image, cmdline.length, initrd, e820);
+  // CPUs and the I/O APIC for a kernel without ACPI (below 640 KiB, outside the e820 RAM).
+  writeMpTable(mem, vm.vcpus.length);
   writeBootGdt(mem);
   writeIdentityPageTables(mem, false);
   setBootRegisters(vm, image.entry64);
