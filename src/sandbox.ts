@@ -8,7 +8,7 @@ import { TsiboxError } from './errors.js';
 import { ensureInitramfs, ensureKernel, type InitConfig } from './guest/index.js';
 import { runKvm } from './engine/kvm.js';
 import { runQemu, type VhostUserDeviceSpec } from './engine/qemu.js';
-import { chooseEngine, qemuAccel, ring0ProbeOnce, type EngineChoice, type EngineName } from './engine/select.js';
+import { chooseEngine, kvmKind, qemuAccel, ring0ProbeOnce, type EngineChoice, type EngineName } from './engine/select.js';
 import { RngDevice } from './virtio/rng.js';
 import { VsockDevice } from './virtio/vsock/device.js';
 import { addVsockPort, type VsockBridge } from '../proxies/unix-bridge.js';
@@ -169,60 +169,54 @@ export class Sandbox {
     const network = opts.network;
     if (network !== undefined && network.mode !== 'passt') checkNetwork(network);
     if (network?.mode === 'passt') checkPasstPolicy(network);
+    if (decision.engine === 'kvm') await checkKvmUsable(opts.engine === 'kvm', log);
 
-    if (decision.engine === 'kvm') {
-      if (network !== undefined) throw new TsiboxError('ENGINE_UNAVAILABLE', 'network needs the QEMU engine (the KVM engine has no vsock device yet)');
-      if (vsockPorts.length > 0) throw new TsiboxError('ENGINE_UNAVAILABLE', 'vsockPorts need the QEMU engine (the KVM engine has no vsock device yet)');
-      const { probe, error } = await ring0ProbeOnce();
-      if (probe?.native !== true && process.env['TSIBOX_FORCE_KVM'] !== '1') {
-        throw new TsiboxError('ENGINE_UNAVAILABLE', probe === null
-          ? `the KVM engine cannot run here: ${error}; use engine 'qemu' (or 'auto')`
-          : `the KVM engine cannot boot Linux here: KVM emulates guest ring 0 (CPL0 is ${probe.ratio.toFixed(0)}x slower than CPL3); use engine 'qemu' (or 'auto')`);
+    // The devices are the same for both engines; each engine attaches them its own way
+    // (KVM: virtio-mmio in this process; QEMU: vhost-user back ends).
+    const vsock = new VsockDevice({ guestCid: 3, queueSize: QEMU_RING_SIZE });
+    const bridges: VsockBridge[] = [];
+    let tsi: TsiHost | undefined;
+    let passtNet: PasstNetworkSetup | undefined;
+    try {
+      if (network?.mode === 'passt') {
+        passtNet = await startPasstNetwork(network, log, guestLog);
+        init.net = passtNet.guest;
       }
-      ({ exitCode } = await runKvm(common));
-    } else {
-      const accel = await qemuAccel();
-      log.debug({ accel }, 'QEMU accelerator');
-      const devices = defaultQemuDevices();
-      const vsock = devices.find((d) => d.device instanceof VsockDevice)!.device as VsockDevice;
-      const bridges: VsockBridge[] = [];
-      let tsi: TsiHost | undefined;
-      let passtNet: PasstNetworkSetup | undefined;
-      try {
-        if (network?.mode === 'passt') {
-          passtNet = await startPasstNetwork(network, log);
-          devices.push(passtNet.device);
-          init.net = passtNet.guest;
-        }
-        if (network !== undefined && network.mode !== 'passt') {
-          const hostAliases: Record<string, string> = {};
-          if (network.hostLoopbackAlias !== undefined) hostAliases[network.hostLoopbackAlias] = '127.0.0.1';
-          if (network.hostLoopbackAlias6 !== undefined) hostAliases[network.hostLoopbackAlias6] = '::1';
-          tsi = new TsiHost({
-            device: vsock, policy: network.policy, logger: log, hostAliases, guestLog,
-            unixSockets: network.unixSockets === true,
-            ...(network.limits ? { limits: network.limits } : {}),
-            ...(network.portMap ? { portMap: network.portMap } : {}),
-          });
-        }
-        const connLog = new ConnectionLog(guestLog);
-        for (const p of vsockPorts) bridges.push(addVsockPort(vsock, p.port, p.path, p.direction === 'host-to-guest', connLog));
-        await Promise.all(bridges.map((b) => b.ready));
+      if (network !== undefined && network.mode !== 'passt') {
+        const hostAliases: Record<string, string> = {};
+        if (network.hostLoopbackAlias !== undefined) hostAliases[network.hostLoopbackAlias] = '127.0.0.1';
+        if (network.hostLoopbackAlias6 !== undefined) hostAliases[network.hostLoopbackAlias6] = '::1';
+        tsi = new TsiHost({
+          device: vsock, policy: network.policy, logger: log, hostAliases, guestLog,
+          unixSockets: network.unixSockets === true,
+          ...(network.limits ? { limits: network.limits } : {}),
+          ...(network.portMap ? { portMap: network.portMap } : {}),
+        });
+      }
+      const connLog = new ConnectionLog(guestLog);
+      for (const p of vsockPorts) bridges.push(addVsockPort(vsock, p.port, p.path, p.direction === 'host-to-guest', connLog));
+      await Promise.all(bridges.map((b) => b.ready));
+      if (decision.engine === 'kvm') {
+        ({ exitCode } = await runKvm({ ...common, devices: [vsock, ...(passtNet ? [passtNet.netDevice] : [])] }));
+      } else {
+        const accel = await qemuAccel();
+        log.debug({ accel }, 'QEMU accelerator');
+        const devices = [...defaultQemuDevices(vsock), ...(passtNet ? [passtNet.device] : [])];
         ({ exitCode } = await runQemu({
           ...common, accel, devices,
           ...(opts.onQemuStart ? { onStart: opts.onQemuStart } : {}),
         }));
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
-          throw new TsiboxError('INVALID_ARGUMENT', `vsockPorts: a unix socket path is already in use: ${(err as Error).message}`, { cause: err });
-        }
-        throw err;
-      } finally {
-        tsi?.close();
-        await Promise.all(bridges.map((b) => b.close()));
-        await passtNet?.close();
-        guestLog.flush();
       }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+        throw new TsiboxError('INVALID_ARGUMENT', `vsockPorts: a unix socket path is already in use: ${(err as Error).message}`, { cause: err });
+      }
+      throw err;
+    } finally {
+      tsi?.close();
+      await Promise.all(bridges.map((b) => b.close()));
+      await passtNet?.close();
+      guestLog.flush();
     }
     const result: SandboxResult = { exitCode, engine: decision.engine, ms: performance.now() - start };
     const sig = exitCode > 128 ? SIGNALS[exitCode - 128] : undefined;
@@ -257,8 +251,31 @@ function checkNetwork(n: SandboxNetwork): void {
   resolveLimits(n.limits);
 }
 
-/** Our devices every QEMU sandbox gets, served over vhost-user. */
-export function defaultQemuDevices(): VhostUserDeviceSpec[] {
+/**
+ * KVM must run guest ring 0 natively. Deterministic answers (the KVM module) refuse;
+ * the timed probe, used only when the module is unknown, never vetoes an explicit
+ * `engine: 'kvm'`: it warns.
+ */
+async function checkKvmUsable(explicit: boolean, log: Logger): Promise<void> {
+  const k = kvmKind();
+  if (k.kind === 'absent') throw new TsiboxError('ENGINE_UNAVAILABLE', "the KVM engine cannot run here: /dev/kvm does not exist; use engine 'qemu' (or 'auto')");
+  if (k.kind === 'pvm' && process.env['TSIBOX_FORCE_KVM'] !== '1') {
+    throw new TsiboxError('ENGINE_UNAVAILABLE', "the KVM engine cannot boot Linux here: KVM is kvm_pvm, which emulates guest ring 0; use engine 'qemu' (or 'auto')");
+  }
+  if (k.kind !== 'unknown') return;
+  const { probe, error } = await ring0ProbeOnce();
+  if (probe === null) throw new TsiboxError('ENGINE_UNAVAILABLE', `the KVM engine cannot run here: ${error}; use engine 'qemu' (or 'auto')`);
+  if (!probe.native) {
+    const line = `the ring-0 probe suggests KVM emulates guest ring 0 (CPL0 ${probe.ratio.toFixed(0)}x slower than CPL3); running under KVM anyway${explicit ? ' as asked' : ''}`;
+    log.warn({ probe }, line);
+  }
+}
+
+/** Ring size for vsock: QEMU's virtio-mmio offers 1024 under microvm; our transport takes it too. */
+const QEMU_RING_SIZE = 1024;
+
+/** Our devices every QEMU sandbox gets, served over vhost-user (`vsock`: the sandbox's own). */
+export function defaultQemuDevices(vsock: VsockDevice = new VsockDevice({ guestCid: 3, queueSize: QEMU_RING_SIZE })): VhostUserDeviceSpec[] {
   return [
     // QEMU's vhost-user-rng uses 1024-entry rings.
     { device: new RngDevice({ queueSize: 1024 }), qemuDevice: 'vhost-user-rng', name: 'rng' },
@@ -268,6 +285,6 @@ export function defaultQemuDevices(): VhostUserDeviceSpec[] {
     // with 128 entries (VHOST_VSOCK_QUEUE_SIZE), but under -M microvm QEMU's virtio-mmio
     // reports QueueNumMax 1024 (VIRTQUEUE_MAX_SIZE) and Linux takes it: QEMU sends
     // SET_VRING_NUM 1024, so our rings must allow 1024 (measured; 256 was refused).
-    { device: new VsockDevice({ guestCid: 3, queueSize: 1024 }), qemuDevice: 'vhost-user-vsock-device', activeQueues: 2, config: true, name: 'vsock' },
+    { device: vsock, qemuDevice: 'vhost-user-vsock-device', activeQueues: 2, config: true, name: 'vsock' },
   ];
 }

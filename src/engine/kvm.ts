@@ -1,6 +1,8 @@
-// The in-process KVM engine for a whole sandbox: our Linux loader, our virtio-console
-// (stdio and status ports) and virtio-rng over virtio-mmio, i8042 reset to end the VM.
-// It needs KVM that runs guest ring 0 natively; Sandbox checks that before calling.
+// The in-process KVM engine for a whole sandbox: our Linux loader (with an MP table for
+// N vCPUs), our virtio-console (stdio and status ports), virtio-rng and the sandbox's
+// own devices (vsock with TSI, virtio-net) over virtio-mmio with ioeventfd
+// notifications and irqfd interrupts, i8042 reset to end the VM. It needs KVM that runs
+// guest ring 0 natively; Sandbox checks that before calling.
 import { readFileSync } from 'node:fs';
 import { Writable, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
@@ -14,6 +16,7 @@ import { attachVirtioMmio, VIRTIO_GSI_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE
 import { Vm } from '../vmm/vm.js';
 import { ConsoleDevice } from '../virtio/console/index.js';
 import { RngDevice } from '../virtio/rng.js';
+import type { VirtioDevice } from '../virtio/device.js';
 
 export const KVM_SANDBOX_CMDLINE = [
   'console=ttyS0', 'reboot=k', 'panic=-1', 'nomodule', 'quiet',
@@ -32,6 +35,8 @@ export interface KvmRunOptions {
   stderr?: Writable;
   timeoutMs?: number;
   logger: Logger;
+  /** More virtio-mmio devices after console and rng (vsock, net), in this order. */
+  devices?: readonly VirtioDevice[];
 }
 
 export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; console: string }> {
@@ -48,7 +53,7 @@ export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; c
   });
   try {
     const consoleDev = new ConsoleDevice();
-    const devices = [consoleDev, new RngDevice()];
+    const devices: VirtioDevice[] = [consoleDev, new RngDevice(), ...(opts.devices ?? [])];
     const mmio = devices.map((d, index) => {
       attachVirtioMmio(vm, d, { index });
       return `virtio_mmio.device=4K@0x${(VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_STRIDE).toString(16)}:${VIRTIO_GSI_BASE + index}`;

@@ -1,6 +1,8 @@
 // Which engine runs a sandbox. 'auto' picks the in-process KVM engine when guest ring-0
-// code runs natively (the same timed probe as `tsibox doctor`), QEMU otherwise. The
-// probe runs at most once per process.
+// code runs natively, QEMU otherwise. Deterministic first: the loaded KVM module says
+// it (kvm_intel / kvm_amd: hardware virtualization, ring 0 native; kvm_pvm: PVM, ring 0
+// emulated). Only when no known module is found does the timed probe (the same as
+// `tsibox doctor`) decide, once per process.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { probeRing0, type Ring0Probe } from '../doctor/ring0.js';
@@ -61,8 +63,28 @@ function probeCacheFile(): string | null {
   }
 }
 
+/** What backs /dev/kvm, from /sys/module (no timing involved). */
+export type KvmKind =
+  | { kind: 'hardware'; module: 'kvm_intel' | 'kvm_amd' }
+  | { kind: 'pvm' }
+  | { kind: 'absent' }
+  | { kind: 'unknown' };
+
+export function kvmKind(sysModule = '/sys/module', dev = '/dev/kvm'): KvmKind {
+  if (!existsSync(dev)) return { kind: 'absent' };
+  // PVM first: a PVM host may also have kvm_intel/kvm_amd loaded for its own guests' sake.
+  if (existsSync(join(sysModule, 'kvm_pvm'))) return { kind: 'pvm' };
+  for (const module of ['kvm_intel', 'kvm_amd'] as const) if (existsSync(join(sysModule, module))) return { kind: 'hardware', module };
+  return { kind: 'unknown' };
+}
+
 export async function chooseEngine(choice: EngineChoice): Promise<EngineDecision> {
-  if (choice === 'qemu' || choice === 'kvm') return { engine: choice, reason: `engine ${choice} was asked for`, probe: null };
+  if (choice === 'qemu') return { engine: 'qemu', reason: 'engine qemu was asked for', probe: null };
+  const k = kvmKind();
+  if (choice === 'kvm') return { engine: 'kvm', reason: `engine kvm was asked for (${describeKind(k)})`, probe: null };
+  if (k.kind === 'absent') return { engine: 'qemu', reason: 'KVM is not usable (/dev/kvm does not exist)', probe: null };
+  if (k.kind === 'pvm') return { engine: 'qemu', reason: 'KVM is kvm_pvm here: guest ring 0 is emulated, so Linux cannot boot under it', probe: null };
+  if (k.kind === 'hardware') return { engine: 'kvm', reason: `KVM is ${k.module}: guest ring 0 runs natively`, probe: null };
   const { probe, error } = await ring0ProbeOnce();
   if (probe === null) return { engine: 'qemu', reason: `KVM is not usable (${error})`, probe };
   const ratio = probe.ratio.toFixed(1);
@@ -71,8 +93,20 @@ export async function chooseEngine(choice: EngineChoice): Promise<EngineDecision
     : { engine: 'qemu', reason: `KVM emulates guest ring 0 here (CPL0 is ${ratio}x slower than CPL3), so Linux cannot boot under it`, probe };
 }
 
-/** QEMU's accelerator: KVM only where the probe says ring 0 is native. */
+export function describeKind(k: KvmKind): string {
+  switch (k.kind) {
+    case 'hardware': return `KVM is ${k.module}, ring 0 native`;
+    case 'pvm': return 'KVM is kvm_pvm, ring 0 emulated';
+    case 'absent': return 'no /dev/kvm';
+    default: return 'KVM module unknown';
+  }
+}
+
+/** QEMU's accelerator: KVM only where ring 0 is native (the module, else the probe). */
 export async function qemuAccel(): Promise<'kvm' | 'tcg'> {
+  const k = kvmKind();
+  if (k.kind === 'hardware') return 'kvm';
+  if (k.kind !== 'unknown') return 'tcg';
   const { probe } = await ring0ProbeOnce();
   return probe?.native === true ? 'kvm' : 'tcg';
 }
