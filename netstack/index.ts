@@ -12,3 +12,5 @@ export * from './udp.js';
 export * from './icmp.js';
 export * from './packet.js';
 export * from './replies.js';
+export * from './reassembly.js';
+export * from './fragment.js';

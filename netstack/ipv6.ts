@@ -1,12 +1,21 @@
 // IPv6 (RFC 8200): the fixed header, then a bounded walk over extension headers to the
-// upper-layer protocol. Fragment headers are reported (offset, more, id); ESP ends the
-// walk (nothing past it can be read).
+// upper-layer protocol. A fragment header is reported (offset, more, id, where it sits)
+// and ends the walk; ESP ends it too (nothing past it can be read).
 import { fail, ok, type ParseResult } from './result.js';
 
 export const IPV6_HLEN = 40;
 /** At most this many extension headers are walked; more is refused. */
 export const MAX_EXTENSION_HEADERS = 8;
 export const Ipv6Ext = { HopByHop: 0, Routing: 43, Fragment: 44, ESP: 50, AH: 51, NoNext: 59, DestOpts: 60 } as const;
+
+export interface IPv6Fragment {
+  offset: number;
+  more: boolean;
+  id: number;
+  headerOffset: number;
+  nextHeader: number;
+  nextHeaderAt: number;
+}
 
 export interface IPv6Packet {
   trafficClass: number;
@@ -18,7 +27,13 @@ export interface IPv6Packet {
   /** The upper-layer protocol after the extension headers (or ESP / No Next Header). */
   protocol: number;
   extensionHeaders: number;
-  fragment: { offset: number; more: boolean; id: number } | null;
+  /**
+   * The fragment header, if any: its fields, where it sits (`headerOffset`), the
+   * protocol after it (`nextHeader`) and the byte that names it as the next header
+   * (`nextHeaderAt`: the fixed header's or the previous extension header's), which
+   * reassembly rewrites when it removes the fragment header.
+   */
+  fragment: IPv6Fragment | null;
   offset: number;
   /** Where the upper-layer header starts, and the packet's end. */
   payloadOffset: number;
@@ -33,6 +48,7 @@ export function parseIPv6(b: Uint8Array, off: number): ParseResult<IPv6Packet> {
   if (IPV6_HLEN + payloadLength > avail) return fail(`ipv6: payload length ${payloadLength} past the frame`);
   const end = off + IPV6_HLEN + payloadLength;
   let next = b[off + 6]!;
+  let nextAt = off + 6;
   let p = off + IPV6_HLEN;
   let count = 0;
   let fragment: IPv6Packet['fragment'] = null;
@@ -43,9 +59,11 @@ export function parseIPv6(b: Uint8Array, off: number): ParseResult<IPv6Packet> {
     if (end - p < 8) return fail('ipv6: truncated extension header');
     let len: number;
     if (next === Ipv6Ext.Fragment) {
-      if (fragment !== null) return fail('ipv6: two fragment headers');
       const fo = (b[p + 2]! << 8) | b[p + 3]!;
-      fragment = { offset: fo & 0xfff8, more: (fo & 1) !== 0, id: ((b[p + 4]! << 24) | (b[p + 5]! << 16) | (b[p + 6]! << 8) | b[p + 7]!) >>> 0 };
+      fragment = {
+        offset: fo & 0xfff8, more: (fo & 1) !== 0, id: ((b[p + 4]! << 24) | (b[p + 5]! << 16) | (b[p + 6]! << 8) | b[p + 7]!) >>> 0,
+        headerOffset: p, nextHeader: b[p]!, nextHeaderAt: nextAt,
+      };
       len = 8;
     } else if (next === Ipv6Ext.AH) {
       len = (b[p + 1]! + 2) * 4;
@@ -54,9 +72,11 @@ export function parseIPv6(b: Uint8Array, off: number): ParseResult<IPv6Packet> {
     }
     if (len > end - p) return fail('ipv6: extension header past the packet');
     next = b[p]!;
+    nextAt = p;
     p += len;
-    // A non-first fragment's payload is not a header: stop there.
-    if (fragment !== null && fragment.offset !== 0) break;
+    // What follows a fragment header is read after reassembly (a fragment's headers
+    // are not judged on their own): stop there.
+    if (fragment !== null) break;
   }
   return ok({
     trafficClass: ((b[off]! & 0x0f) << 4) | (b[off + 1]! >> 4),

@@ -5,10 +5,8 @@ import { encodeEthernet, EtherType } from './ethernet.js';
 import { encodeIcmp, ICMP4_QUOTE_MAX, ICMP6_QUOTE_MAX, Icmp4, Icmp6 } from './icmp.js';
 import { encodeIPv4, IpProto } from './ipv4.js';
 import { encodeIPv6 } from './ipv6.js';
-import type { DecodedFrame, IpInfo } from './packet.js';
+import type { IpFrame, IpInfo } from './packet.js';
 import { encodeTcp, TcpFlag, type TcpSegment } from './tcp.js';
-
-type IpFrame = Extract<DecodedFrame, { kind: 'ip' }>;
 
 /** Wraps an upper-layer message in IP + Ethernet, addressed back to the frame's sender. */
 function back(f: IpFrame, protocol: number, msg: Uint8Array): Buffer {

@@ -2,10 +2,13 @@
 // served to QEMU over vhost-user (`-netdev vhost-user` + `-device virtio-net-device`),
 // its frames go to a passt process on a socketpair, and init configures eth0 with the
 // addresses we chose and gave passt (no DHCP in the guest).
+import { readFileSync } from 'node:fs';
+import { isIPv4 } from 'node:net';
 import type { Logger } from 'pino';
 import { startPasst, type PasstProcess } from '../../proxies/passt.js';
 import { TsiboxError } from '../errors.js';
 import type { GuestNetConfig } from '../guest/cmdline.js';
+import type { RateLimitedLog } from '../log-rate.js';
 import { FramePolicyFilter } from '../net/frame-policy.js';
 import type { Policy } from '../policy/index.js';
 import { NetDevice, randomMac } from '../virtio/net/index.js';
@@ -31,8 +34,12 @@ export interface PasstNetwork {
    */
   gateway?: string;
   /**
-   * Name servers for the guest's /etc/resolv.conf. Default ['10.0.2.3'], which passt
-   * forwards to the host's resolver; false: no resolv.conf.
+   * Name servers for the guest's /etc/resolv.conf. Default ['10.0.2.3']: passt's DNS
+   * forwarder, which sends what reaches its port 53 on to the host's resolver (the first
+   * IPv4 nameserver of the host's /etc/resolv.conf, 127.0.0.1 when there is none). The
+   * policy judges those queries as what they are: udp/tcp to that resolver, port 53
+   * (`allow udp <resolver>:53` lets the guest resolve names; a deny-all policy leaves it
+   * none). Other servers are judged as themselves. false: no resolv.conf, no forwarder.
    */
   dns?: string[] | false;
   /** The guest's MAC (default: random, locally administered). */
@@ -63,8 +70,12 @@ export interface PasstNetworkSetup {
   close(): Promise<void>;
 }
 
-/** Starts passt and builds the device; the caller runs QEMU, then close(). */
-export async function startPasstNetwork(n: PasstNetwork, log: Logger): Promise<PasstNetworkSetup> {
+/**
+ * Starts passt and builds the device; the caller runs QEMU, then close(). `guestLog` is
+ * the sandbox's rate-limited log for lines the guest can trigger (net.flow); default:
+ * one of the filter's own.
+ */
+export async function startPasstNetwork(n: PasstNetwork, log: Logger, guestLog?: RateLimitedLog): Promise<PasstNetworkSetup> {
   if (n.mode !== 'passt') throw new TsiboxError('INVALID_ARGUMENT', `network.mode ${String(n.mode)} is not 'passt'`);
   checkPasstPolicy(n);
   const address = n.address ?? PASST_DEFAULTS.address;
@@ -75,9 +86,13 @@ export async function startPasstNetwork(n: PasstNetwork, log: Logger): Promise<P
   const guest: GuestNetConfig = { address, prefix, gateway, ...(dns.length > 0 ? { dns } : {}) };
   checkSubnet(guest);
   const mac = n.mac ?? randomMac();
+  // Read before passt starts, as passt reads it when it starts.
+  const dnsUpstream = defaultDns ? passtDnsUpstream(readResolvConf()) : null;
   const passt = await startPasst({
     address, prefix, gateway, mac, logger: log,
-    ...(dns.length > 0 ? { dns } : {}),
+    // No -D: it only fills passt's DHCP answers (the guest's resolv.conf comes from
+    // init), and with -D passt skips the host's resolv.conf and forwards DNS to 0.0.0.0,
+    // the host's loopback.
     ...(defaultDns ? { dnsForward: PASST_DEFAULTS.dns } : {}),
     ...(n.tcpForwards ? { tcpForwards: n.tcpForwards } : {}),
     ...(n.udpForwards ? { udpForwards: n.udpForwards } : {}),
@@ -87,7 +102,8 @@ export async function startPasstNetwork(n: PasstNetwork, log: Logger): Promise<P
   });
   const filter = new FramePolicyFilter({
     inner: passt.backend, policy: n.policy, gateway, mapGatewayToHost: n.mapGatewayToHost !== false,
-    dnsForwarders: defaultDns ? [PASST_DEFAULTS.dns] : [], logger: log,
+    ...(dnsUpstream !== null ? { dnsForward: { match: PASST_DEFAULTS.dns, upstream: dnsUpstream } } : {}),
+    logger: log, ...(guestLog ? { log: guestLog } : {}),
   });
   let netDevice: NetDevice;
   try {
@@ -116,6 +132,31 @@ export async function startPasstNetwork(n: PasstNetwork, log: Logger): Promise<P
       log.debug({ stats: netDevice.stats(), filter: filter.stats() }, 'virtio-net done');
     })()),
   };
+}
+
+function readResolvConf(): string {
+  try {
+    return readFileSync('/etc/resolv.conf', 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Where passt (Debian 12's, 2023-03) forwards DNS queries sent to its --dns-forward
+ * address: the first `nameserver` line of the host's resolv.conf whose last word is an
+ * IPv4 address (kept as it is, loopback included); with none, 127.0.0.1 (passt then
+ * writes to 0.0.0.0, which Linux delivers to loopback). Measured, not documented.
+ */
+export function passtDnsUpstream(resolvConf: string): string {
+  for (const line of resolvConf.split('\n')) {
+    // As passt parses it: the line starts with "nameserver ", the address follows the last space.
+    if (!line.startsWith('nameserver ')) continue;
+    const last = line.slice(line.lastIndexOf(' ') + 1);
+    if (!isIPv4(last)) continue;
+    return last.startsWith('0.') ? '127.0.0.1' : last;
+  }
+  return '127.0.0.1';
 }
 
 /** passt mode names its policy: there is no silent allow-all. */

@@ -1,40 +1,47 @@
 // The egress Policy on the virtio-net path: a FrameBackend that sits between the
-// NetDevice and the real backend (passt) and decides every guest→host frame
-// (docs/netstack.md).
+// NetDevice and the real backend (passt) and decides every frame (docs/netstack.md).
 //
-//  - ARP passes. DHCP (udp 68→67) passes. DNS (tcp/udp port 53) to a configured
-//    forwarder address (passt's --dns-forward, default 10.0.2.3) is allowed as rule 'dns'.
+//  - Only whole datagrams are judged and forwarded: fragments (IPv4, IPv6) are
+//    reassembled here (netstack/reassembly.ts, bounded) and the whole datagram goes on
+//    as ONE frame, or not at all; passt does not reassemble and would read a later
+//    fragment's data as a transport header. Toward the guest, packets larger than its
+//    MTU are fragmented (passt sends whole datagrams up to 64 KiB).
+//  - ARP passes. DHCP (udp 68→67 to the gateway or broadcast) passes. IPv6 neighbour
+//    discovery passes to link-scope destinations.
 //  - A new flow is evaluated once: TCP on a SYN without ACK, UDP per 5-tuple, ICMP echo
-//    per identifier. The policy sees the address the HOST will connect to: the gateway
-//    alias (passt maps 10.0.2.2 → the host's 127.0.0.1) is evaluated as 127.0.0.1.
-//  - Allowed flows go into a bounded table (LRU, idle timeouts); their later frames,
+//    per identifier. The policy sees the address the HOST will reach (frame-destination.ts):
+//    the gateway as 127.0.0.1, passt's DNS forwarder on port 53 as the host's resolver;
+//    unspecified destinations (0.0.0.0/8, ::) are denied without asking.
+//  - Allowed flows go into a bounded table (frame-flows.ts: LRU, idle timeouts); their later frames,
 //    both ways, pass without re-evaluation. TCP flows end on RST or FIN both ways (a
 //    short linger lets the last ACKs through), UDP/ICMP flows on idle.
 //  - Denied TCP: dropped, and the guest gets a RST (connect() fails with ECONNREFUSED).
-//    Denied UDP: dropped, the guest gets ICMP port unreachable (a connected socket's
-//    next recv/send fails with ECONNREFUSED). Denied ICMP echo: ICMP administratively
-//    prohibited. TCP segments of no known flow (not a SYN) get a RST.
-//  - Fragments: a first fragment (it carries the ports) is decided like any packet and
-//    its decision remembered by (addresses, protocol, id) in a small bounded table;
-//    later fragments follow that decision, and are dropped when it is unknown.
+//    Denied UDP: dropped, the guest gets ICMP port unreachable. Denied ICMP echo: ICMP
+//    administratively prohibited. TCP segments of no known flow (not a SYN) get a RST.
 //  - 802.1Q-tagged frames, malformed frames and other IP protocols are dropped.
-//  - host→guest: frames of known flows pass (and are counted); a new TCP SYN or UDP
-//    flow from the host side (passt port forwards) is evaluated as 'inbound' with the
-//    source address (gateway → 127.0.0.1); ICMP errors and ARP pass; the rest is dropped.
+//  - host→guest: frames of known flows pass; a new TCP SYN or UDP flow from the host
+//    side (passt port forwards) is evaluated as 'inbound' with the source address;
+//    ICMP errors and ARP pass; the rest is dropped.
 //
-// One pino event per flow when it ends, shaped like `tsi.connection`:
+// Every decision is taken on the bytes that are forwarded: the device hands us a copy
+// of the guest's frame (src/virtio/net/backend.ts), never a view of guest memory.
+//
+// One `net.flow` line per flow when it ends, through the sandbox's rate-limited log:
 // { event: 'net.flow', kind: 'frame', protocol, direction, decision, rule, src, dst,
 //   hostDst, bytesFromGuest, bytesToGuest, durationMs, closeReason } (bytes are
 // transport payload bytes: TCP/UDP data, whole ICMP messages).
 import type { Logger } from 'pino';
 import {
-  decodeFrame, equalBytes, formatIP, ipv4FromString, tcpReset, TcpFlag, unreachable, Icmp4, Icmp6,
-  type DecodedFrame,
+  decodeFrame, fragmentFrame, formatIP, Reassembler, tcpReset, TcpFlag, unreachable, Icmp4, Icmp6,
+  type IpFrame, type ReassemblyLimits,
 } from '../../netstack/index.js';
+import { RateLimitedLog } from '../log-rate.js';
 import type { FrameBackend, FramePort } from '../virtio/net/backend.js';
 import type { Decision, Direction, Policy, Protocol } from '../policy/index.js';
+import { FrameDestinations } from './frame-destination.js';
+import { FlowTable, type Flow, type FlowRecord } from './frame-flows.js';
 
-type IpFrame = Extract<DecodedFrame, { kind: 'ip' }>;
+export type { FlowRecord } from './frame-flows.js';
 
 export interface FramePolicyOptions {
   /** Where allowed frames go. */
@@ -44,8 +51,13 @@ export interface FramePolicyOptions {
   gateway: string;
   /** Whether the backend maps the gateway to the host's loopback (passt's default: true). */
   mapGatewayToHost: boolean;
-  /** DNS forwarder addresses whose port 53 is allowed without asking the policy. */
-  dnsForwarders?: readonly string[];
+  /**
+   * passt's DNS forwarder: queries to `match` port 53 are judged as what passt makes of
+   * them, udp/tcp to `upstream` port 53 (the host's resolver). Absent: no forwarder.
+   */
+  dnsForward?: { match: string; upstream: string };
+  /** The sandbox's rate-limited log for net.flow lines (default: one made from `logger`). */
+  log?: RateLimitedLog;
   logger?: Logger;
   /** Flows tracked at most (default 4096); the least recently used is evicted. */
   maxFlows?: number;
@@ -54,27 +66,16 @@ export interface FramePolicyOptions {
   udpIdleMs?: number;
   /** How long a closed TCP flow still passes trailing segments (default 5 s). */
   lingerMs?: number;
+  /** The guest's MTU: larger packets toward it are fragmented (default 1500, eth0's). */
+  guestMtu?: number;
+  /** Largest frame the backend takes (default 65535, passt's); larger datagrams are dropped. */
+  maxFrame?: number;
+  /** Limits of each direction's reassembly (netstack/reassembly.ts defaults). */
+  reassembly?: ReassemblyLimits;
   /** A clock (tests). */
   now?: () => number;
   /** Deliver RST/ICMP replies in a microtask (default true); false: at once (fuzzing). */
   deferReplies?: boolean;
-}
-
-export interface FlowRecord {
-  kind: 'frame';
-  protocol: Protocol;
-  direction: Direction;
-  decision: 'allow' | 'deny';
-  rule: string;
-  /** Guest-visible endpoints. */
-  src: string;
-  dst: string;
-  /** The address the policy judged (the gateway alias mapped to 127.0.0.1). */
-  hostDst: string;
-  bytesFromGuest: number;
-  bytesToGuest: number;
-  durationMs: number;
-  closeReason: string;
 }
 
 export interface FramePolicyStats {
@@ -86,65 +87,71 @@ export interface FramePolicyStats {
   malformed: number;
   flows: number;
   evicted: number;
+  /** Datagrams reassembled from fragments (both ways). */
+  reassembled: number;
+  /** Fragments held or dropped by reassembly (both ways); see reassembly stats for why. */
+  fragmentsIn: number;
+  /** Reassembled datagrams larger than `maxFrame`, dropped. */
+  tooBig: number;
+  /** Packets for the guest split to its MTU, and the frames that made. */
+  fragmentedToGuest: number;
+  fragmentFramesToGuest: number;
 }
-
-interface Flow {
-  key: string;
-  rec: Omit<FlowRecord, 'durationMs' | 'closeReason'>;
-  allowed: boolean;
-  started: number;
-  lastSeen: number;
-  lastMoved: number;
-  tcp: boolean;
-  finFromGuest: boolean;
-  finToGuest: boolean;
-  /** Logged and lingering (TCP after FIN/FIN or RST). */
-  closed: boolean;
-}
-
-const FRAG_MAX = 256;
-const FRAG_TTL_MS = 30_000;
 
 export class FramePolicyFilter implements FrameBackend {
   readonly #inner: FrameBackend;
   readonly #policy: Policy;
-  readonly #gateway: Uint8Array | null;
-  readonly #mapGateway: boolean;
-  readonly #dns: Uint8Array[];
-  readonly #log: Logger | undefined;
-  readonly #maxFlows: number;
-  readonly #tcpIdle: number;
-  readonly #udpIdle: number;
-  readonly #linger: number;
+  readonly #dest: FrameDestinations;
+  readonly #log: RateLimitedLog | undefined;
+  readonly #flows: FlowTable;
+  /** How often the timer sweeps (ms). */
+  readonly #sweepEvery: number;
+  readonly #guestMtu: number;
+  readonly #maxFrame: number;
   readonly #now: () => number;
   readonly #defer: boolean;
-  readonly #flows = new Map<string, Flow>();
-  readonly #frags = new Map<string, { allowed: boolean; at: number }>();
+  /** One per direction: a guest must not be able to complete a datagram with host fragments. */
+  readonly #fromGuestFrags: Reassembler;
+  readonly #toGuestFrags: Reassembler;
+  #fragId = 0;
   #port: FramePort | null = null;
   #timer: NodeJS.Timeout | null = null;
   #closed = false;
-  readonly #stats: FramePolicyStats = { passedFromGuest: 0, droppedFromGuest: 0, passedToGuest: 0, droppedToGuest: 0, repliesToGuest: 0, malformed: 0, flows: 0, evicted: 0 };
-  /** Finished flow records (tests inspect them; capped). */
-  readonly recent: FlowRecord[] = [];
-  static readonly RECENT_MAX = 2000;
+  readonly #stats: Omit<FramePolicyStats, 'flows' | 'evicted'> = {
+    passedFromGuest: 0, droppedFromGuest: 0, passedToGuest: 0, droppedToGuest: 0, repliesToGuest: 0, malformed: 0,
+    reassembled: 0, fragmentsIn: 0, tooBig: 0, fragmentedToGuest: 0, fragmentFramesToGuest: 0,
+  };
+  static readonly RECENT_MAX = FlowTable.RECENT_MAX;
 
   constructor(o: FramePolicyOptions) {
     this.#inner = o.inner;
     this.#policy = o.policy;
-    this.#gateway = ipv4FromString(o.gateway);
-    this.#mapGateway = o.mapGatewayToHost;
-    this.#dns = (o.dnsForwarders ?? []).map((d) => ipv4FromString(d)).filter((d): d is Uint8Array => d !== null);
-    this.#log = o.logger;
-    this.#maxFlows = Math.max(1, o.maxFlows ?? 4096);
-    this.#tcpIdle = o.tcpIdleMs ?? 600_000;
-    this.#udpIdle = o.udpIdleMs ?? 60_000;
-    this.#linger = o.lingerMs ?? 5_000;
+    this.#dest = new FrameDestinations({ gateway: o.gateway, mapGatewayToHost: o.mapGatewayToHost, ...(o.dnsForward ? { dnsForward: o.dnsForward } : {}) });
+    this.#log = o.log ?? (o.logger ? new RateLimitedLog(o.logger) : undefined);
+    const udpIdleMs = o.udpIdleMs ?? 60_000;
+    const lingerMs = o.lingerMs ?? 5_000;
+    this.#flows = new FlowTable({ maxFlows: Math.max(1, o.maxFlows ?? 4096), tcpIdleMs: o.tcpIdleMs ?? 600_000, udpIdleMs, lingerMs, log: this.#log });
+    this.#sweepEvery = Math.max(1000, Math.min(udpIdleMs, lingerMs) / 2);
+    this.#guestMtu = o.guestMtu ?? 1500;
+    this.#maxFrame = o.maxFrame ?? 65535;
     this.#now = o.now ?? (() => performance.now());
     this.#defer = o.deferReplies ?? true;
+    this.#fromGuestFrags = new Reassembler(o.reassembly);
+    this.#toGuestFrags = new Reassembler(o.reassembly);
   }
 
   stats(): FramePolicyStats {
-    return { ...this.#stats, flows: this.#flows.size };
+    return { ...this.#stats, flows: this.#flows.size, evicted: this.#flows.evicted };
+  }
+
+  /** Finished flow records (tests inspect them; capped; never rate-limited). */
+  get recent(): readonly FlowRecord[] {
+    return this.#flows.recent;
+  }
+
+  /** Reassembly counters, per direction. */
+  reassemblyStats(): { fromGuest: ReturnType<Reassembler['stats']>; toGuest: ReturnType<Reassembler['stats']> } {
+    return { fromGuest: this.#fromGuestFrags.stats(), toGuest: this.#toGuestFrags.stats() };
   }
 
   // ---- FrameBackend (the device's side) ----
@@ -152,23 +159,23 @@ export class FramePolicyFilter implements FrameBackend {
   attach(port: FramePort): void {
     this.#port = port;
     this.#inner.attach({
-      deliver: (frame) => { if (this.#fromHost(frame)) port.deliver(frame); },
+      deliver: (frame) => { this.#fromHost(frame, port); },
       writable: () => { port.writable(); },
       closed: (reason) => { port.closed(reason); },
     });
-    const every = Math.max(1000, Math.min(this.#udpIdle, this.#linger) / 2);
-    this.#timer = setInterval(() => { this.sweep(); }, every);
+    this.#timer = setInterval(() => { this.sweep(); }, this.#sweepEvery);
     this.#timer.unref();
   }
 
   send(frame: Uint8Array): boolean {
     if (this.#closed) return true;
-    if (!this.#fromGuest(frame)) {
+    const out = this.#fromGuest(frame);
+    if (out === null) {
       this.#stats.droppedFromGuest++;
       return true;
     }
     this.#stats.passedFromGuest++;
-    return this.#inner.send(frame);
+    return this.#inner.send(out);
   }
 
   pause(): void { this.#inner.pause(); }
@@ -178,50 +185,61 @@ export class FramePolicyFilter implements FrameBackend {
     if (this.#closed) return;
     this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
-    for (const f of this.#flows.values()) this.#finish(f, 'closed');
-    this.#flows.clear();
+    this.#flows.closeAll();
+    this.#fromGuestFrags.clear();
+    this.#toGuestFrags.clear();
+    this.#log?.flush();
     this.#inner.close();
   }
 
-  /** Forgets idle flows (runs on a timer; tests call it with their clock). */
+  /** Forgets idle flows and stale fragments (runs on a timer; tests call it with their clock). */
   sweep(): void {
     const now = this.#now();
-    for (const f of this.#flows.values()) {
-      const idle = f.closed ? this.#linger : f.tcp ? this.#tcpIdle : this.#udpIdle;
-      if (now - f.lastSeen >= idle) {
-        this.#finish(f, 'idle');
-        this.#flows.delete(f.key);
-      }
-    }
-    for (const [k, v] of this.#frags) if (now - v.at >= FRAG_TTL_MS) this.#frags.delete(k);
+    this.#flows.sweep(now);
+    this.#fromGuestFrags.sweep(now);
+    this.#toGuestFrags.sweep(now);
   }
 
   // ---- guest → host ----
 
-  /** true: pass the frame on. */
-  #fromGuest(frame: Uint8Array): boolean {
+  /** The frame to forward (the whole datagram), or null. */
+  #fromGuest(frame: Uint8Array): Uint8Array | null {
+    const w = this.#whole(frame, this.#fromGuestFrags);
+    if (w === null) return null;
+    if (w.f === null) return w.frame; // ARP
+    return this.#decideFromGuest(w.frame, w.f) ? w.frame : null;
+  }
+
+  /**
+   * The frame decoded, with fragments replaced by the whole datagram once it is here.
+   * null: dropped (malformed, VLAN, other EtherType, a fragment held or refused, too big).
+   * f null: ARP (passes as it is).
+   */
+  #whole(frame: Uint8Array, frags: Reassembler): { frame: Uint8Array; f: IpFrame | null } | null {
     const d = decodeFrame(frame);
     if (!d.ok) {
       this.#stats.malformed++;
-      return false;
+      return null;
     }
     const f = d.value;
-    if (f.eth.vlan !== null) return false;
-    if (f.kind === 'arp') return true;
-    if (f.kind === 'other') return false;
-    const ip = f.ip;
-    // Later fragments follow their first fragment's decision.
-    if (ip.fragment !== null && !ip.fragment.first) {
-      const k = fragKey(f, ip.src, ip.dst);
-      const known = this.#frags.get(k);
-      return known !== undefined && known.allowed;
+    if (f.eth.vlan !== null || f.kind === 'other') return null;
+    if (f.kind === 'arp') return { frame, f: null };
+    if (f.ip.fragment === null) return { frame, f };
+    this.#stats.fragmentsIn++;
+    const r = frags.add(frame, f, this.#now());
+    if (r.status !== 'complete') return null;
+    this.#stats.reassembled++;
+    if (r.frame.length > this.#maxFrame) {
+      this.#stats.tooBig++;
+      return null;
     }
-    const allowed = this.#decideFromGuest(frame, f);
-    if (ip.fragment !== null) {
-      if (this.#frags.size >= FRAG_MAX) this.#frags.delete(this.#frags.keys().next().value as string);
-      this.#frags.set(fragKey(f, ip.src, ip.dst), { allowed, at: this.#now() });
+    const whole = decodeFrame(r.frame);
+    // A datagram whose data starts with another fragment header stays a fragment: dropped.
+    if (!whole.ok || whole.value.kind !== 'ip' || whole.value.ip.fragment !== null) {
+      this.#stats.malformed++;
+      return null;
     }
-    return allowed;
+    return { frame: r.frame, f: whole.value };
   }
 
   #decideFromGuest(frame: Uint8Array, f: IpFrame): boolean {
@@ -242,30 +260,26 @@ export class FramePolicyFilter implements FrameBackend {
           this.#reply(tcpReset(f, s));
           return false;
         }
-        const dns = s.dstPort === 53 && this.#isDns(ip.dst);
-        flow = this.#newFlow(key, 'tcp', 'outbound', ip.src, s.srcPort, ip.dst, s.dstPort, dns, now);
+        flow = this.#newFlow(key, 'tcp', 'outbound', ip.src, s.srcPort, ip.dst, s.dstPort, now);
         if (!flow.allowed) {
           this.#flows.delete(key);
-          this.#finish(flow, 'denied');
+          this.#flows.finish(flow, 'denied');
           this.#reply(tcpReset(f, s));
           return false;
         }
       }
-      this.#touch(flow, now);
+      this.#flows.touch(flow, now);
       flow.rec.bytesFromGuest += payload;
-      this.#tcpFlags(flow, s.flags, true);
+      this.#flows.tcpFlags(flow, s.flags, true);
       return true;
     }
     if (l4.kind === 'udp') {
       const u = l4.udp;
-      if (ip.family === 4 && u.srcPort === 68 && u.dstPort === 67) return true; // DHCP to passt
+      if (ip.family === 4 && u.srcPort === 68 && u.dstPort === 67 && this.#isDhcpServer(ip.dst)) return true; // DHCP to passt
       const key = flowKey('udp', ip.src, u.srcPort, ip.dst, u.dstPort);
       let flow = this.#flows.get(key);
-      if (flow === undefined) {
-        const dns = u.dstPort === 53 && this.#isDns(ip.dst);
-        flow = this.#newFlow(key, 'udp', 'outbound', ip.src, u.srcPort, ip.dst, u.dstPort, dns, now);
-      }
-      this.#touch(flow, now);
+      flow ??= this.#newFlow(key, 'udp', 'outbound', ip.src, u.srcPort, ip.dst, u.dstPort, now);
+      this.#flows.touch(flow, now);
       flow.rec.bytesFromGuest += u.end - u.payloadOffset;
       if (!flow.allowed) {
         this.#reply(unreachable(frame, f, 'port'));
@@ -276,13 +290,13 @@ export class FramePolicyFilter implements FrameBackend {
     if (l4.kind === 'icmp') {
       const m = l4.icmp;
       const echo = ip.family === 4 ? Icmp4.Echo : Icmp6.Echo;
-      // Neighbour discovery (IPv6's ARP) passes like ARP.
-      if (ip.family === 6 && m.type >= Icmp6.RouterSolicit && m.type <= Icmp6.Redirect) return true;
+      // Neighbour discovery (IPv6's ARP) passes like ARP, on the link only (passt answers it).
+      if (ip.family === 6 && m.type >= Icmp6.RouterSolicit && m.type <= Icmp6.Redirect) return isLinkScope(ip.dst);
       if (m.type !== echo) return false;
       const key = flowKey('icmp', ip.src, m.id, ip.dst, 0);
       let flow = this.#flows.get(key);
-      flow ??= this.#newFlow(key, 'icmp', 'outbound', ip.src, m.id, ip.dst, null, false, now);
-      this.#touch(flow, now);
+      flow ??= this.#newFlow(key, 'icmp', 'outbound', ip.src, m.id, ip.dst, null, now);
+      this.#flows.touch(flow, now);
       flow.rec.bytesFromGuest += m.end - m.payloadOffset + 8;
       if (!flow.allowed) {
         this.#reply(unreachable(frame, f, 'prohibited'));
@@ -293,54 +307,72 @@ export class FramePolicyFilter implements FrameBackend {
     return false;
   }
 
-  // ---- host → guest ----
-
-  #fromHost(frame: Buffer): boolean {
-    const pass = this.#decideFromHost(frame);
-    if (pass) this.#stats.passedToGuest++;
-    else this.#stats.droppedToGuest++;
-    return pass;
+  /** DHCP goes to the broadcast address or to passt's server (the gateway). */
+  #isDhcpServer(dst: Uint8Array): boolean {
+    return (dst[0] === 255 && dst[1] === 255 && dst[2] === 255 && dst[3] === 255) || this.#dest.isGateway(dst);
   }
 
-  #decideFromHost(frame: Uint8Array): boolean {
-    const d = decodeFrame(frame);
-    if (!d.ok) return false;
-    const f = d.value;
-    if (f.eth.vlan !== null) return false;
-    if (f.kind === 'arp') return true;
-    if (f.kind === 'other') return false;
+  // ---- host → guest ----
+
+  #fromHost(frame: Buffer, port: FramePort): void {
+    const w = this.#whole(frame, this.#toGuestFrags);
+    if (w === null || (w.f !== null && !this.#decideFromHost(w.f))) {
+      this.#stats.droppedToGuest++;
+      return;
+    }
+    const ip = w.f?.ip;
+    if (ip === undefined || ip.end - ip.offset <= this.#guestMtu) {
+      this.#stats.passedToGuest++;
+      port.deliver(w.frame instanceof Buffer ? w.frame : Buffer.from(w.frame));
+      return;
+    }
+    // Larger than the guest's MTU (passt writes whole datagrams): its eth0 has no
+    // buffer for it, so cut it to the MTU; the guest reassembles.
+    this.#fragId = (this.#fragId + 1) >>> 0;
+    const parts = fragmentFrame(w.frame, w.f!, this.#guestMtu, this.#fragId);
+    if (parts === null) {
+      this.#stats.droppedToGuest++;
+      return;
+    }
+    this.#stats.passedToGuest++;
+    this.#stats.fragmentedToGuest++;
+    this.#stats.fragmentFramesToGuest += parts.length;
+    for (const p of parts) port.deliver(p);
+  }
+
+  #decideFromHost(f: IpFrame): boolean {
     const { ip, l4 } = f;
-    if (ip.fragment !== null && !ip.fragment.first) return this.#frags.get(fragKey(f, ip.dst, ip.src))?.allowed === true;
     const now = this.#now();
-    let pass = false;
     if (l4.kind === 'tcp') {
       const s = l4.tcp;
       const key = flowKey('tcp', ip.dst, s.dstPort, ip.src, s.srcPort);
       let flow = this.#flows.get(key);
       if (flow === undefined && (s.flags & (TcpFlag.SYN | TcpFlag.ACK)) === TcpFlag.SYN) {
-        flow = this.#newFlow(key, 'tcp', 'inbound', ip.dst, s.dstPort, ip.src, s.srcPort, false, now);
+        flow = this.#newFlow(key, 'tcp', 'inbound', ip.dst, s.dstPort, ip.src, s.srcPort, now);
         if (!flow.allowed) {
           this.#flows.delete(key);
-          this.#finish(flow, 'denied');
+          this.#flows.finish(flow, 'denied');
           return false;
         }
       }
       if (flow === undefined || !flow.allowed) return false;
-      this.#touch(flow, now);
+      this.#flows.touch(flow, now);
       flow.rec.bytesToGuest += s.end - s.payloadOffset;
-      this.#tcpFlags(flow, s.flags, false);
-      pass = true;
-    } else if (l4.kind === 'udp') {
+      this.#flows.tcpFlags(flow, s.flags, false);
+      return true;
+    }
+    if (l4.kind === 'udp') {
       const u = l4.udp;
       if (ip.family === 4 && u.srcPort === 67 && u.dstPort === 68) return true; // DHCP from passt
       const key = flowKey('udp', ip.dst, u.dstPort, ip.src, u.srcPort);
       let flow = this.#flows.get(key);
-      flow ??= this.#newFlow(key, 'udp', 'inbound', ip.dst, u.dstPort, ip.src, u.srcPort, false, now);
-      this.#touch(flow, now);
+      flow ??= this.#newFlow(key, 'udp', 'inbound', ip.dst, u.dstPort, ip.src, u.srcPort, now);
+      this.#flows.touch(flow, now);
       if (!flow.allowed) return false;
       flow.rec.bytesToGuest += u.end - u.payloadOffset;
-      pass = true;
-    } else if (l4.kind === 'icmp') {
+      return true;
+    }
+    if (l4.kind === 'icmp') {
       const m = l4.icmp;
       if (ip.family === 4) {
         if (m.type === Icmp4.Unreachable || m.type === Icmp4.TimeExceeded || m.type === Icmp4.ParamProblem) return true;
@@ -351,91 +383,38 @@ export class FramePolicyFilter implements FrameBackend {
       }
       const flow = this.#flows.get(flowKey('icmp', ip.dst, m.id, ip.src, 0));
       if (flow === undefined || !flow.allowed) return false;
-      this.#touch(flow, now);
+      this.#flows.touch(flow, now);
       flow.rec.bytesToGuest += m.end - m.payloadOffset + 8;
-      pass = true;
+      return true;
     }
-    return pass;
+    return false;
   }
 
-  // ---- flows ----
+  // ---- judging a new flow ----
 
-  #isDns(dst: Uint8Array): boolean {
-    return this.#dns.some((d) => equalBytes(d, dst));
-  }
-
-  /** The address the host side will really talk to (the gateway alias → 127.0.0.1). */
-  #hostAddress(a: Uint8Array): string {
-    if (this.#mapGateway && this.#gateway !== null && equalBytes(a, this.#gateway)) return '127.0.0.1';
-    return formatIP(a);
-  }
-
-  #newFlow(key: string, protocol: Protocol, direction: Direction, guestIp: Uint8Array, guestPort: number, peerIp: Uint8Array, peerPort: number | null, dns: boolean, now: number): Flow {
-    const hostDst = this.#hostAddress(peerIp);
-    const decision: Decision = dns
-      ? { action: 'allow', rule: -2, by: 'dns' }
-      : this.#policy.evaluate({ direction, protocol, address: hostDst, ...(peerPort !== null ? { port: peerPort } : {}) });
+  #newFlow(key: string, protocol: Protocol, direction: Direction, guestIp: Uint8Array, guestPort: number, peerIp: Uint8Array, peerPort: number | null, now: number): Flow {
+    const peer = this.#dest.hostPeer(peerIp, protocol === 'tcp' || protocol === 'udp', peerPort);
+    let decision: Decision;
+    let hostDst: string;
+    if ('refused' in peer) {
+      decision = { action: 'deny', rule: -2, by: peer.refused };
+      hostDst = formatIP(peerIp);
+    } else {
+      hostDst = peer.address;
+      decision = this.#policy.evaluate({ direction, protocol, address: hostDst, ...(peerPort !== null ? { port: peerPort } : {}) });
+    }
     const ep = (a: Uint8Array, p: number | null): string => {
       const s = formatIP(a);
       if (p === null) return s;
       return a.length === 16 ? `[${s}]:${p}` : `${s}:${p}`;
     };
     const guest = ep(guestIp, protocol === 'icmp' ? null : guestPort);
-    const peer = ep(peerIp, peerPort);
-    const flow: Flow = {
-      key,
-      rec: {
-        kind: 'frame', protocol, direction, decision: decision.action, rule: decision.by,
-        src: direction === 'outbound' ? guest : peer, dst: direction === 'outbound' ? peer : guest, hostDst,
-        bytesFromGuest: 0, bytesToGuest: 0,
-      },
-      allowed: decision.action === 'allow', started: now, lastSeen: now, lastMoved: now, tcp: protocol === 'tcp',
-      finFromGuest: false, finToGuest: false, closed: false,
-    };
-    if (this.#flows.size >= this.#maxFlows) {
-      const oldest = this.#flows.values().next().value as Flow;
-      this.#flows.delete(oldest.key);
-      this.#stats.evicted++;
-      this.#finish(oldest, 'evicted');
-    }
-    this.#flows.set(key, flow);
-    return flow;
-  }
-
-  #touch(f: Flow, now: number): void {
-    f.lastSeen = now;
-    // Keep the Map in LRU order without re-inserting on every frame.
-    if (now - f.lastMoved > 1000) {
-      f.lastMoved = now;
-      this.#flows.delete(f.key);
-      this.#flows.set(f.key, f);
-    }
-  }
-
-  #tcpFlags(f: Flow, flags: number, fromGuest: boolean): void {
-    if (f.closed) return;
-    if (flags & TcpFlag.RST) {
-      this.#finish(f, fromGuest ? 'rst from guest' : 'rst from host');
-      f.closed = true;
-      return;
-    }
-    if (flags & TcpFlag.FIN) {
-      if (fromGuest) f.finFromGuest = true;
-      else f.finToGuest = true;
-      if (f.finFromGuest && f.finToGuest) {
-        this.#finish(f, 'fin');
-        f.closed = true;
-      }
-    }
-  }
-
-  #finish(f: Flow, reason: string): void {
-    if (f.closed) return;
-    f.closed = true;
-    const rec: FlowRecord = { ...f.rec, durationMs: Math.round((f.lastSeen - f.started) * 1000) / 1000, closeReason: reason };
-    if (this.recent.length >= FramePolicyFilter.RECENT_MAX) this.recent.shift();
-    this.recent.push(rec);
-    this.#log?.info({ event: 'net.flow', ...rec }, `net ${rec.protocol} ${rec.decision} ${rec.src} -> ${rec.dst}: ${reason}`);
+    const peerText = ep(peerIp, peerPort);
+    return this.#flows.add(key, {
+      kind: 'frame', protocol, direction, decision: decision.action, rule: decision.by,
+      src: direction === 'outbound' ? guest : peerText, dst: direction === 'outbound' ? peerText : guest, hostDst,
+      bytesFromGuest: 0, bytesToGuest: 0,
+    }, now);
   }
 
   #reply(frame: Buffer | null): void {
@@ -451,10 +430,16 @@ export class FramePolicyFilter implements FrameBackend {
   }
 }
 
-function flowKey(proto: string, guestIp: Uint8Array, guestPort: number, peerIp: Uint8Array, peerPort: number): string {
-  return `${proto} ${formatIP(guestIp)} ${guestPort} ${formatIP(peerIp)} ${peerPort}`;
+/** fe80::/10 or link-scope multicast (ffx2::/16): where neighbour discovery goes. */
+function isLinkScope(a: Uint8Array): boolean {
+  return (a[0] === 0xfe && (a[1]! & 0xc0) === 0x80) || (a[0] === 0xff && (a[1]! & 0x0f) === 0x02);
 }
 
-function fragKey(f: IpFrame, guestIp: Uint8Array, peerIp: Uint8Array): string {
-  return `${f.ip.family} ${f.ip.protocol} ${formatIP(guestIp)} ${formatIP(peerIp)} ${f.ip.fragment?.id ?? 0}`;
+/** A flow's key from the address bytes: one address has one key, whatever its text form. */
+function flowKey(proto: string, guestIp: Uint8Array, guestPort: number, peerIp: Uint8Array, peerPort: number): string {
+  return `${proto} ${hex(guestIp)} ${guestPort} ${hex(peerIp)} ${peerPort}`;
+}
+
+function hex(b: Uint8Array): string {
+  return Buffer.from(b.buffer, b.byteOffset, b.length).toString('hex');
 }

@@ -20,9 +20,12 @@ export interface FrameBackend {
   /** Called once, before any other call. */
   attach(port: FramePort): void;
   /**
-   * Takes one frame from the guest. `frame` is only valid during the call (it may be a
-   * view of guest memory): copy what you keep. Returns false when the backend is now
-   * full: the frame was taken, but no more should come until `writable()`.
+   * Takes one frame from the guest. `frame` is a copy the guest can no longer change
+   * (never a view of guest memory: another vCPU could rewrite it between a decision
+   * and its use), so a backend may judge it and forward it as it is. It is valid only
+   * during the call (the device reuses the buffer): copy what you keep. Returns false
+   * when the backend is now full: the frame was taken, but no more should come until
+   * `writable()`.
    */
   send(frame: Uint8Array): boolean;
   /** Stop delivering frames until `resume()`. */

@@ -4,6 +4,9 @@
 // (12 bytes; 10 for a legacy driver) and one whole Ethernet frame. The header is stripped on tx and
 // written zeroed (num_buffers 1) on rx; frames travel through a FrameBackend.
 //
+// Every tx frame is copied out of guest memory once, before the backend sees it: what a
+// filter decides on is what is forwarded (the guest's other vCPUs cannot change it).
+//
 // Flow control: tx buffers are taken only while the backend accepts frames; rx frames
 // the guest has no buffers for wait in a bounded queue (the backend is paused above a
 // high-water mark, frames past the limit are dropped and counted). Everything the
@@ -122,7 +125,7 @@ export class NetDevice implements VirtioDevice, FramePort {
   #txBlocked = false;
   #txScheduled = false;
   #backendGone: string | null = null;
-  /** Gathers a tx frame spread over several descriptors. */
+  /** Every tx frame is copied here out of guest memory before the backend sees it. */
   #scratch = Buffer.alloc(MAX_FRAME_SIZE);
   #hdr = new Uint8Array(NET_HDR_SIZE);
   #hdrSize = NET_HDR_SIZE;
@@ -309,14 +312,13 @@ export class NetDevice implements VirtioDevice, FramePort {
 }
 
 /**
- * The `len` bytes after the first `skip` readable bytes: a view when they lie in one
- * buffer, else copied into `scratch`.
+ * The `len` bytes after the first `skip` readable bytes, copied into `scratch`. Always a
+ * copy, even when they lie in one buffer: a view of guest memory could be rewritten by
+ * another vCPU between a filter's decision and the backend's send.
  */
-function gather(bufs: readonly Uint8Array[], skip: number, len: number, scratch: Buffer): Uint8Array {
+function gather(bufs: readonly Uint8Array[], skip: number, len: number, scratch: Buffer): Buffer {
   let i = 0;
   while (i < bufs.length && skip >= bufs[i]!.length) skip -= bufs[i++]!.length;
-  const first = bufs[i]!;
-  if (first.length - skip >= len) return first.subarray(skip, skip + len);
   let at = 0;
   for (; i < bufs.length && at < len; i++) {
     const b = bufs[i]!;
