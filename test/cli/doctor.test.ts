@@ -33,7 +33,8 @@ t.test('tsibox doctor --json reports ring 0 emulated on nested PVM, with the rat
     t.ok(data.ratio > 10, `ratio ${data.ratio} > 10`);
     t.match(ring0.detail, /^emulated: loop at CPL0 .* ratio \d+/);
   }
-  t.ok(data.elapsedMs < 5000, `probe took ${Math.round(data.elapsedMs)} ms`);
+  // Bounded, not timed: the probe must end (loaded machines make it slower, not wrong).
+  t.ok(data.elapsedMs < 30_000, `probe took ${Math.round(data.elapsedMs)} ms`);
 });
 
 t.test('the table printer aligns rows and continues multi-line details', async (t) => {
