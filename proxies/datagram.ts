@@ -17,7 +17,7 @@ import type { TsiContext } from './context.js';
 import type { TrackedConnection } from './log.js';
 import { endThenReset } from './pipe.js';
 import {
-  DgramFlag, Errno, FrameReader, TsiError, canonicalAddress, decodeDgram, decodeDgramOpen, encodeDgram, encodeDgramError,
+  DgramFlag, Errno, FrameReader, MAX_PRIVILEGED_GUEST_PORT, TsiError, canonicalAddress, decodeDgram, decodeDgramOpen, encodeDgram, encodeDgramError,
   encodeDgramOpenResult, errnoOf, formatAddr, sockAddrOf, type SockAddr,
 } from './protocol.js';
 
@@ -134,6 +134,13 @@ class Flow {
     this.#family = b.family;
     this.#mapping = b.port !== 0 ? ctx.portMap.lookupGuest('udp', b.port) ?? null : null;
     if (this.#mapping !== null && exposed.has(b.port)) this.#mapping = null; // one exposed socket per guest port
+    // Only a privileged guest context may be the published port (as for listeners); an
+    // unprivileged one gets an ordinary ephemeral socket.
+    if (this.#mapping !== null && conn.guestPort > MAX_PRIVILEGED_GUEST_PORT) {
+      ctx.guestLog.warn({ event: 'tsi.expose.refused', guestPort: conn.guestPort, port: b.port },
+        `tsi: published UDP port ${b.port} asked for from unprivileged guest vsock port ${conn.guestPort}; not exposed`);
+      this.#mapping = null;
+    }
     const mapping = this.#mapping;
     this.#rec = ctx.connections.open({ kind: 'datagram', protocol: 'udp', direction: mapping ? 'inbound' : 'outbound', decision: 'allow', guestPort: conn.guestPort });
     const socket = createSocket({ type: b.family === 'ipv6' ? 'udp6' : 'udp4', reuseAddr: false });
@@ -162,6 +169,8 @@ class Flow {
     socket.bind({ address, port: mapping !== null ? mapping.hostPort : 0, exclusive: true }, () => {
       if (this.#closed) return;
       this.#ready = true;
+      // Multicast the guest sends must not loop back to the host's own sockets.
+      try { socket.setMulticastLoopback(false); } catch { /* not supported: the policy judges multicast as loopback anyway */ }
       const local = sockAddrOf(socket.address());
       if (mapping !== null) mapping.boundPort = local.family === 'none' || local.family === 'unix' ? null : local.port;
       this.#rec.rec.src = formatAddr(local);

@@ -12,19 +12,17 @@ import type { VsockConnection } from '../src/virtio/vsock/connection.js';
 import type { TsiContext } from './context.js';
 import { endThenReset, pipeSocket } from './pipe.js';
 import {
-  Errno, FrameReader, TSI_VERSION, TsiError, TsiOp, checkSize, decodeListen, encodeAccept, encodeHelloResult,
+  Errno, FrameReader, MAX_PRIVILEGED_GUEST_PORT, TSI_VERSION, TsiError, TsiOp, checkSize, decodeListen, encodeAccept, encodeHelloResult,
   encodeListenResult, encodeSeqResult, errnoOf, formatAddr, sockAddrOf, type Frame, type SockAddr,
 } from './protocol.js';
 
 /** Control requests are small; anything longer is a protocol error. */
 const MAX_CONTROL_MESSAGE = 64;
 /**
- * Control sessions must come from a guest vsock port at or below this: Linux lets only
- * CAP_NET_BIND_SERVICE bind those (af_vsock.c, LAST_RESERVED_PORT), and our guest
- * kernel binds its control socket there. So an unprivileged guest process cannot
- * register a listener, and so cannot take over a published port (docs/security.md).
+ * Control sessions must come from a privileged guest vsock port: an unprivileged guest
+ * process cannot register a listener, and so cannot take over a published port.
  */
-export const MAX_CONTROL_SOURCE_PORT = 1023;
+export const MAX_CONTROL_SOURCE_PORT = MAX_PRIVILEGED_GUEST_PORT;
 /** Feature bits in HELLO_RESULT. */
 export const TsiFeature = { DGRAM_SEQPACKET: 1, UNIX_STREAM: 2 } as const;
 
@@ -184,7 +182,13 @@ export class ListenerProxy {
     s.listeners.add(l);
     const mapping = this.#ctx.portMap.lookupGuest('tcp', guestPort);
     if (mapping === undefined) return reply(-Errno.EADDRNOTAVAIL, l.id, { family: 'none' });
-    void this.#expose(l, mapping).then((r) => { reply(r.result, r.result === 0 || r.result === -Errno.EADDRNOTAVAIL ? l.id : 0, r.host); });
+    void this.#expose(l, mapping).then((r) => {
+      const registered = r.result === 0 || r.result === -Errno.EADDRNOTAVAIL;
+      // A failed host bind (EADDRINUSE, …) is an error for this listen(): the guest gets
+      // no id, so nothing may stay registered (or hold a listener slot) under it.
+      if (!registered) this.#drop(l);
+      reply(r.result, registered ? l.id : 0, r.host);
+    });
   }
 
   async #expose(l: GuestListener, m: PortMapping): Promise<{ result: number; host: SockAddr }> {
@@ -205,7 +209,8 @@ export class ListenerProxy {
         l.server = null;
         l.mapping = null;
       }
-      this.#ctx.log.warn({ err, mapping: m }, 'host listener for a port mapping failed');
+      this.#ctx.guestLog.warn({ event: 'tsi.listen.failed', err: (err as Error).message, hostAddress: m.hostAddress, hostPort: m.hostPort, guestPort: m.guestPort },
+        'host listener for a port mapping failed');
       return { result: -errnoOf(err), host: { family: 'none' } };
     }
     if (l.server !== server) {
@@ -213,7 +218,7 @@ export class ListenerProxy {
       server.close();
       return { result: -Errno.EADDRNOTAVAIL, host: { family: 'none' } };
     }
-    server.on('error', (err) => { this.#ctx.log.warn({ err }, 'host listener error'); });
+    server.on('error', (err) => { this.#ctx.guestLog.warn({ event: 'tsi.listen.error', err: err.message }, 'host listener error'); });
     const addr = server.address();
     const host = typeof addr === 'object' && addr !== null ? sockAddrOf(addr) : { family: 'none' as const };
     m.boundPort = host.family === 'ipv4' || host.family === 'ipv6' ? host.port : null;

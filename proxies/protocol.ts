@@ -17,6 +17,14 @@ export const MAX_MESSAGE = HDR_SIZE + SOCKADDR_SIZE + MAX_DGRAM_PAYLOAD;
 /** AF_UNIX sun_path length. */
 export const MAX_UNIX_PATH = 108;
 
+/**
+ * Guest vsock source ports at or below this are privileged: Linux lets only
+ * CAP_NET_BIND_SERVICE bind them (af_vsock.c, LAST_RESERVED_PORT), and our guest kernel
+ * binds its control socket, and the datagram sockets of bound UDP sockets, there.
+ * Registering a listener or exposing a published UDP port needs one (docs/security.md).
+ */
+export const MAX_PRIVILEGED_GUEST_PORT = 1023;
+
 /** Host vsock ports (on CID 2) where the TSI services listen. */
 export const TsiPort = {
   CONTROL: 1023,

@@ -107,6 +107,9 @@ export class StreamProxy {
       try {
         real = await realpath(normal);
       } catch (err) {
+        // No oracle: a path the policy would deny is EACCES whether or not it exists.
+        const d = ctx.policy.evaluate({ direction: 'outbound', protocol: 'unix', path: normal });
+        if (d.action === 'deny') return fail(new TsiError(Errno.EACCES, `policy ${d.by}`), target, 'deny', d.by);
         return fail(new TsiError(errnoOf(err) === Errno.EIO ? Errno.ECONNREFUSED : errnoOf(err), `unix path ${normal}: ${(err as NodeJS.ErrnoException).code ?? 'unresolvable'}`), target);
       }
       if (conn.state === 'closed') return;

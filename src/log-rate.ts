@@ -68,14 +68,18 @@ export class RateLimitedLog {
 
   #write(level: Level, obj: { event: string } & Record<string, unknown>, msg: string): void {
     if (!this.logger.isLevelEnabled(level)) return;
+    if (this.take(obj.event)) this.logger[level](obj, msg);
+  }
+
+  /** One line named `event` wants out: true when it may be written (else it is counted). */
+  take(event: string): boolean {
     const now = this.#now();
     this.#tokens = Math.min(this.#burst, this.#tokens + ((now - this.#last) * this.#perSecond) / 1000);
     this.#last = now;
     if (this.#tokens >= 1) {
       this.#tokens -= 1;
       if (this.#suppressed.size > 0) this.flush();
-      this.logger[level](obj, msg);
-      return;
+      return true;
     }
     if (this.#suppressed.size === 0) {
       this.#suppressedSince = now;
@@ -83,7 +87,40 @@ export class RateLimitedLog {
       this.#timer = setTimeout(() => { this.#timer = null; this.flush(); }, 1000);
       this.#timer.unref();
     }
-    this.#suppressed.set(obj.event, (this.#suppressed.get(obj.event) ?? 0) + 1);
+    this.#suppressed.set(event, (this.#suppressed.get(event) ?? 0) + 1);
     this.suppressedTotal++;
+    return false;
   }
+}
+
+const LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace']);
+
+/**
+ * A pino Logger whose lines (all levels) share one token bucket: for code that logs
+ * through a plain Logger where the guest decides how often (virtio transports, device
+ * contexts). Suppressed lines are summed in one `log.suppressed` warn line when lines
+ * are allowed again. Children share the parent's bucket.
+ */
+export function rateLimitedLogger(logger: Logger, opts: LogRateOptions = {}): Logger {
+  const limiter = new RateLimitedLog(logger, { perSecond: opts.perSecond ?? 5, burst: opts.burst ?? 20, ...(opts.now ? { now: opts.now } : {}) });
+  return wrap(logger, limiter);
+}
+
+function wrap(target: Logger, limiter: RateLimitedLog): Logger {
+  return new Proxy(target, {
+    get(t, prop, receiver) {
+      if (prop === 'child') {
+        return (...args: Parameters<Logger['child']>) => wrap(t.child(...args) as unknown as Logger, limiter);
+      }
+      if (typeof prop === 'string' && LEVELS.has(prop)) {
+        const level = prop as 'warn';
+        return (...args: unknown[]) => {
+          if (!t.isLevelEnabled(level)) return;
+          if (!limiter.take(`${prop}`)) return;
+          (t[level] as (...a: unknown[]) => void)(...args);
+        };
+      }
+      return Reflect.get(t, prop, receiver) as unknown;
+    },
+  });
 }

@@ -130,6 +130,8 @@ export class TsiGuest {
   #controlReader = new FrameReader(64);
   #pending = new Map<number, (f: Frame) => void>();
   #seq = 1;
+  /** Reserved vsock ports for bound UDP sockets (1023 and 1020.. stay for control sessions in tests). */
+  #reservedPort = 1019;
 
   constructor(vsock: GuestVsock) {
     this.vsock = vsock;
@@ -215,9 +217,16 @@ export class TsiGuest {
     return f.bytes.readInt32LE(12);
   }
 
-  /** A UDP socket; `bind.port` nonzero asks for the port-mapped host port. */
-  async udp(bind: SockAddr): Promise<TsiUdp> {
-    const s = await this.vsock.connect(TsiPort.DGRAM, this.vsock.seqpacket ? 'seqpacket' : 'stream');
+  /**
+   * A UDP socket; `bind.port` nonzero asks for the port-mapped host port. Like the guest
+   * kernel, a bound socket's vsock connection comes from a reserved port (the host
+   * exposes a published port only then); `privileged: false` plays a raw AF_VSOCK process.
+   */
+  async udp(bind: SockAddr, opts: { privileged?: boolean } = {}): Promise<TsiUdp> {
+    const bound = bind.family !== 'none' && bind.family !== 'unix' && bind.port !== 0;
+    const localPort = (opts.privileged ?? bound) ? this.#reservedPort-- : undefined;
+    if (this.#reservedPort < 600) this.#reservedPort = 1019;
+    const s = await this.vsock.connect(TsiPort.DGRAM, this.vsock.seqpacket ? 'seqpacket' : 'stream', localPort === undefined ? {} : { localPort });
     void s.write(encodeDgramOpen(bind));
     const reader = new FrameReader();
     let udp: TsiUdp | null = null;

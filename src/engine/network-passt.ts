@@ -101,7 +101,7 @@ export async function startPasstNetwork(n: PasstNetwork, log: Logger, guestLog?:
     ...(n.passtPath !== undefined ? { binary: n.passtPath } : {}),
   });
   const filter = new FramePolicyFilter({
-    inner: passt.backend, policy: n.policy, gateway, mapGatewayToHost: n.mapGatewayToHost !== false,
+    inner: passt.backend, policy: n.policy, gateway, guestAddress: address, mapGatewayToHost: n.mapGatewayToHost !== false,
     ...(dnsUpstream !== null ? { dnsForward: { match: PASST_DEFAULTS.dns, upstream: dnsUpstream } } : {}),
     logger: log, ...(guestLog ? { log: guestLog } : {}),
   });

@@ -6,6 +6,7 @@
 //    as ONE frame, or not at all; passt does not reassemble and would read a later
 //    fragment's data as a transport header. Toward the guest, packets larger than its
 //    MTU are fragmented (passt sends whole datagrams up to 64 KiB).
+//  - Guest frames must come from the guest's own address (see #sourceOk).
 //  - ARP passes. DHCP (udp 68→67 to the gateway or broadcast) passes. IPv6 neighbour
 //    discovery passes to link-scope destinations.
 //  - A new flow is evaluated once: TCP on a SYN without ACK, UDP per 5-tuple, ICMP echo
@@ -31,10 +32,13 @@
 //   hostDst, bytesFromGuest, bytesToGuest, durationMs, closeReason } (bytes are
 // transport payload bytes: TCP/UDP data, whole ICMP messages).
 import type { Logger } from 'pino';
+import { isIPv6 } from 'node:net';
 import {
-  decodeFrame, fragmentFrame, formatIP, Reassembler, tcpReset, TcpFlag, unreachable, Icmp4, Icmp6,
-  type IpFrame, type ReassemblyLimits,
+  decodeFrame, equalBytes, fragmentFrame, formatIP, ipv4FromString, Reassembler, tcpReset, TcpFlag, unreachable, Icmp4, Icmp6,
+  type DecodedFrame, type IpFrame, type ReassemblyLimits,
 } from '../../netstack/index.js';
+import { TsiboxError } from '../errors.js';
+import { ipv6Bytes } from './address.js';
 import { RateLimitedLog } from '../log-rate.js';
 import type { FrameBackend, FramePort } from '../virtio/net/backend.js';
 import type { Decision, Direction, Policy, Protocol } from '../policy/index.js';
@@ -49,6 +53,14 @@ export interface FramePolicyOptions {
   policy: Policy;
   /** The guest's gateway (IPv4). */
   gateway: string;
+  /**
+   * The guest's own IPv4 address (passt's `-a`). Guest frames from any other source are
+   * dropped: passt remembers the source of guest frames (`addr_seen`) and may send later
+   * "gateway" traffic there, so a forged source would redirect allowed flows.
+   */
+  guestAddress: string;
+  /** The guest's own global IPv6 address, if it has one (link-local sources always pass). */
+  guestAddress6?: string;
   /** Whether the backend maps the gateway to the host's loopback (passt's default: true). */
   mapGatewayToHost: boolean;
   /**
@@ -96,6 +108,8 @@ export interface FramePolicyStats {
   /** Packets for the guest split to its MTU, and the frames that made. */
   fragmentedToGuest: number;
   fragmentFramesToGuest: number;
+  /** Guest frames whose source address (IP, or ARP sender) was not the guest's: dropped. */
+  spoofed: number;
 }
 
 export class FramePolicyFilter implements FrameBackend {
@@ -119,11 +133,21 @@ export class FramePolicyFilter implements FrameBackend {
   #closed = false;
   readonly #stats: Omit<FramePolicyStats, 'flows' | 'evicted'> = {
     passedFromGuest: 0, droppedFromGuest: 0, passedToGuest: 0, droppedToGuest: 0, repliesToGuest: 0, malformed: 0,
-    reassembled: 0, fragmentsIn: 0, tooBig: 0, fragmentedToGuest: 0, fragmentFramesToGuest: 0,
+    reassembled: 0, fragmentsIn: 0, tooBig: 0, fragmentedToGuest: 0, fragmentFramesToGuest: 0, spoofed: 0,
   };
+  readonly #guest4: Uint8Array;
+  readonly #guest6: Uint8Array | null;
   static readonly RECENT_MAX = FlowTable.RECENT_MAX;
 
   constructor(o: FramePolicyOptions) {
+    const g4 = ipv4FromString(o.guestAddress);
+    if (g4 === null) throw new TsiboxError('INVALID_ARGUMENT', `frame filter: guestAddress ${JSON.stringify(o.guestAddress)} is not an IPv4 address`);
+    this.#guest4 = g4;
+    this.#guest6 = null;
+    if (o.guestAddress6 !== undefined) {
+      if (!isIPv6(o.guestAddress6)) throw new TsiboxError('INVALID_ARGUMENT', `frame filter: guestAddress6 ${JSON.stringify(o.guestAddress6)} is not an IPv6 address`);
+      this.#guest6 = Uint8Array.from(ipv6Bytes(o.guestAddress6));
+    }
     this.#inner = o.inner;
     this.#policy = o.policy;
     this.#dest = new FrameDestinations({ gateway: o.gateway, mapGatewayToHost: o.mapGatewayToHost, ...(o.dnsForward ? { dnsForward: o.dnsForward } : {}) });
@@ -202,9 +226,29 @@ export class FramePolicyFilter implements FrameBackend {
 
   // ---- guest → host ----
 
+  /**
+   * The frame's source is the guest's: IPv4 from guestAddress (0.0.0.0 only for DHCP
+   * to passt), ARP sender guestAddress or 0.0.0.0 (a probe), IPv6 from a link-local
+   * address, guestAddress6, or :: for neighbour discovery (duplicate address detection).
+   */
+  #sourceOk(f: Exclude<DecodedFrame, { kind: 'other' }>): boolean {
+    if (f.kind === 'arp') {
+      const ip = f.arp.senderIp;
+      return equalBytes(ip, this.#guest4) || ip.every((b) => b === 0);
+    }
+    const { ip } = f;
+    if (ip.family === 4) {
+      if (equalBytes(ip.src, this.#guest4)) return true;
+      const dhcp = f.l4.kind === 'udp' && f.l4.udp.srcPort === 68 && f.l4.udp.dstPort === 67;
+      return dhcp && ip.fragment === null && ip.src.every((b) => b === 0);
+    }
+    if (isLinkLocal(ip.src) || (this.#guest6 !== null && equalBytes(ip.src, this.#guest6))) return true;
+    return ip.src.every((b) => b === 0) && f.l4.kind === 'icmp' && f.l4.icmp.type >= Icmp6.RouterSolicit && f.l4.icmp.type <= Icmp6.Redirect;
+  }
+
   /** The frame to forward (the whole datagram), or null. */
   #fromGuest(frame: Uint8Array): Uint8Array | null {
-    const w = this.#whole(frame, this.#fromGuestFrags);
+    const w = this.#whole(frame, this.#fromGuestFrags, true);
     if (w === null) return null;
     if (w.f === null) return w.frame; // ARP
     return this.#decideFromGuest(w.frame, w.f) ? w.frame : null;
@@ -215,7 +259,7 @@ export class FramePolicyFilter implements FrameBackend {
    * null: dropped (malformed, VLAN, other EtherType, a fragment held or refused, too big).
    * f null: ARP (passes as it is).
    */
-  #whole(frame: Uint8Array, frags: Reassembler): { frame: Uint8Array; f: IpFrame | null } | null {
+  #whole(frame: Uint8Array, frags: Reassembler, fromGuest = false): { frame: Uint8Array; f: IpFrame | null } | null {
     const d = decodeFrame(frame);
     if (!d.ok) {
       this.#stats.malformed++;
@@ -223,6 +267,11 @@ export class FramePolicyFilter implements FrameBackend {
     }
     const f = d.value;
     if (f.eth.vlan !== null || f.kind === 'other') return null;
+    // Before anything is held or judged: a guest speaks only from its own addresses.
+    if (fromGuest && !this.#sourceOk(f)) {
+      this.#stats.spoofed++;
+      return null;
+    }
     if (f.kind === 'arp') return { frame, f: null };
     if (f.ip.fragment === null) return { frame, f };
     this.#stats.fragmentsIn++;
@@ -428,6 +477,11 @@ export class FramePolicyFilter implements FrameBackend {
     // Not from inside the device's tx processing.
     queueMicrotask(() => { if (!this.#closed) port.deliver(frame); });
   }
+}
+
+/** fe80::/10: a guest's link-local source is always its own. */
+function isLinkLocal(a: Uint8Array): boolean {
+  return a[0] === 0xfe && (a[1]! & 0xc0) === 0x80;
 }
 
 /** fe80::/10 or link-scope multicast (ffx2::/16): where neighbour discovery goes. */

@@ -12,7 +12,8 @@
 //    destination (0.0.0.0/8, ::, IPv4-compatible ::a.b.c.d) is denied outright (the host would deliver it to its
 //    own loopback), and a destination that is one of the host's own interface
 //    addresses must be allowed both as itself and as the loopback address of its
-//    family (reaching the host by its LAN address reaches the same services).
+//    family (reaching the host by its LAN address reaches the same services); so must
+//    a multicast destination (the host loops multicast back to its own sockets).
 //  - unix paths must be absolute; rule paths are normalised, and a rule path ending
 //    in '/' matches that directory and everything under it.
 import { networkInterfaces } from 'node:os';
@@ -132,10 +133,13 @@ export class Policy {
     if (canon === null) return this.#match(q, null);
     if (isUnspecified(canon)) return UNSPECIFIED;
     const first = this.#match(q, canon);
-    if (first.action === 'deny' || isLoopback(canon) || !this.#isHostAddress(canon)) return first;
-    // The host's own address reaches what its loopback does: both must be allowed.
+    if (first.action === 'deny' || isLoopback(canon)) return first;
+    // The host's own address, and multicast (the host loops it back to its own sockets),
+    // reach what its loopback does: both must be allowed.
+    const why = isMulticast(canon) ? 'multicast' : this.#isHostAddress(canon) ? 'host address' : null;
+    if (why === null) return first;
     const loop = this.#match(q, canon.family === 'ipv4' ? { family: 'ipv4', address: '127.0.0.1' } : { family: 'ipv6', address: '0:0:0:0:0:0:0:1' });
-    return loop.action === 'deny' ? { ...loop, by: `${loop.by} (host address ${canon.address} judged as loopback)` } : first;
+    return loop.action === 'deny' ? { ...loop, by: `${loop.by} (${why} ${canon.address} judged as loopback)` } : first;
   }
 
   #isHostAddress(c: Canonical): boolean {
@@ -182,6 +186,15 @@ type Canonical = { family: 'ipv4' | 'ipv6'; address: string };
 function isUnspecified(c: Canonical): boolean {
   if (c.family === 'ipv4') return c.address.startsWith('0.');
   return c.address.startsWith('0:0:0:0:0:0:') && c.address !== '0:0:0:0:0:0:0:1';
+}
+
+/** 224.0.0.0/4 and ff00::/8. */
+function isMulticast(c: Canonical): boolean {
+  if (c.family === 'ipv4') {
+    const first = Number(c.address.slice(0, c.address.indexOf('.')));
+    return first >= 224 && first <= 239;
+  }
+  return c.address.startsWith('ff');
 }
 
 function isLoopback(c: Canonical): boolean {

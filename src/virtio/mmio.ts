@@ -6,6 +6,7 @@ import type { BusDevice } from '../vmm/bus.js';
 import { TsiboxError } from '../errors.js';
 import { Feature, Interrupt, MMIO_MAGIC, MMIO_VERSION, Reg, Status, VENDOR_ID } from './constants.js';
 import type { DeviceContext, InterruptLine, VirtioDevice } from './device.js';
+import { rateLimitedLogger } from '../log-rate.js';
 import { virtioLogger, type Logger } from './log.js';
 import type { VirtioMemory } from './memory.js';
 import { checkLayout, Virtqueue } from './queue.js';
@@ -67,7 +68,8 @@ export class MmioTransport implements BusDevice {
     this.device = opts.device;
     this.#memory = opts.memory;
     this.#interrupt = opts.interrupt;
-    this.#log = (opts.logger ?? virtioLogger()).child({ device: opts.name ?? `virtio-${opts.device.deviceId}` });
+    // The guest decides how often these lines come: one bucket per transport.
+    this.#log = rateLimitedLogger((opts.logger ?? virtioLogger()).child({ device: opts.name ?? `virtio-${opts.device.deviceId}` }));
     this.#onInternalError = opts.onInternalError;
     // Packed rings and platform access are not implemented; never offer them.
     this.#offered = (opts.device.features & ~(Feature.RING_PACKED | Feature.ACCESS_PLATFORM)) | TRANSPORT_FEATURES;

@@ -33,13 +33,13 @@ export class RecordingBackend implements FrameBackend {
   close(): void {}
 }
 
-export function rig(policy: Policy, extra: Partial<FramePolicyOptions> = {}) {
+export function rig(policy: Policy, extra: Partial<Omit<FramePolicyOptions, 'guestAddress'>> = {}) {
   const inner = new RecordingBackend();
   let clock = 0;
   const lines: LogLine[] = [];
   const logger = memoryLogger(lines);
   const filter = new FramePolicyFilter({
-    inner, policy, gateway: '10.0.2.2', mapGatewayToHost: true, dnsForward: { match: '10.0.2.3', upstream: RESOLVER },
+    inner, policy, gateway: '10.0.2.2', guestAddress: '10.0.2.15', guestAddress6: 'fd00:1::15', mapGatewayToHost: true, dnsForward: { match: '10.0.2.3', upstream: RESOLVER },
     deferReplies: false, now: () => clock, logger, ...extra,
   });
   const toGuest: Buffer[] = [];

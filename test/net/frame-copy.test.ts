@@ -50,7 +50,7 @@ class RacingBackend implements FrameBackend {
 t.test('a frame rewritten in guest memory after the decision: the backend gets the judged bytes', async (t) => {
   const inner = new RacingBackend();
   const policy = new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'udp', cidr: '127.0.0.1', ports: A }] });
-  const filter = new FramePolicyFilter({ inner, policy, gateway: '10.0.2.2', mapGatewayToHost: true, deferReplies: false });
+  const filter = new FramePolicyFilter({ inner, policy, gateway: '10.0.2.2', guestAddress: '10.0.2.15', mapGatewayToHost: true, deferReplies: false });
   const dev = new NetDevice({ backend: filter, queueSize: 256 });
   const h = createHarness(dev, {
     memorySize: 4 * 1024 * 1024,

@@ -121,3 +121,25 @@ t.test('without a shared log the filter builds its own rate limit from `logger`'
   t.ok(summaries.length >= 1);
   t.equal(flows + summaries.reduce((n, l) => n + ((l['suppressed'] as Record<string, number>)['net.flow'] ?? 0), 0), 5000, 'every line logged or counted');
 });
+
+t.test('guest frames from addresses that are not the guest\'s are dropped before anything else', async (t) => {
+  const { rig, udp, tcp, GW, GUEST } = await import('../helpers/frames.js');
+  const { Policy } = await import('../../src/policy/index.js');
+  const { encodeArp, encodeEthernet, EtherType, ipv4FromString, TcpFlag } = await import('../../netstack/index.js');
+  const r = rig(Policy.allowAll());
+  const other = ipv4FromString('127.0.0.1')!;
+  r.filter.send(udp(other, 1000, GW, 53, Buffer.from('x')));
+  r.filter.send(tcp(ipv4FromString('10.0.2.16')!, 1000, GW, 80, TcpFlag.SYN));
+  t.equal(r.inner.sent.length, 0, 'nothing forged reached passt');
+  t.equal(r.filter.stats().spoofed, 2);
+  r.filter.send(udp(GUEST, 1000, GW, 53, Buffer.from('x')));
+  t.equal(r.inner.sent.length, 1, 'the genuine source passes');
+  const mac = Buffer.from('02000000000f', 'hex');
+  const arp = (sender: Uint8Array): Buffer => encodeEthernet(Buffer.alloc(6, 0xff), mac, EtherType.ARP, encodeArp({ op: 1, senderMac: mac, senderIp: sender, targetMac: Buffer.alloc(6), targetIp: GW }));
+  r.filter.send(arp(other));
+  t.equal(r.inner.sent.length, 1, 'ARP with a forged sender address is dropped');
+  r.filter.send(arp(GUEST));
+  r.filter.send(arp(Buffer.alloc(4)));
+  t.equal(r.inner.sent.length, 3, 'ARP from the guest, and an ARP probe (0.0.0.0), pass');
+  t.equal(r.filter.stats().spoofed, 3);
+});

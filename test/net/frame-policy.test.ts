@@ -33,7 +33,7 @@ function rig(policy: Policy, extra: Partial<FramePolicyOptions> = {}) {
   let clock = 0;
   const lines: Array<Record<string, unknown>> = [];
   const logger = memoryLogger(lines);
-  const filter = new FramePolicyFilter({ inner, policy, gateway: '10.0.2.2', mapGatewayToHost: true, dnsForward: { match: '10.0.2.3', upstream: '192.0.2.53' }, deferReplies: false, now: () => clock, logger, ...extra });
+  const filter = new FramePolicyFilter({ inner, policy, gateway: '10.0.2.2', guestAddress: '10.0.2.15', guestAddress6: 'fd00:1::15', mapGatewayToHost: true, dnsForward: { match: '10.0.2.3', upstream: '192.0.2.53' }, deferReplies: false, now: () => clock, logger, ...extra });
   const toGuest: Buffer[] = [];
   filter.attach({ deliver: (f) => { toGuest.push(f); }, writable: () => {}, closed: () => {} });
   return { inner, filter, toGuest, lines, advance: (ms: number) => { clock += ms; } };

@@ -78,6 +78,8 @@ t.test('outbound to unspecified or host-local addresses is judged as loopback', 
   t.match(q('192.0.2.10').by, /judged as loopback/);
   t.equal(q('192.0.2.11').action, 'allow', 'another address on that network is not the host');
   t.equal(q('fe80::1').action, 'deny');
+  for (const m of ['224.0.0.1', '239.1.2.3', 'ff02::1', 'ff05::2']) t.equal(q(m).action, 'deny', `multicast ${m} loops back to the host: judged as loopback too`);
+  t.equal(new Policy({ default: 'allow', hostAddresses: () => [] }).evaluate({ direction: 'outbound', protocol: 'udp', address: '224.0.0.251', port: 5353 }).action, 'allow', 'allowed when loopback is allowed');
   t.equal(p.evaluate({ direction: 'inbound', protocol: 'tcp', address: '192.0.2.10', port: 80 }).action, 'allow', 'inbound clients are judged as themselves');
   const open = new Policy({ default: 'allow', hostAddresses: () => ['192.0.2.10'] });
   t.equal(open.evaluate({ direction: 'outbound', protocol: 'tcp', address: '192.0.2.10', port: 80 }).action, 'allow', 'allowed when loopback is allowed');

@@ -2,7 +2,7 @@
 // reproduction that got past the host before the fix. Targets are loopback only.
 import t from 'tap';
 import { createHash } from 'node:crypto';
-import { mkdirSync, symlinkSync } from 'node:fs';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import {
@@ -228,10 +228,13 @@ t.test('a failed DGRAM_OPEN bind reports its errno before the connection ends', 
   const taken = await udpSocket(t, 'udp4', '127.0.0.1');
   const portMap = new PortMap();
   portMap.add({ protocol: 'udp', hostAddress: '127.0.0.1', hostPort: taken.port, guestPort: 5353 });
-  const { guest } = await rig(t, { portMap });
-  const err = await guest.udp({ family: 'ipv4', address: '0.0.0.0', port: 5353 }).catch((e: unknown) => e);
-  t.type(err, TsiCallError);
-  t.equal((err as TsiCallError).errno, Errno.EADDRINUSE, 'EADDRINUSE reached the guest');
+  const { vsock } = await rig(t, { portMap });
+  // From a reserved port, as the guest kernel opens a bound UDP socket.
+  const sock = await vsock.connect(TsiPort.DGRAM, 'seqpacket', { localPort: 1021 });
+  const reply = new Promise<Buffer>((r) => { sock.once('data', (d) => { r(d); }); });
+  await sock.write(encodeDgramOpen({ family: 'ipv4', address: '0.0.0.0', port: 5353 }));
+  t.equal((await reply).readInt32LE(8), -Errno.EADDRINUSE, 'EADDRINUSE reached the guest');
+  await until(() => sock.state === 'closed', 3000, 'then the connection ends');
 });
 
 t.test('bytes sent right after CONNECT, before the host connect completes, all arrive', async (t) => {
@@ -267,4 +270,52 @@ t.test('an IPv6 UDP socket talking to ::ffff:127.0.0.1 hears the replies', async
   t.equal(msg.toString(), 're:ping');
   t.match(from, { family: 'ipv6', port: server.port }, 'the source is an IPv6 (mapped) address');
   t.match((from as { address: string }).address, /ffff:7f00:1$/);
+});
+
+t.test('an unprivileged guest socket cannot claim a published UDP port', async (t) => {
+  const portMap = new PortMap();
+  portMap.add({ protocol: 'udp', hostAddress: '127.0.0.1', hostPort: 0, guestPort: 53 });
+  const { guest, vsock } = await rig(t, { portMap });
+  // What a raw AF_VSOCK process does: DGRAM_OPEN bound to :53 from an ephemeral vsock port.
+  const rogue = await guest.udp({ family: 'ipv4', address: '0.0.0.0', port: 53 }, { privileged: false });
+  t.equal(rogue.exposed, false, 'not exposed from an unprivileged vsock port');
+  t.equal(portMap.entries[0]!.boundPort, null, 'the published port is not bound for it');
+  // The guest kernel opens it from a reserved port: exposed.
+  const s = await vsock.connect(TsiPort.DGRAM, 'seqpacket', { localPort: 1022 });
+  const reply = new Promise<Buffer>((r) => { s.once('data', (d) => { r(d); }); });
+  await s.write(encodeDgramOpen({ family: 'ipv4', address: '0.0.0.0', port: 53 }));
+  const res = await reply;
+  t.equal(res.readInt32LE(8), 0, 'DGRAM_OPEN from a reserved port succeeds');
+  t.equal(res.readUInt32LE(12) & 1, 1, 'and is EXPOSED');
+  t.ok((portMap.entries[0]!.boundPort ?? 0) > 0, 'the published port is bound');
+});
+
+t.test('a LISTEN whose host bind fails leaves nothing registered and no slot held', async (t) => {
+  const taken = await tcpServer(t, () => {});
+  const portMap = new PortMap();
+  portMap.add({ protocol: 'tcp', hostAddress: '127.0.0.1', hostPort: taken.port, guestPort: 80 });
+  const { guest, host } = await rig(t, { portMap, limits: { maxListeners: 1 } });
+  const r1 = await guest.listen({ family: 'ipv4', address: '0.0.0.0', port: 80 }, () => {});
+  t.equal(r1.result, -Errno.EADDRINUSE);
+  t.equal(r1.listenerId, 0);
+  t.equal(host.listener.listeners, 0, 'not registered');
+  t.equal(host.limits.listeners, 0, 'no slot held');
+  const r2 = await guest.listen({ family: 'ipv4', address: '0.0.0.0', port: 81 }, () => {});
+  t.equal(r2.result, -Errno.EADDRNOTAVAIL, 'the one listener slot is still free');
+});
+
+t.test('unix: a denied path is EACCES whether or not it exists (no existence oracle)', async (t) => {
+  const dir = tempDir(t);
+  mkdirSync(join(dir, 'allowed'));
+  mkdirSync(join(dir, 'private'));
+  writeFileSync(join(dir, 'private', 'id_rsa'), 'secret');
+  const { guest } = await rig(t, { unixSockets: true, policy: { default: 'deny', rules: [{ action: 'allow', protocol: 'unix', path: `${join(dir, 'allowed')}/` }] } });
+  const errnos: number[] = [];
+  for (const p of ['private/id_rsa', 'private/absent', 'private/id_rsa/x', 'nodir/x']) {
+    const e = await guest.connect({ family: 'unix', path: join(dir, p) }).catch((x: unknown) => x);
+    errnos.push((e as TsiCallError).errno);
+  }
+  t.same(errnos, [Errno.EACCES, Errno.EACCES, Errno.EACCES, Errno.EACCES]);
+  const e = await guest.connect({ family: 'unix', path: join(dir, 'allowed', 'absent.sock') }).catch((x: unknown) => x);
+  t.equal((e as TsiCallError).errno, Errno.ENOENT, 'an allowed path that does not exist is ENOENT');
 });

@@ -3,6 +3,7 @@
 // feature negotiation, rings built from SET_VRING_* messages, kick eventfds →
 // device.queueNotify, signalUsed → call eventfd. Every message is checked; a
 // malformed or out-of-order one throws ProtocolError and the connection is closed.
+import { rateLimitedLogger } from '../../log-rate.js';
 import koffi, { type node as koffiNode } from 'koffi';
 import { Feature } from '../../virtio/constants.js';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.js';
@@ -77,7 +78,8 @@ export class VhostUserBackend {
 
   constructor(opts: BackendOptions) {
     this.device = opts.device;
-    this.#log = opts.logger.child({ device: opts.name ?? `vhost-user-${opts.device.deviceId}` });
+    // The guest (and QEMU) decide how often these lines come: one bucket per back end.
+    this.#log = rateLimitedLogger(opts.logger.child({ device: opts.name ?? `vhost-user-${opts.device.deviceId}` }));
     this.#offered = (opts.device.features & ~(Feature.RING_PACKED | Feature.ACCESS_PLATFORM)) | TRANSPORT_FEATURES | F_PROTOCOL_FEATURES;
     this.#activeQueues = opts.activeQueues ?? opts.device.queueSizes.length;
     if (this.#activeQueues < 1 || this.#activeQueues > opts.device.queueSizes.length) {

@@ -251,7 +251,7 @@ export function frameFilterInvariant(): {
   let toGuest = 0;
   let guestFailure: string | null = null;
   const filter = new FramePolicyFilter({
-    inner, policy: INVARIANT_POLICY, gateway: '10.0.2.2', mapGatewayToHost: true, maxFlows: 256, deferReplies: false,
+    inner, policy: INVARIANT_POLICY, gateway: '10.0.2.2', guestAddress: '10.0.2.15', guestAddress6: 'fd00:1::15', mapGatewayToHost: true, maxFlows: 256, deferReplies: false,
     dnsForward: { match: '10.0.2.3', upstream: RESOLVER }, guestMtu: GUEST_MTU, now: () => clock,
   });
   filter.attach({ deliver: (f) => { toGuest++; guestFailure ??= checkToGuest(f); }, writable: () => {}, closed: () => {} });
