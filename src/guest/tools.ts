@@ -5,7 +5,7 @@
 //   /usr/bin/tsibox-vsock   connect CID PORT | listen PORT: stdin/stdout over AF_VSOCK
 //   /usr/bin/tsibox-tcp     [-v] ADDRESS PORT: stdin/stdout over one TCP connection; exit status = connect() errno
 import { execFile } from 'node:child_process';
-import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
+import { accessSync, existsSync, constants as fsConstants, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TsiboxError } from '../errors.js';
 import { cacheRoot, packageRoot } from './build.js';
@@ -15,14 +15,18 @@ import { newcArchive } from './cmdline.js';
 export const GUEST_TOOLS = { 'tsibox-vsock': '/usr/bin/tsibox-vsock', 'tsibox-tcp': '/usr/bin/tsibox-tcp' } as const;
 export type GuestToolName = keyof typeof GUEST_TOOLS;
 
-/** Where make puts native builds: the package's native/build, or the cache when that is read-only. */
+/**
+ * Where make puts native builds: the package's native/build, or the cache when that is
+ * read-only and holds no build yet (a read-only checkout with prebuilt tools, like the
+ * nested test host's, uses them: make finds nothing to do).
+ */
 function buildDir(): string {
   const native = join(packageRoot(), 'native');
   try {
     accessSync(native, fsConstants.W_OK);
     return 'build';
   } catch {
-    return join(cacheRoot(), 'native-build');
+    return existsSync(join(native, 'build', 'guest-tools')) ? 'build' : join(cacheRoot(), 'native-build');
   }
 }
 

@@ -11,7 +11,7 @@
  * and the forwarder, and nothing it sends to the forwarder passes the policy.
  */
 import t from 'tap';
-import { e2ePrerequisites } from './prerequisites.js';
+import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
 import { memoryLogger } from '../helpers/memory-logger.js';
 import { createSocket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
@@ -42,7 +42,7 @@ t.test('fragmented datagrams pass whole both ways; DNS follows the policy', { sk
       `s=$(date +%s); tsibox-tcp 10.0.2.3 53 < /tmp/q; echo "dnstcp=$? in $(( $(date +%s) - s ))s"`,
     ].join('\n')],
     extraArchives: [tools!],
-    engine: 'qemu',
+    engine: E2E_ENGINE,
     network: { mode: 'passt', policy },
     logger,
     timeoutMs: 120_000,

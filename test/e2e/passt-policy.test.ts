@@ -8,7 +8,7 @@
  * 127.0.0.1 only, every guest command is bounded by the sandbox timeout.
  */
 import t from 'tap';
-import { e2ePrerequisites } from './prerequisites.js';
+import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
 import { memoryLogger } from '../helpers/memory-logger.js';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer as createHttpServer } from 'node:http';
@@ -70,7 +70,7 @@ t.test('the policy applies to passt mode', { skip }, async (t) => {
       `s=$(date +%s); printf nope | tsibox-tcp -u -c ${GATEWAY} ${portC}; echo "udpC=$? in $(( $(date +%s) - s ))s"`,
     ].join('\n')],
     extraArchives: [tools!],
-    engine: 'qemu',
+    engine: E2E_ENGINE,
     network: { mode: 'passt', policy },
     logger,
     timeoutMs: 90_000,

@@ -5,7 +5,7 @@
  * gateway alias, and the host servers listen on 127.0.0.1 only.
  */
 import t from 'tap';
-import { e2ePrerequisites } from './prerequisites.js';
+import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
@@ -67,7 +67,7 @@ t.test('network passt under QEMU', { skip }, async (t) => {
         // (busybox wget's -T crashes; the sandbox timeout bounds it)
         `wget -q -O- http://${GATEWAY}:${port}/`,
       ].join('; ')],
-      engine: 'qemu',
+      engine: E2E_ENGINE,
       network: { mode: 'passt', policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', cidr: '127.0.0.1', ports: port }] }) },
       timeoutMs: 60_000,
     });
@@ -118,7 +118,7 @@ t.test('network passt under QEMU', { skip }, async (t) => {
         'wc -c < /tmp/back',
       ].join('\n')],
       extraArchives: [tools!],
-      engine: 'qemu',
+      engine: E2E_ENGINE,
       network: { mode: 'passt', mac: '02:54:00:00:00:42', policy: Policy.allowAll() },
       timeoutMs: 90_000,
     });
@@ -138,7 +138,7 @@ t.test('network passt under QEMU', { skip }, async (t) => {
   await t.test('a missing passt is a clear error before QEMU starts', async (t) => {
     let qemuStarted = false;
     await t.rejects(Sandbox.run({
-      argv: ['true'], engine: 'qemu',
+      argv: ['true'], engine: E2E_ENGINE,
       network: { mode: 'passt', passtPath: '/nonexistent/passt', policy: Policy.allowAll() },
       onQemuStart: () => { qemuStarted = true; },
     }), { code: 'ENGINE_UNAVAILABLE', message: /apt-get install passt/ });
@@ -146,7 +146,7 @@ t.test('network passt under QEMU', { skip }, async (t) => {
   });
 
   await t.test('bad addresses are refused before anything starts', async (t) => {
-    await t.rejects(Sandbox.run({ argv: ['true'], engine: 'qemu', network: { mode: 'passt', gateway: '10.9.9.9', policy: Policy.allowAll() } }),
+    await t.rejects(Sandbox.run({ argv: ['true'], engine: E2E_ENGINE, network: { mode: 'passt', gateway: '10.9.9.9', policy: Policy.allowAll() } }),
       { code: 'INVALID_ARGUMENT', message: /not in 10\.0\.2\.15\/24/ });
     t.same(ourPassts(), []);
   });

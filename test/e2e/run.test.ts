@@ -3,7 +3,7 @@
  * our devices over vhost-user. Each boot is ~1 s of TCG.
  */
 import t from 'tap';
-import { e2ePrerequisites } from './prerequisites.js';
+import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -59,21 +59,21 @@ function running(pid: number): boolean {
 
 t.test('tsibox run under QEMU', { skip }, async (t) => {
   await t.test("sh -c 'echo hi; exit 3' prints hi and exits 3", async (t) => {
-    const r = await cli(['run', '--engine', 'qemu', '--', 'sh', '-c', 'echo hi; exit 3']);
+    const r = await cli(['run', '--engine', E2E_ENGINE, '--', 'sh', '-c', 'echo hi; exit 3']);
     t.equal(r.stdout, 'hi\n');
     t.equal(r.code, 3, 'exit status', { stderr: r.stderr });
   });
 
   await t.test('stdin is piped through', async (t) => {
     const input = 'line one\nline two\n' + 'x'.repeat(100_000) + '\n';
-    const r = await cli(['run', '--engine', 'qemu', '--', 'cat'], input);
+    const r = await cli(['run', '--engine', E2E_ENGINE, '--', 'cat'], input);
     t.equal(r.code, 0, 'exit status', { stderr: r.stderr });
     t.equal(r.stdout.length, input.length, 'same length');
     t.ok(r.stdout === input, 'same bytes');
   });
 
   await t.test('env and workdir apply, stderr is separate', async (t) => {
-    const r = await cli(['run', '--engine', 'qemu', '--env', 'GREETING=hello world', '--env', 'N=2', '--workdir', '/tmp/w d', '--',
+    const r = await cli(['run', '--engine', E2E_ENGINE, '--env', 'GREETING=hello world', '--env', 'N=2', '--workdir', '/tmp/w d', '--',
       'sh', '-c', 'echo "$GREETING/$N/$(pwd)"; echo oops >&2']);
     t.equal(r.code, 0, 'exit status', { stderr: r.stderr });
     t.equal(r.stdout, 'hello world/2//tmp/w d\n');
@@ -81,7 +81,7 @@ t.test('tsibox run under QEMU', { skip }, async (t) => {
   });
 
   await t.test('a missing command exits 127', async (t) => {
-    const r = await cli(['run', '--engine', 'qemu', '--', 'no-such-command']);
+    const r = await cli(['run', '--engine', E2E_ENGINE, '--', 'no-such-command']);
     t.equal(r.code, 127);
     t.match(r.stderr, /no-such-command: No such file or directory/);
   });
@@ -94,7 +94,7 @@ t.test('tsibox run under QEMU', { skip }, async (t) => {
 
   await t.test('the guest reads random bytes from our vhost-user rng', async (t) => {
     const r = await Sandbox.run({
-      engine: 'qemu',
+      engine: E2E_ENGINE,
       argv: ['sh', '-c', 'cat /sys/class/misc/hw_random/rng_current; head -c 4096 /dev/hwrng | wc -c; head -c 64 /dev/hwrng | od -An -tx1 | tr -d " \\n"; echo'],
     });
     t.equal(r.exitCode, 0, 'exit status', { stderr: r.stderr?.toString() });
@@ -103,14 +103,14 @@ t.test('tsibox run under QEMU', { skip }, async (t) => {
     t.equal(count?.trim(), '4096', 'read 4096 bytes');
     t.match(hex, /^[0-9a-f]{128}$/, '64 bytes as hex');
     t.notMatch(hex, /^(00)+$/, 'not all zero');
-    t.equal(r.engine, 'qemu');
+    t.equal(r.engine, E2E_ENGINE);
   });
 
   await t.test('Sandbox.run streams stdio and reports signals', async (t) => {
     const out = new PassThrough();
     let seen = '';
     out.setEncoding('utf8').on('data', (d: string) => (seen += d));
-    const r = await Sandbox.run({ engine: 'qemu', argv: ['sh', '-c', 'read x; echo "got $x"; kill -TERM $$'], stdin: 'abc\n', stdout: out });
+    const r = await Sandbox.run({ engine: E2E_ENGINE, argv: ['sh', '-c', 'read x; echo "got $x"; kill -TERM $$'], stdin: 'abc\n', stdout: out });
     t.equal(seen, 'got abc\n');
     t.equal(r.exitCode, 143);
     t.equal(r.signal, 'SIGTERM');

@@ -8,7 +8,7 @@
  * listeners.
  */
 import t from 'tap';
-import { e2ePrerequisites } from './prerequisites.js';
+import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
 import { connect as netConnect } from 'node:net';
 import { Sandbox } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
@@ -36,7 +36,7 @@ t.test('the TSI control session needs a reserved guest vsock port', { skip }, as
     return port === undefined ? undefined : await fetch(port);
   })();
   const r = await Sandbox.run({
-    engine: 'qemu', argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 60_000,
+    engine: E2E_ENGINE, argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 60_000,
     network: {
       mode: 'tsi', portMap,
       policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', cidr: ['127.0.0.0/8'], name: 'host loopback only' }] }),

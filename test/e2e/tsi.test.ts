@@ -8,7 +8,7 @@
  * were wrong.
  */
 import t from 'tap';
-import { e2ePrerequisites } from './prerequisites.js';
+import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
 import { memoryLogger } from '../helpers/memory-logger.js';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -105,7 +105,7 @@ t.test('TSI under QEMU', { skip }, async (t) => {
   const logLines: Array<Record<string, unknown>> = [];
   const started = performance.now();
   const r = await Sandbox.run({
-    engine: 'qemu',
+    engine: E2E_ENGINE,
     argv: ['sh', '-c', script],
     extraArchives: [tools!],
     network: {
@@ -250,7 +250,7 @@ t.test('guest listeners through the port map', { skip }, async (t) => {
   })();
   const logLines: Array<Record<string, unknown>> = [];
   const r = await Sandbox.run({
-    engine: 'qemu', argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 60_000, logger: memoryLogger(logLines),
+    engine: E2E_ENGINE, argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 60_000, logger: memoryLogger(logLines),
     network: {
       mode: 'tsi', portMap, hostLoopbackAlias: ALIAS4,
       policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', cidr: ['127.0.0.0/8', '::1/128'], name: 'host loopback only' }] }),
@@ -286,7 +286,7 @@ t.test('guest listeners through the port map', { skip }, async (t) => {
 
 t.test('without network the patched kernel falls back to the guest stack (ENETUNREACH)', { skip }, async (t) => {
   const r = await Sandbox.run({
-    engine: 'qemu', extraArchives: [tools!], timeoutMs: 60_000,
+    engine: E2E_ENGINE, extraArchives: [tools!], timeoutMs: 60_000,
     argv: ['sh', '-c', `tsibox-tcp ${ALIAS4} 80 < /dev/null; echo nonet=$?`],
   });
   t.equal(r.exitCode, 0);
@@ -300,7 +300,7 @@ t.test('tsibox run --net tsi', { skip }, async (t) => {
   await new Promise<void>((resolve, reject) => { http.once('error', reject); http.listen(0, '127.0.0.1', resolve); });
   const port = (http.address() as AddressInfo).port;
   const run = (extra: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> => new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, 'run', '--engine', 'qemu', '--timeout', '60', '--net', 'tsi', '--host-alias', ALIAS4, ...extra,
+    const child = spawn(process.execPath, [BIN, 'run', '--engine', E2E_ENGINE, '--timeout', '60', '--net', 'tsi', '--host-alias', ALIAS4, ...extra,
       '--', 'wget', '-q', '-O-', `http://${ALIAS4}:${port}/`], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
@@ -329,7 +329,7 @@ t.test('tsibox run --net tsi --publish', { skip }, async (t) => {
   await new Promise<void>((r) => done.listen(0, '127.0.0.1', r));
   t.teardown(() => { done.closeAllConnections(); done.close(); });
   const donePort = (done.address() as AddressInfo).port;
-  const child = spawn(process.execPath, [BIN, 'run', '--engine', 'qemu', '--timeout', '60', '--net', 'tsi', '--allow', '127.0.0.1',
+  const child = spawn(process.execPath, [BIN, 'run', '--engine', E2E_ENGINE, '--timeout', '60', '--net', 'tsi', '--allow', '127.0.0.1',
     '--host-alias', ALIAS4, '--publish', `127.0.0.1:${hostPort}:8080`, '--',
     'sh', '-c', `mkdir -p /tmp/w && echo published > /tmp/w/index.html && httpd -p 8080 -h /tmp/w && wget -q -O- http://${ALIAS4}:${donePort}/`],
   { stdio: ['ignore', 'ignore', 'pipe'] });

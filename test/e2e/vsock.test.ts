@@ -5,7 +5,7 @@
  * host unix sockets. Both directions, data checked with sha256 on both sides.
  */
 import t from 'tap';
-import { e2ePrerequisites } from './prerequisites.js';
+import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
 import { memoryLogger } from '../helpers/memory-logger.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -94,7 +94,7 @@ t.test('vsock under QEMU', { skip }, async (t) => {
     const logLines: Array<Record<string, unknown>> = [];
     const started = performance.now();
     const r = await Sandbox.run({
-      engine: 'qemu',
+      engine: E2E_ENGINE,
       argv: ['sh', '-c', script],
       extraArchives: [tools!],
       vsockPorts: [
@@ -134,13 +134,13 @@ t.test('vsock under QEMU', { skip }, async (t) => {
   await t.test('a host-to-guest path that already exists is refused before boot', async (t) => {
     const taken = join(dir, 'taken.sock');
     writeFileSync(taken, '');
-    await t.rejects(Sandbox.run({ engine: 'qemu', argv: ['true'], vsockPorts: [{ port: 1, path: taken, direction: 'host-to-guest' }] }),
+    await t.rejects(Sandbox.run({ engine: E2E_ENGINE, argv: ['true'], vsockPorts: [{ port: 1, path: taken, direction: 'host-to-guest' }] }),
       { code: 'INVALID_ARGUMENT', message: /already in use/ });
     t.ok(existsSync(taken), 'the existing file is left alone');
   });
 
   await t.test('bad vsockPorts are INVALID_ARGUMENT', async (t) => {
-    await t.rejects(Sandbox.run({ engine: 'qemu', argv: ['true'], vsockPorts: [{ port: -1, path: '/x' }] }), { code: 'INVALID_ARGUMENT' });
-    await t.rejects(Sandbox.run({ engine: 'qemu', argv: ['true'], vsockPorts: [{ port: 7, path: '/x' }, { port: 7, path: '/y' }] }), { code: 'INVALID_ARGUMENT' });
+    await t.rejects(Sandbox.run({ engine: E2E_ENGINE, argv: ['true'], vsockPorts: [{ port: -1, path: '/x' }] }), { code: 'INVALID_ARGUMENT' });
+    await t.rejects(Sandbox.run({ engine: E2E_ENGINE, argv: ['true'], vsockPorts: [{ port: 7, path: '/x' }, { port: 7, path: '/y' }] }), { code: 'INVALID_ARGUMENT' });
   });
 });
