@@ -7,7 +7,8 @@ import { Kvm, KVM_DEVICE } from '../kvm/system.js';
 import { KVM_API_VERSION, KVM_CAP } from '../kvm/ioctl-numbers.js';
 import { probeRing0, NATIVE_RATIO_LIMIT } from './ring0.js';
 import type { CheckResult } from './check.js';
-import { kernelPaths, cacheRoot } from '../guest/index.js';
+import { kernelPaths, cacheRoot, packageRoot } from '../guest/index.js';
+import { describeKind, kvmKind } from '../engine/select.js';
 
 const execFileP = promisify(execFile);
 
@@ -80,6 +81,30 @@ export function checkKvmApi(): CheckResult[] {
   }
 }
 
+/** What backs /dev/kvm (the loaded module): this, not the timed probe, picks the engine. */
+export function checkKvmModule(): CheckResult {
+  const k = kvmKind();
+  const status = k.kind === 'hardware' ? 'ok' : 'warn';
+  const why = k.kind === 'hardware' ? 'Linux guests run under the KVM engine (engine auto picks it)'
+    : k.kind === 'pvm' ? 'Linux guests cannot boot under this KVM; engine auto picks QEMU (scripts/svm-host.sh gives a KVM with native ring 0 for tests)'
+      : k.kind === 'absent' ? 'no KVM: the QEMU engine runs guests under TCG'
+        : 'unknown KVM module: engine auto asks the ring-0 probe';
+  return { name: 'kvm-module', status, detail: `${describeKind(k)}; ${why}`, data: { ...k } };
+}
+
+/** Whether the nested SVM test host (scripts/svm-host.sh, a source checkout only) can run here. */
+export async function checkSvmHost(): Promise<CheckResult | null> {
+  const script = join(packageRoot(), 'scripts', 'svm-host.sh');
+  if (!existsSync(script)) return null;
+  try {
+    const { stdout } = await execFileP('bash', [script, '--check'], { timeout: 10_000 });
+    return { name: 'svm-test-host', status: 'ok', detail: `${stdout.trim().replace(/^ok: /, '')} (npm run test:kvm runs the e2e suite under the KVM engine there)` };
+  } catch (err) {
+    const e = err as { stdout?: string; stderr?: string };
+    return { name: 'svm-test-host', status: 'warn', detail: `${(e.stdout ?? '').trim() || (e.stderr ?? '').trim() || message(err)}` };
+  }
+}
+
 export async function checkRing0(): Promise<CheckResult> {
   try {
     const p = await probeRing0();
@@ -89,7 +114,7 @@ export async function checkRing0(): Promise<CheckResult> {
       name: 'kvm-ring0',
       status: p.native ? 'ok' : 'warn',
       detail: `${verdict}: loop at CPL0 ${fmt(p.cpl0NsPerIter)}/iter, CPL3 ${fmt(p.cpl3NsPerIter)}/iter, ratio ${Math.round(p.ratio)} (native < ${NATIVE_RATIO_LIMIT})`
-        + (p.native ? '' : '\nLinux guests cannot run on this KVM; engine auto picks QEMU'),
+        + (p.native ? '' : '\na timing heuristic: the kvm-module row decides the engine'),
       data: { verdict, ...p },
     };
   } catch (err) {
@@ -161,6 +186,7 @@ export interface DoctorOptions {
 export async function runDoctor(opts: DoctorOptions = {}): Promise<CheckResult[]> {
   const results: CheckResult[] = [checkKvmAccess()];
   const kvmOk = results[0]!.status === 'ok';
+  results.push(checkKvmModule());
   if (kvmOk) {
     results.push(...checkKvmApi());
     if (!opts.skipProbe) results.push(await checkRing0());
@@ -171,5 +197,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<CheckResult[]
     checkTool('gcc', 'gcc', ['--version'], 'building native/ needs it'),
   ]);
   results.push(...tools, checkGuestKernel());
+  const svm = await checkSvmHost();
+  if (svm !== null) results.push(svm);
   return results;
 }
