@@ -7,5 +7,5 @@ log() { printf 'guest deps: %s\n' "$*" >&2; }
 die() { printf 'guest deps: error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=lib/debian.sh
 . "$HERE/scripts/lib/debian.sh"
-deb_ensure linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils busybox-static qemu-system-x86 passt
+deb_ensure linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils busybox-static qemu-system-x86 passt iproute2
 log "all installed"

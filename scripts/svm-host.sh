@@ -47,7 +47,7 @@ CACHE="$CACHE_BASE/tsibox/svm-host"
 QEMU="${SVMHOST_QEMU:-qemu-system-x86_64}"
 BUSYBOX=/bin/busybox
 # What the nested host loads, in any order: dependencies are resolved from the .ko files.
-MODULES="virtio_pci virtio_console 9pnet_virtio 9p kvm-amd"
+MODULES="virtio_pci virtio_console 9pnet_virtio 9p kvm-amd dummy"
 
 log() { printf 'svm-host: %s\n' "$*" >&2; }
 die() { printf 'svm-host: error: %s\n' "$*" >&2; exit 125; }
@@ -220,8 +220,8 @@ ensure_kernel() {
 }
 
 # ---------------------------------------------------------------- initramfs
-# PID 1 of the nested host (busybox sh). Runs /run/svmhost/cmd.sh chrooted into this
-# machine's /, writes its status to /run/svmhost/status and powers off.
+# PID 1 of the nested host (busybox sh). Mounts this machine's / and switches to it,
+# then runs /run/svmhost/cmd.sh, writes its status to /run/svmhost/status and powers off.
 init_script() {
   cat <<'INIT'
 #!/bin/busybox sh
@@ -255,15 +255,25 @@ done
 ip link set lo up 2>/dev/null
 hostname svm-host
 mkdir -p $R/run/svmhost/out 2>/dev/null
+# Stage 2 runs with this machine's / as the real root (switch_root, not chroot: inside a
+# chroot the kernel refuses new user namespaces, which passt needs).
+cat >$R/run/svmhost-stage2.sh <<'STAGE2'
+# passt wants an IPv4 interface with a default route. A dummy one has nothing behind
+# it: packets for other addresses are dropped, so everything stays on this host.
+{ ip link add tsibox0 type dummy && ip addr add 10.200.0.2/24 dev tsibox0 \
+  && ip link set tsibox0 up && ip route add default via 10.200.0.1 dev tsibox0; } \
+  || echo "svm-host(init): no dummy interface (passt will not start)"
 echo "SVMHOST-START $(cut -d' ' -f1 /proc/uptime)"
-chroot $R /bin/sh /run/svmhost/cmd.sh </dev/null \
-  >$R/dev/virtio-ports/svmhost.stdout 2>$R/dev/virtio-ports/svmhost.stderr
+/bin/sh /run/svmhost/cmd.sh </dev/null >/dev/virtio-ports/svmhost.stdout 2>/dev/virtio-ports/svmhost.stderr
 rc=$?
-echo "$rc" >$R/run/svmhost/status
+echo "$rc" >/run/svmhost/status
 echo "SVMHOST-EXIT $rc $(cut -d' ' -f1 /proc/uptime)"
 sync
-poweroff -f
+/bin/busybox poweroff -f
 sleep 5
+STAGE2
+exec switch_root $R /bin/sh /run/svmhost-stage2.sh
+fail "switch_root failed"
 INIT
 }
 

@@ -7,10 +7,8 @@ import { readFileSync } from 'node:fs';
 import { Writable, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { TsiboxError } from '../errors.js';
-import {
-  buildCmdline, cmdlineArchive, initTokens, padTo4, parseStatusMarker,
-  PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT, type InitConfig,
-} from '../guest/cmdline.js';
+import { parseStatusMarker, PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT, type InitConfig } from '../guest/cmdline.js';
+import { bootArguments, feedStdin } from './guest-boot.js';
 import { loadLinux } from '../vmm/boot/linux.js';
 import { attachVirtioMmio, VIRTIO_GSI_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE } from '../vmm/virtio-mmio-attach.js';
 import { Vm } from '../vmm/vm.js';
@@ -59,17 +57,9 @@ export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; c
       return `virtio_mmio.device=4K@0x${(VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_STRIDE).toString(16)}:${VIRTIO_GSI_BASE + index}`;
     });
     const init: InitConfig = { ...opts.init, ports: [PORT_STDIN, PORT_STDOUT, PORT_STDERR, PORT_STATUS] };
-    const base = `${KVM_SANDBOX_CMDLINE} ${mmio.join(' ')}`;
-    const archives = [...(opts.extraArchives ?? [])];
-    let cmdline: string;
-    try {
-      cmdline = buildCmdline(base, init);
-    } catch {
-      cmdline = base;
-      archives.push(cmdlineArchive(initTokens(init)));
-    }
-    let initrd: Uint8Array = readFileSync(opts.initrd);
-    if (archives.length > 0) initrd = Buffer.concat([padTo4(initrd), ...archives.map((a, i) => (i < archives.length - 1 ? padTo4(a) : a))]);
+    const boot = bootArguments(`${KVM_SANDBOX_CMDLINE} ${mmio.join(' ')}`, init, opts.initrd, opts.extraArchives);
+    const cmdline = boot.cmdline;
+    const initrd: Uint8Array = boot.initrd ?? readFileSync(opts.initrd);
     loadLinux(vm, { kernel: opts.kernel, initrd, cmdline });
 
     const port = (name: string) => consoleDev.port(name)!;
@@ -77,13 +67,10 @@ export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; c
     else port(PORT_STDOUT).output.resume();
     if (opts.stderr) port(PORT_STDERR).output.pipe(opts.stderr, { end: false });
     else port(PORT_STDERR).output.resume();
-    const stdin = port(PORT_STDIN).input;
-    if (opts.stdin === undefined) stdin.end();
-    else if (typeof opts.stdin === 'string' || Buffer.isBuffer(opts.stdin)) stdin.end(opts.stdin);
-    else opts.stdin.pipe(stdin);
+    const unpipeStdin = feedStdin(opts.stdin, port(PORT_STDIN).input);
 
     const exit = await vm.run(opts.timeoutMs === undefined ? {} : { timeoutMs: opts.timeoutMs });
-    if (opts.stdin !== undefined && typeof opts.stdin !== 'string' && !Buffer.isBuffer(opts.stdin)) opts.stdin.unpipe(stdin);
+    unpipeStdin();
     if (exit.reason === 'timeout') throw new TsiboxError('VM_TIMEOUT', `the sandbox did not finish within ${opts.timeoutMs} ms`);
     const code = consoleDev.exitStatus ?? parseStatusMarker(consoleText);
     if (code === undefined) {

@@ -8,7 +8,7 @@
 // to. QEMU runs under `setpriv --pdeathsig KILL`, so it dies with the host process
 // even when that is SIGKILLed; a normal exit, error or timeout kills it explicitly.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
@@ -16,9 +16,9 @@ import type { Readable, Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import { TsiboxError } from '../errors.js';
 import {
-  buildCmdline, cmdlineArchive, initTokens, padTo4, parseStatusMarker, parseStatusPort,
-  PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT, type InitConfig,
+  parseStatusMarker, parseStatusPort, PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT, type InitConfig,
 } from '../guest/cmdline.js';
+import { bootArguments, feedStdin } from './guest-boot.js';
 import { closeFd } from '../sys/libc.js';
 import { parentDeathWrapper, killOnExit, findExecutable } from '../sys/helper-programs.js';
 import { memfdCreate, socketPair } from '../sys/socket.js';
@@ -195,22 +195,14 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
       else args.push('-device', `${d.qemuDevice},chardev=vu${i}${d.qemuProps ?? ''}`);
     });
 
-    // The initramfs, with init's description in an extra archive when it is too long
-    // for the command line, and any extra archives: built in a memfd QEMU reads.
-    let cmdline: string;
-    const archives = [...(opts.extraArchives ?? [])];
-    try {
-      cmdline = buildCmdline(QEMU_BASE_CMDLINE, init);
-    } catch (err) {
-      if (!(err instanceof TsiboxError && err.code === 'INVALID_ARGUMENT' && /command line is/.test(err.message))) throw err;
-      cmdline = QEMU_BASE_CMDLINE;
-      archives.push(cmdlineArchive(initTokens(init)));
-    }
-    if (archives.length === 0) {
+    // The initramfs (with extra archives, and init's description when it is too long
+    // for the command line) goes in a memfd QEMU reads.
+    const boot = bootArguments(QEMU_BASE_CMDLINE, init, opts.initrd, opts.extraArchives);
+    const cmdline = boot.cmdline;
+    if (boot.initrd === null) {
       args.push('-initrd', opts.initrd);
     } else {
-      const parts: Uint8Array[] = [readFileSync(opts.initrd), ...archives];
-      const image = Buffer.concat(parts.map((p, i) => (i < parts.length - 1 ? new Uint8Array(padTo4(p)) : p)));
+      const image = boot.initrd;
       const fd = memfdCreate('tsibox-initrd', image.length);
       let off = 0;
       while (off < image.length) off += writeSync(fd, image, off, image.length - off, off);
@@ -247,12 +239,7 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
     if (!plain) {
       const stdinSock = port(PORT_STDIN);
       stdinSock.resume(); // the guest never writes here; keep the socket from stalling
-      if (stdinSrc === undefined) stdinSock.end();
-      else if (typeof stdinSrc === 'string' || Buffer.isBuffer(stdinSrc)) stdinSock.end(stdinSrc);
-      else {
-        stdinSrc.pipe(stdinSock);
-        unpipeStdin = () => { stdinSrc.unpipe(stdinSock); };
-      }
+      unpipeStdin = feedStdin(stdinSrc, stdinSock);
       const sink = (name: string, out: Writable | undefined): void => {
         const s = port(name);
         drained.push(new Promise((resolve) => { s.once('close', () => { resolve(); }); }));

@@ -1,0 +1,48 @@
+// What both engines do the same way before and around a boot: the kernel command line
+// with init's description (moved into an extra initramfs archive when it is too long
+// for the command line), the initramfs with the extra archives appended, and feeding
+// the workload's stdin. One copy, so the engines cannot drift.
+import { readFileSync } from 'node:fs';
+import type { Readable, Writable } from 'node:stream';
+import { TsiboxError } from '../errors.js';
+import { buildCmdline, cmdlineArchive, initTokens, padTo4, type InitConfig } from '../guest/cmdline.js';
+
+export interface BootArguments {
+  cmdline: string;
+  /** The whole initramfs when archives were appended; null: use the file as it is. */
+  initrd: Buffer | null;
+}
+
+/**
+ * The command line `base` + init's tokens, and the initramfs. When the tokens do not
+ * fit (the kernel's command-line limit), they travel in an extra newc archive instead.
+ */
+export function bootArguments(base: string, init: InitConfig, initrdPath: string, extraArchives: readonly Buffer[] = []): BootArguments {
+  const archives = [...extraArchives];
+  let cmdline: string;
+  try {
+    cmdline = buildCmdline(base, init);
+  } catch (err) {
+    if (!(err instanceof TsiboxError && err.code === 'INVALID_ARGUMENT' && /command line is/.test(err.message))) throw err;
+    cmdline = base;
+    archives.push(cmdlineArchive(initTokens(init)));
+  }
+  if (archives.length === 0) return { cmdline, initrd: null };
+  // newc archives concatenate; each but the last is padded to 4 bytes.
+  const parts: Uint8Array[] = [readFileSync(initrdPath), ...archives];
+  return { cmdline, initrd: Buffer.concat(parts.map((p, i) => (i < parts.length - 1 ? new Uint8Array(padTo4(p)) : p))) };
+}
+
+/** Feeds the workload's stdin into `sink` (ended afterwards); returns what stops a piped stream. */
+export function feedStdin(src: Readable | Buffer | string | undefined, sink: Writable): () => void {
+  if (src === undefined) {
+    sink.end();
+    return () => {};
+  }
+  if (typeof src === 'string' || Buffer.isBuffer(src)) {
+    sink.end(src);
+    return () => {};
+  }
+  src.pipe(sink);
+  return () => { src.unpipe(sink); };
+}
