@@ -5,16 +5,15 @@
 // Everything targets 127.0.0.1 servers made here.
 import { createServer, type Socket } from 'node:net';
 import { createSocket } from 'node:dgram';
-import { Feature } from '../../src/virtio/constants.js';
-import { ConsoleDevice, ConsoleFeature, ControlEvent } from '../../src/virtio/console/index.js';
-import { encodeControl, CONTROL_TX_QUEUE } from '../../src/virtio/console/control.js';
-import { createHarness } from '../../src/virtio/testing/harness.js';
+import { ControlEvent } from '../../src/virtio/console/index.js';
+import { encodeControl } from '../../src/virtio/console/control.js';
 import { Policy } from '../../src/policy/index.js';
 import { PortMap } from '../../src/portmap/index.js';
 import { GuestVsock, type GuestSocket } from '../../src/virtio/vsock/testing/guest.js';
 import { TsiHost } from '../../proxies/tsi.js';
 import { TsiGuest } from '../../proxies/testing/tsi-guest.js';
 import { TsiPort, encodeConnect, encodeDgram, encodeDgramOpen, encodeHello, encodeListen, SOCK_STREAM } from '../../proxies/protocol.js';
+import { consoleRig } from './console-rig.js';
 
 const DURATION = Number(process.argv[2] ?? 10_000);
 const deadline = performance.now() + DURATION;
@@ -130,13 +129,7 @@ const datagrams = async (): Promise<void> => {
 
 // 4. Console: DEVICE_READY / PORT_READY without ever posting control-rx buffers.
 const consoleFlood = async (): Promise<void> => {
-  const dev = new ConsoleDevice();
-  const h = createHarness(dev, { memorySize: 4 * 1024 * 1024 });
-  const d = h.driver;
-  d.negotiate(Feature.VERSION_1 | ConsoleFeature.MULTIPORT);
-  const queues = dev.queueSizes.map((_, i) => d.setupQueue(i, { size: i === CONTROL_TX_QUEUE ? dev.queueSizes[i]! : 16, slotSize: 512 }));
-  d.driverOk();
-  const tx = queues[CONTROL_TX_QUEUE]!;
+  const { h, tx } = consoleRig({ memorySize: 4 * 1024 * 1024 });
   const msgs = [encodeControl({ id: 0xffffffff, event: ControlEvent.DEVICE_READY, value: 1 }), encodeControl({ id: 1, event: ControlEvent.PORT_READY, value: 1 })];
   while (live()) {
     for (let i = 0; i < 2000 && tx.freeDescriptors > 0; i++) tx.add([msgs[i & 1]!], []);

@@ -2,14 +2,12 @@
 // gateway alias, DNS/ARP/DHCP, flow table bounds and idle, logging. Fragments:
 // frame-fragments.test.ts; hostile-guest cases: frame-hostile.test.ts.
 import t from 'tap';
-import { memoryLogger } from '../helpers/memory-logger.js';
+import { rig } from '../helpers/frames.js';
 import {
   decodeFrame, encodeArp, encodeEthernet, encodeIcmp, encodeIPv4, encodeIPv6, encodeTcp, encodeUdp, EtherType, IpProto,
   ipv4FromString, TcpFlag,
 } from '../../netstack/index.js';
 import { Policy } from '../../src/policy/index.js';
-import type { FrameBackend, FramePort } from '../../src/virtio/net/backend.js';
-import { FramePolicyFilter, type FramePolicyOptions } from '../../src/net/frame-policy.js';
 
 const GUEST = ipv4FromString('10.0.2.15')!;
 const GW = ipv4FromString('10.0.2.2')!;
@@ -17,27 +15,6 @@ const DNS = ipv4FromString('10.0.2.3')!;
 const OUT = ipv4FromString('93.184.216.34')!;
 const GMAC = Buffer.from('02000000000f', 'hex');
 const PMAC = Buffer.from('9a55aa55aa55', 'hex');
-
-class FakeBackend implements FrameBackend {
-  port!: FramePort;
-  sent: Buffer[] = [];
-  attach(p: FramePort): void { this.port = p; }
-  send(f: Uint8Array): boolean { this.sent.push(Buffer.from(f)); return true; }
-  pause(): void {}
-  resume(): void {}
-  close(): void {}
-}
-
-function rig(policy: Policy, extra: Partial<FramePolicyOptions> = {}) {
-  const inner = new FakeBackend();
-  let clock = 0;
-  const lines: Array<Record<string, unknown>> = [];
-  const logger = memoryLogger(lines);
-  const filter = new FramePolicyFilter({ inner, policy, gateway: '10.0.2.2', guestAddress: '10.0.2.15', guestAddress6: 'fd00:1::15', mapGatewayToHost: true, dnsForward: { match: '10.0.2.3', upstream: '192.0.2.53' }, deferReplies: false, now: () => clock, logger, ...extra });
-  const toGuest: Buffer[] = [];
-  filter.attach({ deliver: (f) => { toGuest.push(f); }, writable: () => {}, closed: () => {} });
-  return { inner, filter, toGuest, lines, advance: (ms: number) => { clock += ms; } };
-}
 
 const v4 = (src: Uint8Array, dst: Uint8Array, proto: number, l4: Buffer, from: 'guest' | 'host' = 'guest', ip: Partial<Parameters<typeof encodeIPv4>[0]> = {}): Buffer =>
   encodeEthernet(from === 'guest' ? PMAC : GMAC, from === 'guest' ? GMAC : PMAC, EtherType.IPv4, encodeIPv4({ src, dst, protocol: proto, ...ip }, l4));

@@ -4,12 +4,11 @@ import t from 'tap';
 import { setImmediate as tick } from 'node:timers/promises';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { Feature } from '../../src/virtio/constants.js';
-import { ConsoleDevice, ConsoleFeature, ControlEvent, PortName } from '../../src/virtio/console/index.js';
-import { decodeControl, encodeControl, portRxQueue, CONTROL_RX_QUEUE, CONTROL_TX_QUEUE } from '../../src/virtio/console/control.js';
+import { ControlEvent, PortName } from '../../src/virtio/console/index.js';
+import { decodeControl, encodeControl, portRxQueue, CONTROL_RX_QUEUE } from '../../src/virtio/console/control.js';
 import { ControlOutbox } from '../../src/virtio/console/outbox.js';
-import { createHarness } from '../../src/virtio/testing/harness.js';
 import type { DriverQueue } from '../../src/virtio/testing/driver.js';
+import { consoleRig } from '../helpers/console-rig.js';
 
 // A million messages through a real virtqueue take a few seconds on a busy 2-core machine.
 t.setTimeout(120_000);
@@ -35,14 +34,8 @@ function flood(q: DriverQueue, msg: Uint8Array, count: number): void {
 }
 
 t.test('1,000,000 DEVICE_READY with no control-rx buffers: bounded, then a normal handshake', async (t) => {
-  const dev = new ConsoleDevice();
-  const h = createHarness(dev, { memorySize: 16 * 1024 * 1024 });
+  const { dev, h, queues, tx } = consoleRig();
   t.teardown(() => { h.close(); });
-  const d = h.driver;
-  d.negotiate(Feature.VERSION_1 | ConsoleFeature.MULTIPORT);
-  const queues = dev.queueSizes.map((_, i) => d.setupQueue(i, { size: i === CONTROL_TX_QUEUE ? dev.queueSizes[i]! : 16, slotSize: 512 }));
-  d.driverOk();
-  const tx = queues[CONTROL_TX_QUEUE]!;
   const before = heapUsed();
 
   flood(tx, encodeControl({ id: 0xffffffff, event: ControlEvent.DEVICE_READY, value: 1 }), 1_000_000);

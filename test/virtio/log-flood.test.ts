@@ -4,10 +4,11 @@ import t from 'tap';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { Feature } from '../../src/virtio/constants.js';
-import { ConsoleDevice, ConsoleFeature, ControlEvent } from '../../src/virtio/console/index.js';
-import { encodeControl, CONTROL_TX_QUEUE } from '../../src/virtio/console/control.js';
+import { ControlEvent } from '../../src/virtio/console/index.js';
+import { encodeControl } from '../../src/virtio/console/control.js';
 import { RngDevice } from '../../src/virtio/rng.js';
 import { createHarness } from '../../src/virtio/testing/harness.js';
+import { consoleRig } from '../helpers/console-rig.js';
 
 function countingLogger(): { logger: pino.Logger; lines: () => Array<Record<string, unknown>> } {
   const lines: Array<Record<string, unknown>> = [];
@@ -19,14 +20,8 @@ const flush = (): Promise<void> => new Promise((r) => { setTimeout(r, 50); });
 
 t.test('100,000 DEVICE_READY(failed) messages write a bounded number of lines', async (t) => {
   const { logger, lines } = countingLogger();
-  const dev = new ConsoleDevice();
-  const h = createHarness(dev, { memorySize: 16 * 1024 * 1024, logger });
+  const { h, tx } = consoleRig({ logger });
   t.teardown(() => { h.close(); });
-  const d = h.driver;
-  d.negotiate(Feature.VERSION_1 | ConsoleFeature.MULTIPORT);
-  const queues = dev.queueSizes.map((_, i) => d.setupQueue(i, { size: i === CONTROL_TX_QUEUE ? dev.queueSizes[i]! : 16, slotSize: 512 }));
-  d.driverOk();
-  const tx = queues[CONTROL_TX_QUEUE]!;
   const msg = encodeControl({ id: 0xffffffff, event: ControlEvent.DEVICE_READY, value: 0 });
   let sent = 0;
   while (sent < 100_000) {
