@@ -1,7 +1,6 @@
 // The public way to run a program in a microVM: `await Sandbox.run({ argv })`.
 // Picks the engine (KVM where guest ring 0 runs natively, QEMU otherwise), makes sure
 // the guest kernel and default root exist, streams stdio and returns the exit status.
-import { isIPv4, isIPv6 } from 'node:net';
 import { Writable, type Readable } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import { TsiboxError } from './errors.js';
@@ -13,16 +12,15 @@ import { RngDevice } from './virtio/rng.js';
 import { VsockDevice } from './virtio/vsock/device.js';
 import { addVsockPort, type VsockBridge } from '../proxies/unix-bridge.js';
 import { ConnectionLog } from '../proxies/log.js';
-import { resolveLimits, type TsiLimitOptions } from '../proxies/limits.js';
-import { TsiHost } from '../proxies/tsi.js';
 import { RateLimitedLog } from './log-rate.js';
-import { checkPasstPolicy, startPasstNetwork, type PasstNetwork, type PasstNetworkSetup } from './engine/network-passt.js';
-import type { Policy } from './policy/index.js';
-import type { PortMap } from './portmap/index.js';
+import { checkPasstPolicy, type PasstNetwork } from './engine/network-passt.js';
+import { checkTsiNetwork, type SandboxNetwork } from './engine/network-tsi.js';
+import { startNetwork, type NetworkSetup } from './engine/network.js';
 
 export type { EngineChoice, EngineName } from './engine/select.js';
 export type { PasstNetwork } from './engine/network-passt.js';
 export type { TsiLimitOptions } from '../proxies/limits.js';
+export type { SandboxNetwork } from './engine/network-tsi.js';
 
 export interface SandboxOptions {
   /** The program and its arguments (argv[0] is looked up in PATH when it has no '/'). */
@@ -58,38 +56,6 @@ export interface SandboxOptions {
    * of TSI; the policy filters its frames (docs/netstack.md).
    */
   network?: SandboxNetwork | PasstNetwork;
-}
-
-/**
- * TSI networking (docs/tsi-protocol.md): the guest's TCP connect() to a non-local
- * address is made by tsibox on the host, if the policy allows it.
- */
-export interface SandboxNetwork {
-  mode: 'tsi';
-  /** Required: decides every connection (see src/policy). */
-  policy: Policy;
-  /** Host ports exposed to guest listeners (TSI listen() is not in the guest kernel yet). */
-  portMap?: PortMap;
-  /**
-   * A guest IPv4 address that stands for the host's 127.0.0.1 (e.g. '10.0.2.2'): guest
-   * connections to it are made to 127.0.0.1 on the host. Applied before the policy,
-   * which therefore must allow 127.0.0.1. Off by default.
-   */
-  hostLoopbackAlias?: string;
-  /** The same for IPv6 (e.g. 'fd00::2' → ::1). Off by default. */
-  hostLoopbackAlias6?: string;
-  /**
-   * Let the guest connect to host unix sockets (AF_UNIX through TSI), subject to the
-   * policy's `protocol: 'unix'` rules on the canonical path. Default false: a guest
-   * AF_UNIX connect to a host path fails with EACCES (docs/security.md).
-   */
-  unixSockets?: boolean;
-  /**
-   * Limits on what the guest can hold open on the host (docs/security.md): concurrent
-   * connections (512), listeners (128), UDP sockets (256), new connections per second
-   * (1000). Over a limit the guest gets ENOBUFS (EAGAIN for the rate), never a host failure.
-   */
-  limits?: TsiLimitOptions;
 }
 
 /**
@@ -167,7 +133,7 @@ export class Sandbox {
 
     let exitCode: number;
     const network = opts.network;
-    if (network !== undefined && network.mode !== 'passt') checkNetwork(network);
+    if (network !== undefined && network.mode !== 'passt') checkTsiNetwork(network);
     if (network?.mode === 'passt') checkPasstPolicy(network);
     if (decision.engine === 'kvm') await checkKvmUsable(opts.engine === 'kvm', log);
 
@@ -175,35 +141,22 @@ export class Sandbox {
     // (KVM: virtio-mmio in this process; QEMU: vhost-user back ends).
     const vsock = new VsockDevice({ guestCid: 3, queueSize: QEMU_RING_SIZE });
     const bridges: VsockBridge[] = [];
-    let tsi: TsiHost | undefined;
-    let passtNet: PasstNetworkSetup | undefined;
+    let net: NetworkSetup | undefined;
     try {
-      if (network?.mode === 'passt') {
-        passtNet = await startPasstNetwork(network, log, guestLog);
-        init.net = passtNet.guest;
-      }
-      if (network !== undefined && network.mode !== 'passt') {
-        const hostAliases: Record<string, string> = {};
-        if (network.hostLoopbackAlias !== undefined) hostAliases[network.hostLoopbackAlias] = '127.0.0.1';
-        if (network.hostLoopbackAlias6 !== undefined) hostAliases[network.hostLoopbackAlias6] = '::1';
-        tsi = new TsiHost({
-          device: vsock, policy: network.policy, logger: log, hostAliases, guestLog,
-          unixSockets: network.unixSockets === true,
-          ...(network.limits ? { limits: network.limits } : {}),
-          ...(network.portMap ? { portMap: network.portMap } : {}),
-        });
+      if (network !== undefined) {
+        net = await startNetwork(network, vsock, log, guestLog);
+        if (net.guest !== undefined) init.net = net.guest;
       }
       const connLog = new ConnectionLog(guestLog);
       for (const p of vsockPorts) bridges.push(addVsockPort(vsock, p.port, p.path, p.direction === 'host-to-guest', connLog));
       await Promise.all(bridges.map((b) => b.ready));
       if (decision.engine === 'kvm') {
-        ({ exitCode } = await runKvm({ ...common, devices: [vsock, ...(passtNet ? [passtNet.netDevice] : [])] }));
+        ({ exitCode } = await runKvm({ ...common, devices: [vsock, ...(net?.devices ?? [])] }));
       } else {
         const accel = await qemuAccel();
         log.debug({ accel }, 'QEMU accelerator');
-        const devices = [...defaultQemuDevices(vsock), ...(passtNet ? [passtNet.device] : [])];
         ({ exitCode } = await runQemu({
-          ...common, accel, devices,
+          ...common, accel, devices: [...defaultQemuDevices(vsock), ...(net?.qemuDevices ?? [])],
           ...(opts.onQemuStart ? { onStart: opts.onQemuStart } : {}),
         }));
       }
@@ -213,9 +166,8 @@ export class Sandbox {
       }
       throw err;
     } finally {
-      tsi?.close();
+      await net?.close();
       await Promise.all(bridges.map((b) => b.close()));
-      await passtNet?.close();
       guestLog.flush();
     }
     const result: SandboxResult = { exitCode, engine: decision.engine, ms: performance.now() - start };
@@ -240,16 +192,6 @@ function checkVsockPorts(ports: readonly VsockPort[]): void {
   }
 }
 
-function checkNetwork(n: SandboxNetwork): void {
-  if (n.mode !== 'tsi') throw new TsiboxError('INVALID_ARGUMENT', `network.mode ${String(n.mode)} is not 'tsi'`);
-  if (n.policy === undefined || typeof (n.policy as { evaluate?: unknown }).evaluate !== 'function') {
-    throw new TsiboxError('INVALID_ARGUMENT', 'network.policy is required (new Policy({ default, rules }))');
-  }
-  if (n.hostLoopbackAlias !== undefined && !isIPv4(n.hostLoopbackAlias)) throw new TsiboxError('INVALID_ARGUMENT', `network.hostLoopbackAlias ${n.hostLoopbackAlias} is not an IPv4 address`);
-  if (n.hostLoopbackAlias6 !== undefined && !isIPv6(n.hostLoopbackAlias6)) throw new TsiboxError('INVALID_ARGUMENT', `network.hostLoopbackAlias6 ${n.hostLoopbackAlias6} is not an IPv6 address`);
-  if (n.unixSockets !== undefined && typeof n.unixSockets !== 'boolean') throw new TsiboxError('INVALID_ARGUMENT', 'network.unixSockets must be a boolean');
-  resolveLimits(n.limits);
-}
 
 /**
  * KVM must run guest ring 0 natively. Deterministic answers (the KVM module) refuse;

@@ -1,0 +1,32 @@
+// A sandbox's network mode, whatever the engine: the devices it adds (for the KVM
+// engine as virtio-mmio devices, for QEMU as vhost-user back ends), the guest's network
+// configuration for init, and one close(). Modes: TSI (network-tsi.ts), passt
+// (network-passt.ts).
+import type { Logger } from 'pino';
+import type { GuestNetConfig } from '../guest/cmdline.js';
+import type { RateLimitedLog } from '../log-rate.js';
+import type { VirtioDevice } from '../virtio/device.js';
+import type { VsockDevice } from '../virtio/vsock/device.js';
+import type { VhostUserDeviceSpec } from './qemu.js';
+import { startPasstNetwork, type PasstNetwork } from './network-passt.js';
+import { startTsiNetwork, type SandboxNetwork } from './network-tsi.js';
+
+export interface NetworkSetup {
+  /** Devices the KVM engine attaches (after console, rng and vsock). */
+  devices: VirtioDevice[];
+  /** The same devices as QEMU vhost-user back ends. */
+  qemuDevices: VhostUserDeviceSpec[];
+  /** For InitConfig.net (a NIC to configure); absent: no NIC. */
+  guest?: GuestNetConfig;
+  /** Stops what the mode started (idempotent). */
+  close(): Promise<void>;
+}
+
+/** Starts the network mode the options name, on the sandbox's vsock device. */
+export async function startNetwork(network: SandboxNetwork | PasstNetwork, vsock: VsockDevice, log: Logger, guestLog: RateLimitedLog): Promise<NetworkSetup> {
+  if (network.mode === 'passt') {
+    const p = await startPasstNetwork(network, log, guestLog);
+    return { devices: [p.netDevice], qemuDevices: [p.device], guest: p.guest, close: () => p.close() };
+  }
+  return startTsiNetwork(network, vsock, log, guestLog);
+}
