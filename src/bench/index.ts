@@ -3,12 +3,14 @@ import { registerBench } from './registry.js';
 import { exitsBench } from './exits.js';
 import { ioeventfdBench } from './ioeventfd.js';
 import { bootBench } from './boot.js';
+import { memoryBench } from './memory.js';
 import { virtqueueBench } from './virtqueue.js';
 import { tsiConnectBench, tsiStreamBench } from './tsi.js';
 
 registerBench(exitsBench);
 registerBench(ioeventfdBench);
 registerBench(bootBench);
+registerBench(memoryBench);
 registerBench(virtqueueBench);
 registerBench(tsiStreamBench);
 registerBench(tsiConnectBench);
