@@ -52,7 +52,7 @@ MODULES="virtio_pci virtio_console 9pnet_virtio 9p kvm-amd dummy"
 log() { printf 'svm-host: %s\n' "$*" >&2; }
 die() { printf 'svm-host: error: %s\n' "$*" >&2; exit 125; }
 
-MEM=2048 CPUS=2 TIMEOUT="" CWD="" CONSOLE=0 MODE=run
+MEM=2048 CPUS=2 TIMEOUT="" CWD="" CONSOLE=0 MODE=run KEEP=
 ENVS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -76,8 +76,9 @@ if [ "$MODE" = run ]; then
   [ -n "$CWD" ] || CWD="$(pwd)"
   CWD="$(cd "$CWD" && pwd -P)" || die "--cwd: no such directory"
   # The host sees this machine's / but mounts its own /tmp, /run, /dev, /proc and /sys.
-  case "$CWD/" in /tmp/*|/run/*|/dev/*|/proc/*|/sys/*)
+  case "$CWD/" in /dev/*|/proc/*|/sys/*)
     die "$CWD is under /$(echo "$CWD" | cut -d/ -f2): the nested host mounts its own there; run from a checkout elsewhere" ;;
+    /tmp/*|/run/*) KEEP="$CWD" ;; # kept visible over the nested host's own /tmp or /run
   esac
 fi
 
@@ -238,8 +239,12 @@ R=/newroot
 mkdir -p $R
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot $R \
   || fail "mounting hostroot (9p) failed"
+# A checkout under /tmp or /run (svmhost.keep=DIR) stays visible over our own tmpfs there.
+KEEP=$(sed -n 's/.*svmhost\.keep=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$KEEP" ]; then mkdir -p /keep && mount --bind "$R$KEEP" /keep || fail "bind $KEEP"; fi
 mount -t tmpfs -o mode=1777 tmpfs $R/tmp || fail "tmpfs /tmp"
 mount -t tmpfs -o mode=755 tmpfs $R/run || fail "tmpfs /run"
+if [ -n "$KEEP" ]; then mkdir -p "$R$KEEP" && mount --move /keep "$R$KEEP" || fail "keeping $KEEP"; fi
 mkdir -p $R/run/svmhost
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 svmrun $R/run/svmhost || fail "mounting svmrun failed"
 mount -t proc proc $R/proc
@@ -371,7 +376,7 @@ QARGS=(
   -accel tcg -cpu max -M q35 -m "$MEM" -smp "$CPUS"
   -nodefaults -no-user-config -display none -monitor none -no-reboot
   -kernel "$KERNEL" -initrd "$INITRD"
-  -append "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init ${SVMHOST_KERNEL_ARGS:-}"
+  -append "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init${KEEP:+ svmhost.keep=$KEEP} ${SVMHOST_KERNEL_ARGS:-}"
   -chardev "file,id=con,path=$RUN/console.log" -serial chardev:con
   -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap
   -device "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot"
