@@ -121,6 +121,8 @@ class Flow {
   #mapping: PortMapping | null;
   #ready = false;
   #closed = false;
+  /** The proxy's set of open host sockets (this one leaves it when closed). */
+  #sockets: Set<UdpSocket>;
   datagramsIn = 0;
   datagramsOut = 0;
   dropped = 0;
@@ -146,6 +148,7 @@ class Flow {
     const socket = createSocket({ type: b.family === 'ipv6' ? 'udp6' : 'udp4', reuseAddr: false });
     this.#socket = socket;
     sockets.add(socket);
+    this.#sockets = sockets;
     socket.on('message', (msg, rinfo) => { this.#receive(msg, rinfo); });
     socket.on('error', (err) => {
       if (!this.#ready) {
@@ -257,6 +260,8 @@ class Flow {
   #finish(reason: string, reset = true): void {
     if (this.#closed) return;
     this.#closed = true;
+    // Closed now, whenever its 'close' event comes: it no longer counts as open.
+    this.#sockets.delete(this.#socket);
     try { this.#socket.close(); } catch { /* already closed */ }
     if (reset && this.#conn.state !== 'closed') this.#conn.destroy('udp socket closed');
     this.#rec.finish(`${reason} (datagrams out ${this.datagramsOut}, in ${this.datagramsIn}, dropped ${this.dropped}, denied ${this.denied})`);
