@@ -25,10 +25,13 @@ export const DEFAULT_LIMITS: Readonly<Required<TsiLimitOptions>> = Object.freeze
 
 /** Checks a limits object (Sandbox options, CLI flags); throws INVALID_ARGUMENT. */
 export function resolveLimits(o: TsiLimitOptions | undefined): Required<TsiLimitOptions> {
+  for (const k of Object.keys(o ?? {})) {
+    if (!(k in DEFAULT_LIMITS)) throw new TsiboxError('INVALID_ARGUMENT', `limits.${k} is not a limit (${Object.keys(DEFAULT_LIMITS).join(', ')})`);
+  }
   const r = { ...DEFAULT_LIMITS, ...(o ?? {}) };
   for (const [k, v] of Object.entries(r)) {
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 1_000_000) {
-      throw new TsiboxError('INVALID_ARGUMENT', `limits.${k} must be an integer 1..1000000, got ${String(v)}`);
+      throw new TsiboxError('INVALID_ARGUMENT', `limits.${k} must be an integer 1..1000000, got ${JSON.stringify(v)}`);
     }
   }
   return r;

@@ -47,7 +47,7 @@ export interface SandboxNetwork {
 
 /** Checks a TSI network option (INVALID_ARGUMENT with the field at fault). */
 export function checkTsiNetwork(n: SandboxNetwork): void {
-  if (n.mode !== 'tsi') throw new TsiboxError('INVALID_ARGUMENT', `network.mode ${String(n.mode)} is not 'tsi'`);
+  if (n.mode !== 'tsi') throw new TsiboxError('INVALID_ARGUMENT', `network.mode ${JSON.stringify(n.mode)} is not 'tsi' or 'passt'`);
   if (n.policy === undefined || typeof (n.policy as { evaluate?: unknown }).evaluate !== 'function') {
     throw new TsiboxError('INVALID_ARGUMENT', 'network.policy is required (new Policy({ default, rules }))');
   }

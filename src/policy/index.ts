@@ -16,6 +16,7 @@
 //    a multicast destination (the host loops multicast back to its own sockets).
 //  - unix paths must be absolute; rule paths are normalised, and a rule path ending
 //    in '/' matches that directory and everything under it.
+import { realpathSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { posix } from 'node:path';
 import { TsiboxError } from '../errors.js';
@@ -279,8 +280,19 @@ function compile(r: PolicyRule, i: number): CompiledRule {
   if (r.path !== undefined) {
     const n = typeof r.path === 'string' ? normalisePath(r.path) : null;
     if (n === null) throw bad('path must be an absolute path');
-    path = { path: n, dir: r.path.endsWith('/') };
+    // Targets are judged after realpath(); so is the rule, where it exists (a rule on
+    // /var/run/x.sock must match the /run/x.sock a target resolves to).
+    let real = n;
+    try {
+      real = realpathSync(n);
+    } catch {
+      // not there (yet): the normalised path
+    }
+    path = { path: real, dir: r.path.endsWith('/') };
   }
+  const protos = protocols === null ? null : [...protocols];
+  if (path !== null && protos !== null && !protos.includes('unix')) throw bad('path applies to protocol unix only');
+  if (protos !== null && protos.length === 1 && protos[0] === 'unix' && (cidrs !== null || ports !== null)) throw bad('protocol unix takes a path, not cidr or ports');
   return { rule: r, protocols, cidrs, ports, path };
 }
 

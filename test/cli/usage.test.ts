@@ -33,7 +33,7 @@ t.test('usage errors exit 2 with a tsibox: message', async (t) => {
     [['run', '--net', 'passt', '--host-alias', '10.0.2.2', '--', 'true'], /^tsibox: --host-alias and --publish need --net tsi/],
     [['run', '--net', 'passt', '--allow', 'nope', '--', 'true'], /^tsibox: --allow wants CIDR/],
     [['run', '--allow', '127.0.0.1', '--', 'true'], /^tsibox: --allow needs --net tsi or passt; --host-alias, --publish, --allow-unix and the limit flags need --net tsi/],
-    [['run', '--max-connections', '5', '--', 'true'], /^tsibox: --allow needs --net tsi or passt; --host-alias, --publish, --allow-unix and the limit flags need --net tsi/],
+    [['run', '--max-connections', '5', '--', 'true'], /^tsibox: the limit flags need --net tsi/],
     [['run', '--net', 'passt', '--allow-unix', '/run/x.sock', '--', 'true'], /^tsibox: --allow-unix needs --net tsi/],
     [['run', '--net', 'passt', '--connect-rate', '5', '--', 'true'], /^tsibox: --connect-rate needs --net tsi/],
     [['run', '--net', 'tsi', '--allow-unix', 'relative.sock', '--', 'true'], /^tsibox: --allow-unix wants an absolute path/],

@@ -98,3 +98,18 @@ t.test('unix paths: absolute, normalised, directory rules match on a path bounda
   t.throws(() => new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'unix', path: 'relative/' }] }), { code: 'POLICY_INVALID' });
   t.end();
 });
+
+t.test('unix rule paths are canonical too, and rules mixing unix with addresses are refused', async (t) => {
+  const { mkdtempSync, mkdirSync, symlinkSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'tsibox-pol-'));
+  t.teardown(() => { rmSync(dir, { recursive: true, force: true }); });
+  mkdirSync(join(dir, 'real'));
+  symlinkSync(join(dir, 'real'), join(dir, 'link'));
+  // A rule written through a symlink (like /var/run → /run) matches the resolved target.
+  const p = new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'unix', path: `${join(dir, 'link')}/` }] });
+  t.equal(p.evaluate({ direction: 'outbound', protocol: 'unix', path: join(dir, 'real', 'x.sock') }).action, 'allow');
+  t.throws(() => new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'unix', cidr: '127.0.0.1' }] }), { code: 'POLICY_INVALID' });
+  t.throws(() => new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', path: '/x' }] }), { code: 'POLICY_INVALID' });
+});

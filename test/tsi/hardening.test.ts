@@ -319,3 +319,12 @@ t.test('unix: a denied path is EACCES whether or not it exists (no existence ora
   const e = await guest.connect({ family: 'unix', path: join(dir, 'allowed', 'absent.sock') }).catch((x: unknown) => x);
   t.equal((e as TsiCallError).errno, Errno.ENOENT, 'an allowed path that does not exist is ENOENT');
 });
+
+t.test('options that would be ignored are refused', async (t) => {
+  const { resolveLimits } = await import('../../proxies/limits.js');
+  t.throws(() => resolveLimits({ maxConnection: 5 } as never), { code: 'INVALID_ARGUMENT', message: /maxConnection is not a limit/ });
+  t.throws(() => resolveLimits({ maxConnections: '5' } as never), { code: 'INVALID_ARGUMENT', message: /got "5"/ });
+  const { checkPasstPolicy } = await import('../../src/engine/network-passt.js');
+  t.throws(() => { checkPasstPolicy({ mode: 'passt', policy: Policy.allowAll(), unixSockets: true } as never); }, { code: 'INVALID_ARGUMENT', message: /TSI option/ });
+  t.throws(() => { checkPasstPolicy({ mode: 'passt', policy: Policy.allowAll(), limits: {} } as never); }, { code: 'INVALID_ARGUMENT' });
+});

@@ -22,9 +22,9 @@ export const runCommand: Command = {
     workdir: { type: 'string', value: 'DIR', description: 'working directory in the guest (created when missing)' },
     timeout: { type: 'integer', value: 'SEC', min: 1, description: 'kill the VM after this many seconds' },
     verbose: { type: 'boolean', description: 'say on stderr which engine runs the VM, and why' },
-    net: { type: 'string', value: 'tsi|passt', choices: ['tsi', 'passt'], description: 'tsi: guest TCP connect() and UDP go out through tsibox (TSI; QEMU engine); everything is denied unless --allow permits it. passt: a virtio-net NIC (eth0 10.0.2.15/24) wired to passt; 10.0.2.2 reaches the host\'s 127.0.0.1; its frames are filtered by the same policy: everything is denied unless --allow permits it (QEMU engine)' },
+    net: { type: 'string', value: 'tsi|passt', choices: ['tsi', 'passt'], description: 'tsi: guest TCP connect() and UDP go out through tsibox (TSI); everything is denied unless --allow permits it. passt: a virtio-net NIC (eth0 10.0.2.15/24) wired to passt; 10.0.2.2 reaches the host\'s 127.0.0.1; its frames are filtered by the same policy: everything is denied unless --allow permits it' },
     allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'allow TCP and UDP with CIDR (with --net tsi: outbound destinations, and clients of --publish ports; with --net passt: what the host connects to, so 10.0.2.2:PORT is --allow 127.0.0.1:PORT) (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, 0.0.0.0/0 for all IPv4, ::/0 for all IPv6)' },
-    'allow-unix': { type: 'string', value: 'PATH', repeatable: true, description: 'with --net tsi: let the guest connect to the host unix socket PATH (or anything under PATH/ when it ends in /); judged on the canonical path (symlinks resolved); off unless given' },
+    'allow-unix': { type: 'string', value: 'PATH', repeatable: true, description: 'with --net tsi: let the guest connect to the host unix socket PATH (or anything under PATH/ when it ends in /); judged on the canonical path (symlinks resolved); off unless given. The guest kernel has no AF_UNIX TSI: only a program speaking TSI over vsock (docs/tsi-protocol.md §4) reaches these' },
     'max-connections': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: concurrent guest connections (default ${DEFAULT_LIMITS.maxConnections}); over it connect() fails with ENOBUFS` },
     'max-listeners': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: guest listeners registered with the host (default ${DEFAULT_LIMITS.maxListeners})` },
     'max-udp-sockets': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: guest UDP sockets with a host socket (default ${DEFAULT_LIMITS.maxUdpSockets}); over it sendto() fails with ENOBUFS` },
@@ -53,7 +53,8 @@ export const runCommand: Command = {
       ? passtNetworkOption(allowPolicy(o.allow))
       : networkOption(o.net, o.allow, o['host-alias'], o.publish, tsiExtras(o));
     const verbose = o.verbose === true;
-    const logger = pino({ name: 'tsibox', level: 'silent' });
+    // TSIBOX_LOG=info|debug: structured lines (tsi.connection, net.flow, tsi.limit) on stderr.
+    const logger = pino({ name: 'tsibox', level: process.env['TSIBOX_LOG'] ?? 'silent' }, pino.destination(2));
     const stdin = io.stdin ?? process.stdin;
     try {
       const r = await Sandbox.run({
@@ -118,8 +119,10 @@ export function networkOption(net: unknown, allow: unknown, aliases: unknown, pu
   const published = Array.isArray(publish) ? publish.map(String) : [];
   const tsiOnly = extras.allowUnix.length > 0 || Object.keys(extras.limits).length > 0;
   if (net !== 'tsi') {
-    if (allows.length > 0 || alias.length > 0 || published.length > 0 || tsiOnly) {
-      throw new UsageError('--allow needs --net tsi or passt; --host-alias, --publish, --allow-unix and the limit flags need --net tsi');
+    if (allows.length > 0) throw new UsageError('--allow needs --net tsi or passt; --host-alias, --publish, --allow-unix and the limit flags need --net tsi');
+    if (alias.length > 0 || published.length > 0 || tsiOnly) {
+      const given = alias.length > 0 ? '--host-alias' : published.length > 0 ? '--publish' : extras.allowUnix.length > 0 ? '--allow-unix' : 'the limit flags';
+      throw new UsageError(`${given} ${given === 'the limit flags' ? 'need' : 'needs'} --net tsi (so do --host-alias, --publish, --allow-unix and the limit flags)`);
     }
     return undefined;
   }
@@ -173,7 +176,10 @@ export function parseAllow(spec: string): { cidr: string; ports?: number | [numb
   }
   const [addr, len, extra] = cidr.split('/');
   const max = isIPv4(addr ?? '') ? 32 : isIPv6(addr ?? '') ? 128 : -1;
-  const bad = (): never => { throw new UsageError(`--allow wants CIDR[:PORT[-PORT]], got ${JSON.stringify(spec)}`); };
+  const bad = (): never => {
+    const hint = spec.includes(':') && !spec.startsWith('[') ? ' (an IPv6 CIDR with ports is written [ADDR]:PORTS, e.g. [::1]:80)' : '';
+    throw new UsageError(`--allow wants CIDR[:PORT[-PORT]], got ${JSON.stringify(spec)}${hint}`);
+  };
   if (max < 0 || extra !== undefined) bad();
   if (len !== undefined && (!/^\d+$/.test(len) || Number(len) > max)) bad();
   if (ports === undefined) return { cidr };
