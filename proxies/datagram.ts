@@ -15,7 +15,7 @@ import type { Decision } from '../src/policy/index.js';
 import type { VsockConnection } from '../src/virtio/vsock/connection.js';
 import type { TsiContext } from './context.js';
 import type { TrackedConnection } from './log.js';
-import { endThenReset } from './pipe.js';
+import { endThenReset, serveRequests } from './pipe.js';
 import {
   DgramFlag, Errno, FrameReader, MAX_PRIVILEGED_GUEST_PORT, TsiError, canonicalAddress, decodeDgram, decodeDgramOpen, encodeDgram, encodeDgramError,
   encodeDgramOpenResult, errnoOf, formatAddr, sockAddrOf, type SockAddr,
@@ -57,52 +57,39 @@ export class DatagramProxy {
     let flow: Flow | null = null;
     const timer = setTimeout(() => { if (flow === null) conn.destroy('no DGRAM_OPEN in time'); }, this.#ctx.timeoutMs);
     conn.once('close', () => { clearTimeout(timer); });
-    // Requests are taken only while our replies to the guest are below the connection's
-    // high-water mark: a guest that reads nothing stops being credited and can queue
-    // no more than its buf_alloc here ('drain' resumes).
-    const pump = (): void => {
-      for (;;) {
-        if (conn.state === 'closed' || conn.hostEnded || conn.bufferedToGuest >= conn.highWater) return;
-        if (flow !== null && !flow.ready) return; // resumed once the host socket is bound
-        const f = reader.next();
-        if (f === null) return;
-        if (f instanceof TsiError) {
-          conn.write(encodeDgramError(-f.errno, { family: 'none' }));
-          endThenReset(conn, f.reason);
-          conn.consumed(conn.unconsumed);
-          return;
-        }
-        if (flow === null) {
-          clearTimeout(timer);
-          conn.consumed(f.bytes.length);
-          const bind = decodeDgramOpen(f);
-          if (bind instanceof TsiError) {
-            conn.write(encodeDgramOpenResult(-bind.errno, 0, { family: 'none' }));
-            endThenReset(conn, bind.reason);
-            return;
-          }
-          const slot = this.#ctx.limits.takeUdpSocket();
-          if (typeof slot === 'string') {
-            this.#ctx.guestLog.warn({ event: 'tsi.limit', limit: slot }, `tsi: ${slot} limit reached; UDP socket refused`);
-            conn.write(encodeDgramOpenResult(-Errno.ENOBUFS, 0, { family: 'none' }));
-            endThenReset(conn, `${slot} limit`);
-            return;
-          }
-          conn.once('close', slot.release);
-          flow = new Flow(this.#ctx, conn, bind, this.#sockets, this.#exposed, pump);
-          continue;
-        }
-        flow.send(f.bytes.length, decodeDgram(f));
+    // Requests wait (uncredited) while our replies are above the high-water mark, and
+    // until the host socket is bound.
+    const pump = serveRequests(conn, reader, (f) => {
+      if (f instanceof TsiError) {
+        conn.write(encodeDgramError(-f.errno, { family: 'none' }));
+        endThenReset(conn, f.reason);
+        conn.consumed(conn.unconsumed);
+        return;
       }
-    };
-    conn.on('data', (d) => {
-      reader.push(d);
-      pump();
-    });
-    conn.on('drain', pump);
+      if (flow !== null) {
+        flow.send(f.bytes.length, decodeDgram(f));
+        return;
+      }
+      clearTimeout(timer);
+      conn.consumed(f.bytes.length);
+      const bind = decodeDgramOpen(f);
+      if (bind instanceof TsiError) {
+        conn.write(encodeDgramOpenResult(-bind.errno, 0, { family: 'none' }));
+        endThenReset(conn, bind.reason);
+        return;
+      }
+      const slot = this.#ctx.limits.takeUdpSocket();
+      if (typeof slot === 'string') {
+        this.#ctx.guestLog.warn({ event: 'tsi.limit', limit: slot }, `tsi: ${slot} limit reached; UDP socket refused`);
+        conn.write(encodeDgramOpenResult(-Errno.ENOBUFS, 0, { family: 'none' }));
+        endThenReset(conn, `${slot} limit`);
+        return;
+      }
+      conn.once('close', slot.release);
+      flow = new Flow(this.#ctx, conn, bind, this.#sockets, this.#exposed, () => { pump(); });
+    }, () => flow !== null && !flow.ready);
   }
 }
-
 
 /** "address|port" with the address canonical (IPv4-mapped IPv6 as IPv4), as both directions see it. */
 function peerKey(address: string, port: number): string {

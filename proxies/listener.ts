@@ -10,7 +10,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { PortMapping } from '../src/portmap/index.js';
 import type { VsockConnection } from '../src/virtio/vsock/connection.js';
 import type { TsiContext } from './context.js';
-import { endThenReset, pipeSocket } from './pipe.js';
+import { endThenReset, pipeSocket, serveRequests } from './pipe.js';
 import {
   Errno, FrameReader, MAX_PRIVILEGED_GUEST_PORT, TSI_VERSION, TsiError, TsiOp, checkSize, decodeListen, encodeAccept, encodeHelloResult,
   encodeListenResult, encodeSeqResult, errnoOf, formatAddr, sockAddrOf, type Frame, type SockAddr,
@@ -91,31 +91,19 @@ export class ListenerProxy {
     }
     const session: ControlSession = { conn, hello: false, listeners: new Set() };
     const reader = new FrameReader(MAX_CONTROL_MESSAGE);
-    // Requests are taken only while our replies are below the connection's high-water
-    // mark: a guest that reads nothing stops being credited ('drain' resumes).
-    const pump = (): void => {
-      for (;;) {
-        if (conn.state === 'closed' || conn.hostEnded || conn.bufferedToGuest >= conn.highWater) return;
-        const f = reader.next();
-        if (f === null) return;
-        if (f instanceof TsiError) {
-          // The stream cannot be re-synchronised: say why, end our side, and reset if
-          // the guest does not close within a second.
-          conn.write(encodeSeqResult(TsiOp.ERROR, 0, -f.errno));
-          conn.consumed(conn.unconsumed);
-          this.#ctx.log.debug({ reason: f.reason }, 'tsi control stream error');
-          endThenReset(conn, f.reason);
-          return;
-        }
-        conn.consumed(f.bytes.length);
-        this.#request(session, f);
+    serveRequests(conn, reader, (f) => {
+      if (f instanceof TsiError) {
+        // The stream cannot be re-synchronised: say why, end our side, and reset if
+        // the guest does not close within a second.
+        conn.write(encodeSeqResult(TsiOp.ERROR, 0, -f.errno));
+        conn.consumed(conn.unconsumed);
+        this.#ctx.log.debug({ reason: f.reason }, 'tsi control stream error');
+        endThenReset(conn, f.reason);
+        return;
       }
-    };
-    conn.on('data', (d) => {
-      reader.push(d);
-      pump();
+      conn.consumed(f.bytes.length);
+      this.#request(session, f);
     });
-    conn.on('drain', pump);
     conn.on('close', () => {
       for (const l of session.listeners) this.#drop(l);
       session.listeners.clear();

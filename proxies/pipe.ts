@@ -7,6 +7,7 @@
 // Half-close travels both ways (vsock SHUTDOWN(SEND) ↔ socket end()).
 import type { Socket } from 'node:net';
 import type { CloseReason, VsockConnection } from '../src/virtio/vsock/connection.js';
+import type { Frame, FrameReader, TsiError } from './protocol.js';
 
 export interface PipeEnd {
   /** How the pair ended: the vsock close reason, or the socket error code. */
@@ -75,4 +76,27 @@ export function pipeSocket(conn: VsockConnection, socket: Socket, done: (end: Pi
 export function endThenReset(conn: VsockConnection, reason: string): void {
   conn.end();
   setTimeout(() => { conn.destroy(reason); }, 1000).unref();
+}
+
+/**
+ * Serves a request/reply TSI connection with flow control: frames go to `handle` only
+ * while the replies queued for the guest are below the connection's high-water mark
+ * (and `paused()` is false); otherwise they wait, uncredited, in `reader`, so a guest
+ * that reads nothing stalls after its buf_alloc. 'drain' resumes; so does the returned
+ * function (call it when `paused()` turns false). Stops once our side has ended.
+ */
+export function serveRequests(conn: VsockConnection, reader: FrameReader, handle: (f: Frame | TsiError) => void, paused: () => boolean = () => false): () => void {
+  const pump = (): void => {
+    while (conn.state !== 'closed' && !conn.hostEnded && conn.bufferedToGuest < conn.highWater && !paused()) {
+      const f = reader.next();
+      if (f === null) return;
+      handle(f);
+    }
+  };
+  conn.on('data', (d) => {
+    reader.push(d);
+    pump();
+  });
+  conn.on('drain', pump);
+  return pump;
 }

@@ -47,19 +47,16 @@ export class StreamProxy {
       const f = reader.next();
       if (f === null) return;
       clearTimeout(timer);
-      if (f instanceof TsiError) {
+      const refuse = (err: TsiError): void => {
         conn.off('data', onData);
         conn.consumed(conn.unconsumed);
-        return this.#reject(conn, f, undefined);
-      }
-      // The handshake bytes are ours now; credit them back.
-      conn.consumed(f.bytes.length);
+        this.#reject(conn, err, undefined);
+      };
+      if (f instanceof TsiError) return refuse(f);
       const req = decodeConnect(f);
-      if (req instanceof TsiError) {
-        conn.off('data', onData);
-        conn.consumed(conn.unconsumed);
-        return this.#reject(conn, req, undefined);
-      }
+      if (req instanceof TsiError) return refuse(req);
+      // The handshake bytes are ours now; credit them back (what follows is the stream's).
+      conn.consumed(f.bytes.length);
       early = [reader.rest()];
       void this.#open(conn, req.target, f.bytes.length, () => {
         conn.off('data', onData);

@@ -100,6 +100,7 @@ export class Policy {
   readonly defaultAction: Action;
   readonly #rules: CompiledRule[];
   readonly #hostAddresses: () => Iterable<string>;
+  #hostCanon: { list: Iterable<string>; set: ReadonlySet<string> } | null = null;
 
   constructor(opts: PolicyOptions) {
     if (opts === null || typeof opts !== 'object' || (opts.default !== 'allow' && opts.default !== 'deny')) {
@@ -144,11 +145,17 @@ export class Policy {
   }
 
   #isHostAddress(c: Canonical): boolean {
-    for (const a of this.#hostAddresses()) {
-      const h = canonicalAddress(a);
-      if (h !== null && h.family === c.family && h.address === c.address) return true;
+    const list = this.#hostAddresses();
+    // Canonical forms once per address list (the default list changes at most once a second).
+    if (this.#hostCanon === null || this.#hostCanon.list !== list) {
+      const set = new Set<string>();
+      for (const a of list) {
+        const h = canonicalAddress(a);
+        if (h !== null) set.add(h.address);
+      }
+      this.#hostCanon = { list, set };
     }
-    return false;
+    return this.#hostCanon.set.has(c.address);
   }
 
   /** canon: undefined = not computed yet, null = not an address. */
