@@ -4,6 +4,7 @@
 //
 //   /usr/bin/tsibox-vsock   connect CID PORT | listen PORT: stdin/stdout over AF_VSOCK
 //   /usr/bin/tsibox-tcp     [-v] ADDRESS PORT: stdin/stdout over one TCP connection; exit status = connect() errno
+//   /usr/bin/tsibox-sockprobe  TARGET...: the differential socket-conformance probe (test/e2e/tsi-conformance.test.ts)
 import { execFile } from 'node:child_process';
 import { accessSync, existsSync, constants as fsConstants, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,7 +13,11 @@ import { cacheRoot, packageRoot } from './build.js';
 import { newcArchive } from './cmdline.js';
 
 /** The tools, and where each lands in the guest. */
-export const GUEST_TOOLS = { 'tsibox-vsock': '/usr/bin/tsibox-vsock', 'tsibox-tcp': '/usr/bin/tsibox-tcp' } as const;
+export const GUEST_TOOLS = {
+  'tsibox-vsock': '/usr/bin/tsibox-vsock',
+  'tsibox-tcp': '/usr/bin/tsibox-tcp',
+  'tsibox-sockprobe': '/usr/bin/tsibox-sockprobe',
+} as const;
 export type GuestToolName = keyof typeof GUEST_TOOLS;
 
 /**
