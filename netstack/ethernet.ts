@@ -39,3 +39,10 @@ export function encodeEthernet(dst: Uint8Array, src: Uint8Array, etherType: numb
   out.set(payload, ETH_HLEN);
   return out;
 }
+
+/** "aa:bb:cc:dd:ee:ff" (or '-' separated) as 6 bytes; null when malformed. The one MAC parser. */
+export function macFromString(mac: string): Uint8Array | null {
+  if (typeof mac !== 'string') return null;
+  const m = /^([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})$/i.exec(mac);
+  return m === null ? null : Uint8Array.from(m.slice(1).map((h) => parseInt(h, 16)));
+}

@@ -14,6 +14,8 @@ set -euo pipefail
 RECIPE=tsibox-initramfs-v1
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 INIT_SRC="$HERE/native/init/init.c"
+# Every source of init (init.c and its helpers, e.g. dhcp.c/dhcp.h), hashed into the key.
+INIT_FILES=("$HERE"/native/init/*.c "$HERE"/native/init/*.h)
 MKCPIO_SRC="$HERE/native/rootfs/mkcpio.c"
 CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/tsibox"
 BUSYBOX=/bin/busybox
@@ -34,6 +36,7 @@ cache_key() {
     printf 'libc6-dev %s\n' "$(ver libc6-dev)"
     printf 'gcc %s\n' "$(gcc -dumpfullversion 2>/dev/null || gcc -dumpversion)"
     printf 'init %s\n' "$(sha "$INIT_SRC")"
+    for f in "${INIT_FILES[@]}"; do [ "$f" = "$INIT_SRC" ] || printf '%s %s\n' "${f##*/}" "$(sha "$f")"; done
     printf 'mkcpio %s\n' "$(sha "$MKCPIO_SRC")"
   } | sha256sum | cut -c1-16
 }
@@ -81,7 +84,7 @@ trap 'rm -rf "$TMP"' EXIT
 
 log "building initramfs $key (busybox-static $(ver busybox-static))"
 log "compiling init (gcc -static -Os)"
-gcc -static -Os -s -Wall -Wextra -o "$TMP/init" "$INIT_SRC" >&2 || die "compiling init failed"
+gcc -static -Os -s -Wall -Wextra -o "$TMP/init" "$HERE"/native/init/*.c >&2 || die "compiling init failed"
 gcc -O2 -Wall -o "$TMP/mkcpio" "$MKCPIO_SRC" >&2 || die "compiling mkcpio failed"
 
 cat >"$TMP/passwd" <<'PW'

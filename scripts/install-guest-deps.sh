@@ -8,4 +8,6 @@ die() { printf 'guest deps: error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=lib/debian.sh
 . "$HERE/scripts/lib/debian.sh"
 deb_ensure linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils busybox-static qemu-system-x86 passt iproute2
+# gvproxy is packaged from Debian 13 (trixie) on, as one binary needing only libc6 (>= 2.34).
+deb_ensure_from_pinned_suite trixie gvproxy
 log "all installed"

@@ -25,6 +25,11 @@ export type TsiboxErrorCode =
   | 'PORT_MAP_CONFLICT'
   /** A policy rule is malformed (bad CIDR, port range, protocol). */
   | 'POLICY_INVALID'
+  /**
+   * The external network process (passt, gvproxy) ended while the sandbox ran, or its
+   * API failed.
+   */
+  | 'NETWORK_ERROR'
   /** A TSI peer (simulated guest, tests) broke docs/tsi-protocol.md. */
   | 'TSI_PROTOCOL';
 

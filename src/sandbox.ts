@@ -15,10 +15,12 @@ import { ConnectionLog } from '../proxies/log.js';
 import { RateLimitedLog } from './log-rate.js';
 import { checkPasstPolicy, type PasstNetwork } from './engine/network-passt.js';
 import { checkTsiNetwork, type SandboxNetwork } from './engine/network-tsi.js';
+import { checkGvproxyNetwork, type GvproxyNetwork } from './engine/network-gvproxy.js';
 import { startNetwork, type NetworkSetup } from './engine/network.js';
 
 export type { EngineChoice, EngineName } from './engine/select.js';
 export type { PasstNetwork } from './engine/network-passt.js';
+export type { GvproxyNetwork } from './engine/network-gvproxy.js';
 export type { TsiLimitOptions } from '../proxies/limits.js';
 export type { SandboxNetwork } from './engine/network-tsi.js';
 
@@ -53,9 +55,12 @@ export interface SandboxOptions {
   /**
    * Guest networking (QEMU engine for now). Without it the guest has loopback only.
    * `{ mode: 'passt', policy }`: a virtio-net NIC (eth0) wired to a passt process instead
-   * of TSI; the policy filters its frames (docs/netstack.md).
+   * of TSI; the policy filters its frames (docs/netstack.md). `{ mode: 'gvproxy', policy,
+   * portMap? }`: the same NIC wired to gvproxy, configured by DHCP, ports published
+   * through gvproxy's API (changeable while it runs). If passt or gvproxy ends while the
+   * sandbox runs, the VM is stopped and run() rejects with NETWORK_ERROR.
    */
-  network?: SandboxNetwork | PasstNetwork;
+  network?: SandboxNetwork | PasstNetwork | GvproxyNetwork;
 }
 
 /**
@@ -133,8 +138,9 @@ export class Sandbox {
 
     let exitCode: number;
     const network = opts.network;
-    if (network !== undefined && network.mode !== 'passt') checkTsiNetwork(network);
+    if (network !== undefined && network.mode !== 'passt' && network.mode !== 'gvproxy') checkTsiNetwork(network);
     if (network?.mode === 'passt') checkPasstPolicy(network);
+    if (network?.mode === 'gvproxy') checkGvproxyNetwork(network);
     if (decision.engine === 'kvm') await checkKvmUsable(opts.engine === 'kvm', log);
 
     // The devices are the same for both engines; each engine attaches them its own way
@@ -142,21 +148,27 @@ export class Sandbox {
     const vsock = new VsockDevice({ guestCid: 3, queueSize: QEMU_RING_SIZE });
     const bridges: VsockBridge[] = [];
     let net: NetworkSetup | undefined;
+    // The network process dying mid-run stops the VM (runKvm / runQemu throw the reason).
+    const abort = new AbortController();
     try {
       if (network !== undefined) {
         net = await startNetwork(network, vsock, log, guestLog);
         if (net.guest !== undefined) init.net = net.guest;
+        void net.failed?.then((err) => {
+          log.warn({ event: 'net.failed', code: err.code }, err.message);
+          abort.abort(err);
+        });
       }
       const connLog = new ConnectionLog(guestLog);
       for (const p of vsockPorts) bridges.push(addVsockPort(vsock, p.port, p.path, p.direction === 'host-to-guest', connLog));
       await Promise.all(bridges.map((b) => b.ready));
       if (decision.engine === 'kvm') {
-        ({ exitCode } = await runKvm({ ...common, devices: [vsock, ...(net?.devices ?? [])] }));
+        ({ exitCode } = await runKvm({ ...common, abort: abort.signal, devices: [vsock, ...(net?.devices ?? [])] }));
       } else {
         const accel = await qemuAccel();
         log.debug({ accel }, 'QEMU accelerator');
         ({ exitCode } = await runQemu({
-          ...common, accel, devices: [...defaultQemuDevices(vsock), ...(net?.qemuDevices ?? [])],
+          ...common, accel, abort: abort.signal, devices: [...defaultQemuDevices(vsock), ...(net?.qemuDevices ?? [])],
           ...(opts.onQemuStart ? { onStart: opts.onQemuStart } : {}),
         }));
       }

@@ -44,6 +44,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dhcp.h"
+
 #define ST_SETUP 125
 #define ST_EXEC 126
 #define ST_NOTFOUND 127
@@ -334,9 +336,11 @@ static int parse_uint(const char *s, unsigned long *out)
  * ones to passt (-a/-n/-g/-D), so no DHCP client is needed. */
 
 #define NET_MAX_DNS 3
+#define NET_DHCP_TIMEOUT_MS 10000
 
 static struct {
 	int set;
+	int dhcp;           /* tsibox.net=dhcp: the rest comes from dhcp_lease() */
 	struct in_addr addr, gw;
 	unsigned prefix;
 	struct in_addr dns[NET_MAX_DNS];
@@ -347,6 +351,7 @@ static int net_parse(const char *val)
 {
 	struct strv l = { 0 };
 	int rc = -1;
+	if (!strcmp(val, "dhcp")) { netcfg.set = netcfg.dhcp = 1; return 0; }
 	if (decode_list(val, "net", &l)) return -1;
 	if (l.n < 2 || l.n > 2 + NET_MAX_DNS) {
 		err("tsibox.net: want ADDR/PREFIX,GW[,DNS...] (at most %d DNS), got \"%s\"", NET_MAX_DNS, val);
@@ -388,6 +393,7 @@ out:
 static void net_print(void)
 {
 	if (!netcfg.set) return;
+	if (netcfg.dhcp) { printf("net dhcp\n"); return; }
 	char a[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN];
 	inet_ntop(AF_INET, &netcfg.addr, a, sizeof a);
 	inet_ntop(AF_INET, &netcfg.gw, g, sizeof g);
@@ -408,6 +414,25 @@ static void net_sin(struct sockaddr *sa, struct in_addr a)
 	memcpy(sa, &sin, sizeof sin);
 }
 
+/* tsibox.net=dhcp: the static fields from a DHCP lease (native/init/dhcp.c). */
+static int net_dhcp(const char *dev)
+{
+	struct dhcp_lease l;
+	char why[160];
+	if (dhcp_lease(dev, NET_DHCP_TIMEOUT_MS, &l, why, sizeof why)) {
+		err("tsibox.net=dhcp: %s", why);
+		return -1;
+	}
+	if (l.gw.s_addr == 0) { err("tsibox.net=dhcp: the lease has no router"); return -1; }
+	netcfg.addr = l.addr;
+	netcfg.prefix = l.prefix;
+	netcfg.gw = l.gw;
+	netcfg.ndns = l.ndns < NET_MAX_DNS ? l.ndns : NET_MAX_DNS;
+	for (int i = 0; i < netcfg.ndns; i++) netcfg.dns[i] = l.dns[i];
+	dbg("dhcp: lease from %s", inet_ntoa(l.server));
+	return 0;
+}
+
 /* eth0: address, netmask, up; default route via the gateway; /etc/resolv.conf. */
 static int net_setup(void)
 {
@@ -416,6 +441,7 @@ static int net_setup(void)
 	/* virtio-net probes during boot; allow a late probe a moment. */
 	for (int i = 0; i < 100 && if_nametoindex(dev) == 0; i++) sleep_ms(10);
 	if (if_nametoindex(dev) == 0) { err("tsibox.net: no %s (is the virtio-net device there?)", dev); return -1; }
+	if (netcfg.dhcp && net_dhcp(dev)) return -1;
 	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (s < 0) { err("socket: %s", strerror(errno)); return -1; }
 	struct ifreq ifr;

@@ -6,6 +6,7 @@ import { bootBench } from './boot.js';
 import { memoryBench } from './memory.js';
 import { virtqueueBench } from './virtqueue.js';
 import { tsiConnectBench, tsiStreamBench } from './tsi.js';
+import { netConnectBench, netStreamBench } from './net.js';
 
 registerBench(exitsBench);
 registerBench(ioeventfdBench);
@@ -14,5 +15,7 @@ registerBench(memoryBench);
 registerBench(virtqueueBench);
 registerBench(tsiStreamBench);
 registerBench(tsiConnectBench);
+registerBench(netStreamBench);
+registerBench(netConnectBench);
 
 export { findBench, listBenches, registerBench, type BenchDefinition, type BenchOptions, type BenchResult } from './registry.js';

@@ -12,6 +12,8 @@ export interface BenchOptions {
   cpl?: 0 | 3;
   /** Engine to measure (benches that run whole sandboxes). */
   engine?: string;
+  /** Network mode for the virtio-net benches: 'passt' or 'gvproxy'. */
+  net?: string;
   /** Progress notes for a human (the CLI sends them to stderr). */
   progress?: (message: string) => void;
 }

@@ -22,7 +22,7 @@ async function tsiRig(): Promise<Rig> {
   return { vsock, host, guest, close: () => { guest.close(); host.close(); vsock.close(); } };
 }
 
-async function listen(onConn: (s: Socket) => void): Promise<{ server: Server; port: number; close(): Promise<void> }> {
+export async function listen(onConn: (s: Socket) => void): Promise<{ server: Server; port: number; close(): Promise<void> }> {
   const sockets = new Set<Socket>();
   const server = createServer({ allowHalfOpen: true }, (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); s.on('error', () => {}); onConn(s); });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -86,7 +86,7 @@ async function tsiDownload(bytes: number): Promise<number> {
   }
 }
 
-async function loopback(bytes: number): Promise<number> {
+export async function loopback(bytes: number): Promise<number> {
   let got = 0;
   let finish: (() => void) | null = null;
   const sink = await listen((s) => { s.on('data', (d: Buffer) => { got += d.length; if (got >= bytes) finish?.(); }); });

@@ -35,6 +35,8 @@ export interface KvmRunOptions {
   logger: Logger;
   /** More virtio-mmio devices after console and rng (vsock, net), in this order. */
   devices?: readonly VirtioDevice[];
+  /** Stops the VM when aborted; runKvm then throws the signal's reason (e.g. NETWORK_ERROR). */
+  abort?: AbortSignal;
 }
 
 export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; console: string }> {
@@ -69,8 +71,16 @@ export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; c
     else port(PORT_STDERR).output.resume();
     const unpipeStdin = feedStdin(opts.stdin, port(PORT_STDIN).input);
 
-    const exit = await vm.run(opts.timeoutMs === undefined ? {} : { timeoutMs: opts.timeoutMs });
+    const onAbort = (): void => { void vm.stop(); };
+    opts.abort?.addEventListener('abort', onAbort, { once: true });
+    let exit;
+    try {
+      exit = await vm.run(opts.timeoutMs === undefined ? {} : { timeoutMs: opts.timeoutMs });
+    } finally {
+      opts.abort?.removeEventListener('abort', onAbort);
+    }
     unpipeStdin();
+    if (opts.abort?.aborted === true) throw opts.abort.reason;
     if (exit.reason === 'timeout') throw new TsiboxError('VM_TIMEOUT', `the sandbox did not finish within ${opts.timeoutMs} ms`);
     const code = consoleDev.exitStatus ?? parseStatusMarker(consoleText);
     if (code === undefined) {

@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 import type { Logger } from 'pino';
+import { HelperProcess } from '../../proxies/helper-process.js';
 import { startPasst, type PasstProcess } from '../../proxies/passt.js';
 import { TsiboxError } from '../errors.js';
 import type { GuestNetConfig } from '../guest/cmdline.js';
@@ -66,6 +67,8 @@ export interface PasstNetworkSetup {
   passt: PasstProcess;
   /** The policy filter between the device and passt (stats, finished flows). */
   filter: FramePolicyFilter;
+  /** Resolves with a NETWORK_ERROR if passt ends before close() (the sandbox then ends). */
+  failed: Promise<TsiboxError>;
   /** Stops passt (idempotent). */
   close(): Promise<void>;
 }
@@ -124,8 +127,10 @@ export async function startPasstNetwork(n: PasstNetwork, log: Logger, guestLog?:
     qemuArgs: (chardev) => ['-netdev', `vhost-user,id=net0,chardev=${chardev}`, '-device', `virtio-net-device,netdev=net0,mac=${mac}`],
   };
   let closed: Promise<void> | null = null;
+  const failed = passt.exited.then((ex) => (closed !== null ? new Promise<never>(() => {}) : new TsiboxError('NETWORK_ERROR',
+    `the sandbox's network process passt (pid ${passt.pid}) ${HelperProcess.describe(ex)} while the sandbox ran; the sandbox was stopped${passt.stderr ? `; passt's last lines:\n${passt.stderr.split('\n').slice(-5).join('\n')}` : ''}`)));
   return {
-    device, guest, netDevice, passt, filter,
+    device, guest, netDevice, passt, filter, failed,
     close: () => (closed ??= (async () => {
       filter.close(); // logs the flows still open
       await passt.close();
@@ -134,7 +139,8 @@ export async function startPasstNetwork(n: PasstNetwork, log: Logger, guestLog?:
   };
 }
 
-function readResolvConf(): string {
+/** The host's /etc/resolv.conf ('' when unreadable). */
+export function readResolvConf(): string {
   try {
     return readFileSync('/etc/resolv.conf', 'utf8');
   } catch {

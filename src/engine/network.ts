@@ -1,13 +1,15 @@
 // A sandbox's network mode, whatever the engine: the devices it adds (for the KVM
 // engine as virtio-mmio devices, for QEMU as vhost-user back ends), the guest's network
 // configuration for init, and one close(). Modes: TSI (network-tsi.ts), passt
-// (network-passt.ts).
+// (network-passt.ts), gvproxy (network-gvproxy.ts).
 import type { Logger } from 'pino';
 import type { GuestNetConfig } from '../guest/cmdline.js';
 import type { RateLimitedLog } from '../log-rate.js';
 import type { VirtioDevice } from '../virtio/device.js';
 import type { VsockDevice } from '../virtio/vsock/device.js';
 import type { VhostUserDeviceSpec } from './qemu.js';
+import type { TsiboxError } from '../errors.js';
+import { startGvproxyNetwork, type GvproxyNetwork } from './network-gvproxy.js';
 import { startPasstNetwork, type PasstNetwork } from './network-passt.js';
 import { startTsiNetwork, type SandboxNetwork } from './network-tsi.js';
 
@@ -16,17 +18,23 @@ export interface NetworkSetup {
   devices: VirtioDevice[];
   /** The same devices as QEMU vhost-user back ends. */
   qemuDevices: VhostUserDeviceSpec[];
-  /** For InitConfig.net (a NIC to configure); absent: no NIC. */
-  guest?: GuestNetConfig;
+  /** For InitConfig.net (a NIC to configure, or 'dhcp'); absent: no NIC. */
+  guest?: GuestNetConfig | 'dhcp';
+  /** Resolves with a NETWORK_ERROR when the mode's network process ends while the VM runs (the sandbox stops it). */
+  failed?: Promise<TsiboxError>;
   /** Stops what the mode started (idempotent). */
   close(): Promise<void>;
 }
 
 /** Starts the network mode the options name, on the sandbox's vsock device. */
-export async function startNetwork(network: SandboxNetwork | PasstNetwork, vsock: VsockDevice, log: Logger, guestLog: RateLimitedLog): Promise<NetworkSetup> {
+export async function startNetwork(network: SandboxNetwork | PasstNetwork | GvproxyNetwork, vsock: VsockDevice, log: Logger, guestLog: RateLimitedLog): Promise<NetworkSetup> {
   if (network.mode === 'passt') {
     const p = await startPasstNetwork(network, log, guestLog);
-    return { devices: [p.netDevice], qemuDevices: [p.device], guest: p.guest, close: () => p.close() };
+    return { devices: [p.netDevice], qemuDevices: [p.device], guest: p.guest, failed: p.failed, close: () => p.close() };
+  }
+  if (network.mode === 'gvproxy') {
+    const g = await startGvproxyNetwork(network, log, guestLog);
+    return { devices: [g.netDevice], qemuDevices: [g.device], guest: g.guest, failed: g.failed, close: () => g.close() };
   }
   return startTsiNetwork(network, vsock, log, guestLog);
 }

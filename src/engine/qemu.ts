@@ -76,6 +76,8 @@ export interface QemuRunOptions {
   onStart?: (pid: number) => void;
   /** Without our stdio/status ports and vhost-user devices (the bench baseline). */
   plain?: boolean;
+  /** Ends the VM at once when aborted; runQemu then throws the signal's reason (e.g. NETWORK_ERROR). */
+  abort?: AbortSignal;
 }
 
 export interface QemuRunResult {
@@ -263,6 +265,9 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
       child.once('error', (err) => { reject(err); });
       child.once('close', (code, signal) => { resolve({ code, signal }); });
     });
+    const onAbort = (): void => { child.kill('SIGKILL'); };
+    opts.abort?.addEventListener('abort', onAbort, { once: true });
+    if (opts.abort?.aborted === true) onAbort();
     let exit;
     try {
       exit = await exited;
@@ -270,9 +275,11 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
       throw new TsiboxError('ENGINE_UNAVAILABLE', `cannot start ${argv[0]}: ${(err as Error).message}`, { cause: err });
     } finally {
       if (timer !== null) clearTimeout(timer);
+      opts.abort?.removeEventListener('abort', onAbort);
     }
     const ms = performance.now() - start;
     unpipeStdin();
+    if (opts.abort?.aborted === true) throw opts.abort.reason;
     // QEMU is gone, so every port socket sees end of stream; wait until what it wrote is read.
     await Promise.race([Promise.all(drained), new Promise((r) => setTimeout(r, 2000).unref())]);
 

@@ -60,8 +60,12 @@ export interface InitConfig {
   poweroff?: 'reboot' | 'poweroff' | 'halt';
   /** init prints what it does on the console. */
   debug?: boolean;
-  /** Configure eth0 (virtio-net): address/prefix, default route via gateway, /etc/resolv.conf. */
-  net?: GuestNetConfig;
+  /**
+   * Configure eth0 (virtio-net): address/prefix, default route via gateway,
+   * /etc/resolv.conf; 'dhcp': init asks a DHCP server for all of them (`tsibox.net=dhcp`;
+   * no answer within 10 s is an init failure, exit 125).
+   */
+  net?: GuestNetConfig | 'dhcp';
 }
 
 /** Static IPv4 setup of eth0 (the host chose it, and gave the same to passt). */
@@ -175,7 +179,8 @@ export function initTokens(cfg: InitConfig): string[] {
   if (cfg.portTimeoutMs !== undefined) t.push(`tsibox.port_timeout_ms=${Math.max(0, Math.floor(cfg.portTimeoutMs))}`);
   if (cfg.poweroff !== undefined) t.push(`tsibox.poweroff=${cfg.poweroff}`);
   if (cfg.debug) t.push('tsibox.debug=1');
-  if (cfg.net !== undefined) t.push(netToken(cfg.net));
+  if (cfg.net === 'dhcp') t.push('tsibox.net=dhcp');
+  else if (cfg.net !== undefined) t.push(netToken(cfg.net));
   return t;
 }
 

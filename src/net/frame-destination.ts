@@ -9,6 +9,12 @@
 //    host" to Linux), and no rule a user writes for 0.0.0.0/0 means loopback: it is
 //    denied, never judged (the policy denies these too: src/policy/index.ts);
 //  - everything else is itself (127.0.0.0/8 reaches loopback and is judged as such).
+// gvproxy (0.8.1, checked here) differs: its gateway (192.168.127.1) is gvproxy itself
+// (DHCP, DNS on 53, and its HTTP API on 80, which can open host listeners), and
+// 192.168.127.254 is NATed to the host's 127.0.0.1. So: `hostAliases` maps such
+// addresses, and with `gatewayServices: 'explicit'` any other gateway port is judged
+// as the gateway's own address and allowed only by a rule that names exactly that
+// address (see FramePolicyFilter): `0.0.0.0/0` never opens gvproxy's API.
 import { equalBytes, formatIP, ipv4FromString } from '../../netstack/index.js';
 
 export interface DestinationOptions {
@@ -18,22 +24,52 @@ export interface DestinationOptions {
   mapGatewayToHost: boolean;
   /** passt's DNS forwarder: queries to `match` port 53 go to `upstream` port 53. */
   dnsForward?: { match: string; upstream: string };
+  /** Guest-visible addresses the backend NATs to host addresses (gvproxy: 192.168.127.254 → 127.0.0.1). */
+  hostAliases?: ReadonlyArray<readonly [alias: string, host: string]>;
+  /**
+   * 'explicit': the gateway is the backend's own service endpoint (gvproxy): outbound
+   * flows to it (but DNS) are allowed only by a rule naming its address exactly, and
+   * inbound flows from it (published ports: gvproxy hides the real client) are judged
+   * as coming from `inboundFrom`. Default 'none' (passt: the gateway is just an address).
+   */
+  gatewayServices?: 'none' | 'explicit';
+  /** Who inbound flows from the gateway stand for (default '127.0.0.1'). */
+  inboundFrom?: string;
 }
 
-/** The host address a peer stands for, or why it is refused without asking the policy. */
-export type HostPeer = { address: string } | { refused: 'unspecified' };
+/**
+ * The host address a peer stands for, or why it is refused without asking the policy.
+ * `explicitOnly`: only a rule naming exactly this address may allow it.
+ */
+export type HostPeer = { address: string; explicitOnly?: true } | { refused: 'unspecified' };
 
 export class FrameDestinations {
   readonly #gateway: Uint8Array | null;
   readonly #mapGateway: boolean;
   readonly #dnsMatch: Uint8Array | null;
   readonly #dnsUpstream: string;
+  readonly #aliases: Array<[Uint8Array, string]>;
+  readonly #gatewayExplicit: boolean;
+  readonly #inboundFrom: string;
 
   constructor(o: DestinationOptions) {
     this.#gateway = ipv4FromString(o.gateway);
     this.#mapGateway = o.mapGatewayToHost;
     this.#dnsMatch = o.dnsForward ? ipv4FromString(o.dnsForward.match) : null;
     this.#dnsUpstream = o.dnsForward?.upstream ?? '';
+    this.#aliases = [];
+    for (const [alias, host] of o.hostAliases ?? []) {
+      const a = ipv4FromString(alias);
+      if (a !== null) this.#aliases.push([a, host]);
+    }
+    this.#gatewayExplicit = o.gatewayServices === 'explicit';
+    this.#inboundFrom = o.inboundFrom ?? '127.0.0.1';
+  }
+
+  /** The peer of an inbound flow (a host client reaching the guest) as the policy judges it. */
+  inboundPeer(peer: Uint8Array, tcpOrUdp: boolean, port: number | null): HostPeer {
+    if (this.#gatewayExplicit && this.isGateway(peer)) return { address: this.#inboundFrom };
+    return this.hostPeer(peer, tcpOrUdp, port);
   }
 
   isGateway(a: Uint8Array): boolean {
@@ -45,6 +81,8 @@ export class FrameDestinations {
     if (isUnspecified(peer)) return { refused: 'unspecified' };
     if (this.#dnsMatch !== null && tcpOrUdp && port === 53 && equalBytes(peer, this.#dnsMatch)) return { address: this.#dnsUpstream };
     if (this.#mapGateway && this.isGateway(peer)) return { address: '127.0.0.1' };
+    for (const [a, host] of this.#aliases) if (equalBytes(peer, a)) return { address: host };
+    if (this.#gatewayExplicit && this.isGateway(peer)) return { address: formatIP(peer), explicitOnly: true };
     return { address: formatIP(peer) };
   }
 }

@@ -21,7 +21,8 @@
 //    administratively prohibited. TCP segments of no known flow (not a SYN) get a RST.
 //  - 802.1Q-tagged frames, malformed frames and other IP protocols are dropped.
 //  - host→guest: frames of known flows pass; a new TCP SYN or UDP flow from the host
-//    side (passt port forwards) is evaluated as 'inbound' with the source address;
+//    side (passt / gvproxy port forwards) is evaluated as 'inbound' with the source
+//    address (gvproxy's gateway: as 127.0.0.1) and the guest port being reached;
 //    ICMP errors and ARP pass; the rest is dropped.
 //
 // Every decision is taken on the bytes that are forwarded: the device hands us a copy
@@ -68,6 +69,15 @@ export interface FramePolicyOptions {
    * them, udp/tcp to `upstream` port 53 (the host's resolver). Absent: no forwarder.
    */
   dnsForward?: { match: string; upstream: string };
+  /** Addresses the backend NATs to host addresses (gvproxy: 192.168.127.254 → 127.0.0.1). */
+  hostAliases?: ReadonlyArray<readonly [alias: string, host: string]>;
+  /**
+   * 'explicit' (gvproxy): the gateway's own services other than DNS (gvproxy's HTTP API
+   * on port 80, which can open host listeners) are allowed only by a rule naming the
+   * gateway's address exactly (`cidr: '192.168.127.1'` or '/32'), never by a wider one;
+   * inbound flows from the gateway (published ports) are judged as from 127.0.0.1.
+   */
+  gatewayServices?: 'none' | 'explicit';
   /** The sandbox's rate-limited log for net.flow lines (default: one made from `logger`). */
   log?: RateLimitedLog;
   logger?: Logger;
@@ -150,7 +160,10 @@ export class FramePolicyFilter implements FrameBackend {
     }
     this.#inner = o.inner;
     this.#policy = o.policy;
-    this.#dest = new FrameDestinations({ gateway: o.gateway, mapGatewayToHost: o.mapGatewayToHost, ...(o.dnsForward ? { dnsForward: o.dnsForward } : {}) });
+    this.#dest = new FrameDestinations({
+      gateway: o.gateway, mapGatewayToHost: o.mapGatewayToHost, ...(o.dnsForward ? { dnsForward: o.dnsForward } : {}),
+      ...(o.hostAliases ? { hostAliases: o.hostAliases } : {}), ...(o.gatewayServices ? { gatewayServices: o.gatewayServices } : {}),
+    });
     this.#log = o.log ?? (o.logger ? new RateLimitedLog(o.logger) : undefined);
     const udpIdleMs = o.udpIdleMs ?? 60_000;
     const lingerMs = o.lingerMs ?? 5_000;
@@ -442,7 +455,8 @@ export class FramePolicyFilter implements FrameBackend {
   // ---- judging a new flow ----
 
   #newFlow(key: string, protocol: Protocol, direction: Direction, guestIp: Uint8Array, guestPort: number, peerIp: Uint8Array, peerPort: number | null, now: number): Flow {
-    const peer = this.#dest.hostPeer(peerIp, protocol === 'tcp' || protocol === 'udp', peerPort);
+    const l4 = protocol === 'tcp' || protocol === 'udp';
+    const peer = direction === 'inbound' ? this.#dest.inboundPeer(peerIp, l4, peerPort) : this.#dest.hostPeer(peerIp, l4, peerPort);
     let decision: Decision;
     let hostDst: string;
     if ('refused' in peer) {
@@ -450,7 +464,12 @@ export class FramePolicyFilter implements FrameBackend {
       hostDst = formatIP(peerIp);
     } else {
       hostDst = peer.address;
-      decision = this.#policy.evaluate({ direction, protocol, address: hostDst, ...(peerPort !== null ? { port: peerPort } : {}) });
+      // The policy's port: outbound the destination's, inbound the guest port being reached (as for TSI).
+      const port = direction === 'inbound' ? (protocol === 'icmp' ? null : guestPort) : peerPort;
+      decision = this.#policy.evaluate({ direction, protocol, address: hostDst, ...(port !== null ? { port } : {}) });
+      if (peer.explicitOnly === true && decision.action === 'allow' && !ruleNamesExactly(this.#policy, decision.rule, hostDst)) {
+        decision = { action: 'deny', rule: -4, by: `${hostDst} is the network process itself: allowed only by a rule naming ${hostDst} exactly` };
+      }
     }
     const ep = (a: Uint8Array, p: number | null): string => {
       const s = formatIP(a);
@@ -477,6 +496,14 @@ export class FramePolicyFilter implements FrameBackend {
     // Not from inside the device's tx processing.
     queueMicrotask(() => { if (!this.#closed) port.deliver(frame); });
   }
+}
+
+/** Whether rule `index` of `policy` lists `address` itself (a bare address or /32) as a CIDR. */
+function ruleNamesExactly(policy: Policy, index: number, address: string): boolean {
+  const rule = index >= 0 ? policy.rules[index] : undefined;
+  if (rule?.cidr === undefined) return false;
+  const cidrs = typeof rule.cidr === 'string' ? [rule.cidr] : rule.cidr;
+  return cidrs.some((c) => c === address || c === `${address}/32`);
 }
 
 /** fe80::/10: a guest's link-local source is always its own. */

@@ -7,6 +7,7 @@ import { findQemu } from '../../src/engine/qemu.js';
 import { ensureInitramfs, ensureKernel, kernelPaths } from '../../src/guest/index.js';
 import { guestToolsArchive } from '../../src/index.js';
 import { startPasst } from '../../proxies/passt.js';
+import { findGvproxy, GVPROXY_DEBIAN_PACKAGE } from '../../proxies/gvproxy.js';
 
 /**
  * The engine the end-to-end tests run under: 'qemu' (default, any host) or 'kvm'
@@ -20,9 +21,12 @@ export interface Prerequisites {
   tools: Buffer | undefined;
 }
 
-export async function e2ePrerequisites(t: Test, opts: { tools?: boolean; passt?: boolean } = {}): Promise<Prerequisites> {
+export async function e2ePrerequisites(t: Test, opts: { tools?: boolean; passt?: boolean; gvproxy?: boolean } = {}): Promise<Prerequisites> {
   if (kernelPaths() === undefined) t.setTimeout(20 * 60_000);
   if (E2E_ENGINE === 'qemu' && findQemu() === undefined) return { skip: 'qemu-system-x86_64 is not installed (Debian: qemu-system-x86)', tools: undefined };
+  if (opts.gvproxy && findGvproxy() === undefined) {
+    return { skip: `gvproxy is not installed (${GVPROXY_DEBIAN_PACKAGE}; or set TSIBOX_GVPROXY)`, tools: undefined };
+  }
   if (opts.passt) {
     try {
       const p = await startPasst({ address: '10.0.2.15', prefix: 24, gateway: '10.0.2.2', mac: '02:00:00:00:00:01', logger: pino({ level: 'silent' }) });

@@ -5,12 +5,13 @@ import { expectPositionals, type Command } from '../registry.js';
 export const benchCommand: Command = {
   name: 'bench',
   summary: 'measure the engine against a C baseline; one JSON line per result',
-  usage: 'bench <name> [--iterations N] [--runs R] [--cpl 0|3] [--engine qemu] [--quiet]',
+  usage: 'bench <name> [--iterations N] [--runs R] [--cpl 0|3] [--engine qemu] [--net passt|gvproxy] [--quiet]',
   options: {
     iterations: { type: 'integer', value: 'N', min: 10, description: 'work per run (bench-specific default)' },
     runs: { type: 'integer', value: 'R', min: 1, max: 1000, description: 'repetitions; the value is the median' },
     cpl: { type: 'integer', value: '0|3', choices: [0, 3], description: 'privilege level of the synthetic guest (default 3)' },
     engine: { type: 'string', value: 'qemu', choices: ['qemu', 'kvm'], description: 'engine for benches that run whole sandboxes (boot)' },
+    net: { type: 'string', value: 'passt|gvproxy', choices: ['passt', 'gvproxy'], description: 'network process for net-stream / net-connect (default gvproxy)' },
     quiet: { type: 'boolean', description: 'no progress notes on stderr' },
   },
   get help() {
@@ -27,6 +28,7 @@ export const benchCommand: Command = {
       runs: typeof o.runs === 'number' ? o.runs : bench.defaultRuns,
       ...(typeof o.cpl === 'number' ? { cpl: o.cpl as 0 | 3 } : {}),
       ...(typeof o.engine === 'string' ? { engine: o.engine } : {}),
+      ...(typeof o.net === 'string' ? { net: o.net } : {}),
       ...(o.quiet ? {} : { progress: (m: string) => { io.stderr.write(`tsibox: ${m}\n`); } }),
     });
     for (const r of results) io.stdout.write(JSON.stringify(r) + '\n');

@@ -5,13 +5,13 @@ import { Policy, type PolicyRule } from '../../policy/index.js';
 import { PortMap } from '../../portmap/index.js';
 import { DEFAULT_LIMITS, type TsiLimitOptions } from '../../../proxies/limits.js';
 import { UsageError } from '../args.js';
-import { passtNetworkOption } from '../net-passt.js';
+import { gvproxyNetworkOption, passtNetworkOption } from '../net-passt.js';
 import { expectPositionals, type Command } from '../registry.js';
 
 export const runCommand: Command = {
   name: 'run',
   summary: 'run a program in a microVM (default root: busybox); exits with its status',
-  usage: 'run [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]... [--publish [ADDR:]HOST:GUEST[/udp]]... [--allow-unix PATH]... [--max-connections N] [--max-listeners N] [--max-udp-sockets N] [--connect-rate N] | --net passt [--allow CIDR[:PORTS]]...] [--verbose] -- CMD [ARGS...]',
+  usage: 'run [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]... [--publish [ADDR:]HOST:GUEST[/udp]]... [--allow-unix PATH]... [--max-connections N] [--max-listeners N] [--max-udp-sockets N] [--connect-rate N] | --net passt [--allow CIDR[:PORTS]]... | --net gvproxy [--allow CIDR[:PORTS]]... [--publish [ADDR:]HOST:GUEST[/udp]]...] [--verbose] -- CMD [ARGS...]',
   options: {
     engine: { type: 'string', value: 'kvm|qemu|auto', choices: ['kvm', 'qemu', 'auto'], description: 'how to run the VM (default auto: KVM where guest ring 0 runs natively, else QEMU)' },
     cpus: { type: 'integer', value: 'N', min: 1, max: 16, description: 'vCPUs (default 1)' },
@@ -22,14 +22,14 @@ export const runCommand: Command = {
     workdir: { type: 'string', value: 'DIR', description: 'working directory in the guest (created when missing)' },
     timeout: { type: 'integer', value: 'SEC', min: 1, description: 'kill the VM after this many seconds' },
     verbose: { type: 'boolean', description: 'say on stderr which engine runs the VM, and why' },
-    net: { type: 'string', value: 'tsi|passt', choices: ['tsi', 'passt'], description: 'tsi: guest TCP connect() and UDP go out through tsibox (TSI); everything is denied unless --allow permits it. passt: a virtio-net NIC (eth0 10.0.2.15/24) wired to passt; 10.0.2.2 reaches the host\'s 127.0.0.1; its frames are filtered by the same policy: everything is denied unless --allow permits it' },
-    allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'allow TCP and UDP with CIDR (with --net tsi: outbound destinations, and clients of --publish ports; with --net passt: what the host connects to, so 10.0.2.2:PORT is --allow 127.0.0.1:PORT) (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, 0.0.0.0/0 for all IPv4, ::/0 for all IPv6)' },
+    net: { type: 'string', value: 'tsi|passt|gvproxy', choices: ['tsi', 'passt', 'gvproxy'], description: 'tsi: guest TCP connect() and UDP go out through tsibox (TSI); everything is denied unless --allow permits it. passt: a virtio-net NIC (eth0 10.0.2.15/24) wired to passt; 10.0.2.2 reaches the host\'s 127.0.0.1. gvproxy: the NIC wired to gvproxy, configured by DHCP (eth0 192.168.127.2/24, gateway and DNS 192.168.127.1, IPv4 only); 192.168.127.254 reaches the host\'s 127.0.0.1; --publish goes through gvproxy\'s API. passt and gvproxy frames are filtered by the same policy: everything is denied unless --allow permits it' },
+    allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'allow TCP and UDP with CIDR (with --net tsi: outbound destinations, and clients of --publish ports; with --net passt / gvproxy: what the host connects to, so 10.0.2.2:PORT (passt) or 192.168.127.254:PORT (gvproxy) is --allow 127.0.0.1:PORT; gvproxy\'s own API at 192.168.127.1:80 only by --allow 192.168.127.1:80 itself) (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, 0.0.0.0/0 for all IPv4, ::/0 for all IPv6)' },
     'allow-unix': { type: 'string', value: 'PATH', repeatable: true, description: 'with --net tsi: let the guest connect to the host unix socket PATH (or anything under PATH/ when it ends in /); judged on the canonical path (symlinks resolved); off unless given. The guest kernel has no AF_UNIX TSI: only a program speaking TSI over vsock (docs/tsi-protocol.md §4) reaches these' },
     'max-connections': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: concurrent guest connections (default ${DEFAULT_LIMITS.maxConnections}); over it connect() fails with ENOBUFS` },
     'max-listeners': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: guest listeners registered with the host (default ${DEFAULT_LIMITS.maxListeners})` },
     'max-udp-sockets': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: guest UDP sockets with a host socket (default ${DEFAULT_LIMITS.maxUdpSockets}); over it sendto() fails with ENOBUFS` },
     'connect-rate': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: new guest connections per second (default ${DEFAULT_LIMITS.connectionsPerSecond}); over it connect() fails with EAGAIN` },
-    publish: { type: 'string', value: '[ADDR:]HOST:GUEST[/udp]', repeatable: true, description: 'with --net tsi: expose guest port GUEST on host ADDR:HOST (default address 127.0.0.1; HOST 0 lets the OS choose); the policy must allow the clients' },
+    publish: { type: 'string', value: '[ADDR:]HOST:GUEST[/udp]', repeatable: true, description: 'with --net tsi or gvproxy: expose guest port GUEST on host ADDR:HOST (default address 127.0.0.1; HOST 0 lets the OS choose); the policy must allow the clients (gvproxy hides them: --allow 127.0.0.1:GUEST)' },
     'host-alias': { type: 'string', value: 'ADDR', repeatable: true, description: "with --net tsi: the guest reaches the host's 127.0.0.1 (IPv4 ADDR) or ::1 (IPv6 ADDR) through ADDR, e.g. 10.0.2.2; --allow 127.0.0.1 (or ::1) too" },
   },
   help: 'Exit status: CMD\'s own; 125 guest setup failed, 126 CMD not executable, 127 CMD not found, 128+N killed by signal N.',
@@ -45,13 +45,18 @@ export const runCommand: Command = {
     if (o.net === 'passt' && (o['host-alias'] !== undefined || o.publish !== undefined)) {
       throw new UsageError('--host-alias and --publish need --net tsi (passt has its own addressing: 10.0.2.2 is the host; see README)');
     }
+    if (o.net === 'gvproxy' && o['host-alias'] !== undefined) {
+      throw new UsageError('--host-alias needs --net tsi (gvproxy has its own addressing: 192.168.127.254 is the host; see README)');
+    }
     const tsiOnlyFlags = ['allow-unix', 'max-connections', 'max-listeners', 'max-udp-sockets', 'connect-rate'].filter((k) => o[k] !== undefined);
-    if (o.net === 'passt' && tsiOnlyFlags.length > 0) {
-      throw new UsageError(`--${tsiOnlyFlags[0]!} needs --net tsi (passt opens the host sockets itself)`);
+    if ((o.net === 'passt' || o.net === 'gvproxy') && tsiOnlyFlags.length > 0) {
+      throw new UsageError(`--${tsiOnlyFlags[0]!} needs --net tsi (${o.net} opens the host sockets itself)`);
     }
     const network = o.net === 'passt'
       ? passtNetworkOption(allowPolicy(o.allow))
-      : networkOption(o.net, o.allow, o['host-alias'], o.publish, tsiExtras(o));
+      : o.net === 'gvproxy'
+        ? gvproxyNetworkOption(allowPolicy(o.allow), o.publish)
+        : networkOption(o.net, o.allow, o['host-alias'], o.publish, tsiExtras(o));
     const verbose = o.verbose === true;
     // TSIBOX_LOG=info|debug: structured lines (tsi.connection, net.flow, tsi.limit) on stderr.
     const logger = pino({ name: 'tsibox', level: process.env['TSIBOX_LOG'] ?? 'silent' }, pino.destination(2));

@@ -15,6 +15,7 @@
 // throws because of the guest.
 import { randomBytes } from 'node:crypto';
 import { TsiboxError } from '../../errors.js';
+import { macFromString } from '../../../netstack/index.js';
 import { DeviceId, Feature } from '../constants.js';
 import { readConfigBytes, type DeviceContext, type VirtioDevice } from '../device.js';
 import type { DescriptorChain, Virtqueue } from '../queue.js';
@@ -87,9 +88,8 @@ export interface NetStats {
 
 /** Parses "aa:bb:cc:dd:ee:ff" (or '-' separated). */
 export function parseMac(mac: string): Uint8Array {
-  const m = /^([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})$/i.exec(mac);
-  if (m === null) throw new TsiboxError('INVALID_ARGUMENT', `MAC address ${JSON.stringify(mac)} is not aa:bb:cc:dd:ee:ff`);
-  const b = Uint8Array.from(m.slice(1).map((h) => parseInt(h, 16)));
+  const b = macFromString(mac);
+  if (b === null) throw new TsiboxError('INVALID_ARGUMENT', `MAC address ${JSON.stringify(mac)} is not aa:bb:cc:dd:ee:ff`);
   if ((b[0]! & 1) !== 0) throw new TsiboxError('INVALID_ARGUMENT', `MAC address ${mac} is a multicast address`);
   return b;
 }
