@@ -7,11 +7,13 @@
  */
 import t from 'tap';
 import { createSocket } from 'node:dgram';
+import { get as httpGet } from 'node:http';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
 import { Sandbox } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
 import { PortMap } from '../../src/portmap/index.js';
+import type { VsockDevice } from '../../src/virtio/vsock/device.js';
 
 const { skip, tools } = await e2ePrerequisites(t, { tools: true });
 const ALIAS4 = '10.0.2.2';
@@ -38,7 +40,9 @@ t.test('a published receive-first UDP server: host clients get replies, guest cl
     'for i in $(seq 50); do [ -s /tmp/ready ] && break; sleep 0.1; done; cat /tmp/ready',
     // A guest-local client still reaches the same socket through the guest stack.
     'echo local-hello | tsibox-tcp -u 127.0.0.1 5353; echo local=$?',
-    'wait $srv; echo server=$?',
+    // The last reply leaves the guest's vsock queue after the server exits; a VM that
+    // powered off at once could drop it, as a NIC's queue at power-off would.
+    'wait $srv; echo server=$?; sleep 1',
   ].join('\n');
   const hostSide = (async () => {
     const port = await until(() => portMap.lookupGuest('udp', 5353)?.boundPort ?? undefined, 30_000);
@@ -106,4 +110,65 @@ t.test('a host reset after 6 bytes: the guest reads the 6 bytes, then ECONNRESET
   t.match(err, /Connection reset by peer/, 'with ECONNRESET');
   t.match(out, /^graceful=0$/m, 'a graceful end is still EOF');
   t.equal(graceful, 2);
+});
+
+/** GET http://127.0.0.1:port/ → the body, or the error code. */
+function fetchPage(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    httpGet({ host: '127.0.0.1', port, path: '/', timeout: 5000 }, (res) => {
+      let b = '';
+      res.setEncoding('utf8').on('data', (d: string) => (b += d)).on('end', () => { resolve(b); });
+    }).on('error', (e: NodeJS.ErrnoException) => { resolve(`error ${e.code ?? e.message}`); }).on('timeout', function (this: { destroy(): void }) { this.destroy(); });
+  });
+}
+
+t.test('port mappings survive: 100 closed listeners, then a vsock transport reset', { skip }, async (t) => {
+  const portMap = new PortMap(['127.0.0.1:0:8080', '127.0.0.1:0:8081']);
+  let vsock: VsockDevice | undefined;
+  const script = [
+    'mkdir -p /tmp/w && echo page-8080 > /tmp/w/index.html && httpd -p 8080 -h /tmp/w',
+    // 100 unmapped listeners opened and closed: 100 UNLISTENs the host answers.
+    'for i in $(seq 100); do nc -l -p $((9000 + i)) & p=$!; sleep 0.01; kill $p; done 2>/dev/null; wait 2>/dev/null',
+    'echo closed-100',
+    // A listener made after them still registers.
+    'mkdir -p /tmp/v && echo page-8081 > /tmp/v/index.html && httpd -p 8081 -h /tmp/v',
+    // Held by the host until it is done; the transport reset ends the first hold.
+    `tsibox-tcp ${ALIAS4} ${'$DONE'} < /dev/null || tsibox-tcp ${ALIAS4} ${'$DONE'} < /dev/null`,
+  ].join('\n');
+  // Holds the guest until the host is done (half-open: the guest's EOF does not end it).
+  const done = createServer({ allowHalfOpen: true });
+  const doneSockets: Socket[] = [];
+  done.on('connection', (s) => { doneSockets.push(s); });
+  await new Promise<void>((r) => done.listen(0, '127.0.0.1', r));
+  t.teardown(() => { for (const s of doneSockets) s.destroy(); done.close(); });
+  const donePort = (done.address() as AddressInfo).port;
+
+  const hostSide = (async () => {
+    const bound = (g: number): number | undefined => portMap.lookupGuest('tcp', g)?.boundPort ?? undefined;
+    await until(() => (bound(8081) !== undefined ? true : undefined), 60_000);
+    const before = [await fetchPage(bound(8080) ?? 0), await fetchPage(bound(8081) ?? 0)];
+    t.comment(`before the reset: ${JSON.stringify(before)} (${bound(8080)}, ${bound(8081)})`);
+    vsock!.resetTransport();
+    // The host forgot the listeners with the control session; the guest registers them again.
+    await new Promise((r) => setTimeout(r, 200));
+    await until(() => (bound(8080) !== undefined && bound(8081) !== undefined ? true : undefined), 20_000);
+    const after = [await fetchPage(bound(8080) ?? 0), await fetchPage(bound(8081) ?? 0)];
+    t.comment(`after the reset: ${JSON.stringify(after)} (${bound(8080)}, ${bound(8081)})`);
+    for (const s of doneSockets) s.end();
+    return { before, after };
+  })();
+  const r = await Sandbox.run({
+    engine: E2E_ENGINE, argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 120_000, env: { DONE: String(donePort) },
+    onDevices: (d) => { vsock = d.vsock; },
+    network: {
+      mode: 'tsi', portMap, hostLoopbackAlias: ALIAS4,
+      policy: new Policy({ default: 'deny', rules: [{ action: 'allow', cidr: ['127.0.0.0/8'], name: 'host loopback' }] }),
+    },
+  });
+  const host = await hostSide;
+  const out = r.stdout!.toString();
+  t.equal(r.exitCode, 0, 'the guest script ran', { stdout: out, stderr: r.stderr?.toString() });
+  t.match(out, /^closed-100$/m);
+  t.same(host.before, ['page-8080\n', 'page-8081\n'], 'both published listeners serve, the second made after 100 UNLISTENs');
+  t.same(host.after, ['page-8080\n', 'page-8081\n'], 'and both again after the transport reset');
 });
