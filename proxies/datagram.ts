@@ -17,7 +17,7 @@ import type { TsiContext } from './context.js';
 import type { TrackedConnection } from './log.js';
 import { endThenReset, serveRequests } from './pipe.js';
 import {
-  DgramFlag, Errno, FrameReader, MAX_PRIVILEGED_GUEST_PORT, TsiError, canonicalAddress, decodeDgram, decodeDgramOpen, encodeDgram, encodeDgramError,
+  DgramFlag, Errno, MAX_DGRAM_PAYLOAD_V4, FrameReader, MAX_PRIVILEGED_GUEST_PORT, TsiError, canonicalAddress, decodeDgram, decodeDgramOpen, encodeDgram, encodeDgramError,
   encodeDgramOpenResult, errnoOf, formatAddr, sockAddrOf, type SockAddr,
 } from './protocol.js';
 
@@ -108,6 +108,8 @@ class Flow {
   #mapping: PortMapping | null;
   #ready = false;
   #closed = false;
+  /** Datagrams handed to the host socket and not yet sent. */
+  #inFlight = 0;
   /** The proxy's set of open host sockets (this one leaves it when closed). */
   #sockets: Set<UdpSocket>;
   datagramsIn = 0;
@@ -195,6 +197,7 @@ class Flow {
     }
     if (addr.family !== this.#family) return reject(Errno.EAFNOSUPPORT, addr);
     if (addr.port === 0) return reject(Errno.EINVAL, addr);
+    if (addr.family === 'ipv4' && payload.length > MAX_DGRAM_PAYLOAD_V4) return reject(Errno.EMSGSIZE, addr);
     const key = peerKey(addr.address, addr.port);
     let decision = this.#peers.get(key);
     if (decision === undefined) {
@@ -209,9 +212,11 @@ class Flow {
     }
     this.datagramsOut++;
     this.#rec.bytesFromGuest += payload.length;
+    this.#inFlight++;
     this.#socket.send(payload, addr.port, addr.scopeId ? `${addr.address}%${addr.scopeId}` : addr.address, (err) => {
       conn.consumed(frameLen);
       if (err) conn.write(encodeDgramError(-errnoOf(err), addr));
+      if (--this.#inFlight === 0 && this.#closed) this.#closeSocket();
     });
   }
 
@@ -223,13 +228,17 @@ class Flow {
     const known = this.#peers.get(key)?.action === 'allow';
     if (!known) {
       const mapping = this.#mapping;
-      const ok = mapping !== null && this.#ctx.policy.evaluate({
+      const d = mapping === null ? null : this.#ctx.policy.evaluate({
         direction: 'inbound', protocol: 'udp', address: src.address, port: mapping.guestPort,
-      }).action === 'allow';
-      if (!ok) {
+      });
+      if (d === null || d.action !== 'allow') {
         this.dropped++;
         return;
       }
+      // The guest's replies to a client the port map admitted go back to it: the
+      // reverse of an admitted inbound flow, as for an accepted TCP connection.
+      if (this.#peers.size >= MAX_PEERS) this.#peers.delete(this.#peers.keys().next().value as string);
+      this.#peers.set(key, d);
     }
     if (this.#conn.bufferedToGuest >= this.#conn.highWater) {
       this.dropped++;
@@ -244,12 +253,19 @@ class Flow {
     this.#conn.write(encodeDgram(from, msg));
   }
 
+  #closeSocket(): void {
+    try { this.#socket.close(); } catch { /* already closed */ }
+  }
+
   #finish(reason: string, reset = true): void {
     if (this.#closed) return;
     this.#closed = true;
     // Closed now, whenever its 'close' event comes: it no longer counts as open.
     this.#sockets.delete(this.#socket);
-    try { this.#socket.close(); } catch { /* already closed */ }
+    // A guest that sends and closes at once (a reply, then exit) still gets its
+    // datagrams out: the host socket closes once the sends in flight are done.
+    if (this.#inFlight === 0) this.#closeSocket();
+    else setTimeout(() => { this.#closeSocket(); }, 1000).unref();
     if (reset && this.#conn.state !== 'closed') this.#conn.destroy('udp socket closed');
     this.#rec.finish(`${reason} (datagrams out ${this.datagramsOut}, in ${this.datagramsIn}, dropped ${this.dropped}, denied ${this.denied})`);
   }

@@ -53,7 +53,10 @@ export function pipeSocket(conn: VsockConnection, socket: Socket, done: (end: Pi
   socket.on('close', () => {
     socketClosed = true;
     if (conn.state !== 'closed') {
-      if (socketError !== null || !conn.guestEnded) conn.destroy(socketError ?? 'host socket closed');
+      // A host socket that failed (ECONNRESET, ETIMEDOUT, ...) resets the guest's after
+      // the bytes it delivered: the guest reads them, then ECONNRESET.
+      if (socketError !== null) conn.resetAfterQueued(socketError);
+      else if (!conn.guestEnded) conn.destroy('host socket closed');
       else conn.end();
     }
     finish();

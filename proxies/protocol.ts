@@ -11,7 +11,9 @@ export const TSI_MAGIC = 0x4954;
 export const HDR_SIZE = 8;
 export const SOCKADDR_SIZE = 24;
 /** Largest UDP payload carried in one DGRAM message. */
-export const MAX_DGRAM_PAYLOAD = 65507;
+/** Largest UDP payload: 65527 over IPv6 (65535 - 8), 65507 over IPv4 (also - 20), as Linux. */
+export const MAX_DGRAM_PAYLOAD = 65527;
+export const MAX_DGRAM_PAYLOAD_V4 = 65507;
 /** Largest message of any kind (DGRAM with the largest payload). */
 export const MAX_MESSAGE = HDR_SIZE + SOCKADDR_SIZE + MAX_DGRAM_PAYLOAD;
 /** AF_UNIX sun_path length. */

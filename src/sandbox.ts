@@ -50,6 +50,11 @@ export interface SandboxOptions {
   logger?: Logger;
   /** Called with QEMU's pid (QEMU engine only; for tests and supervisors). */
   onQemuStart?: (pid: number) => void;
+  /**
+   * Called with the sandbox's devices before the guest boots (both engines; for tests
+   * and supervisors), e.g. `vsock.resetTransport()` to do what a snapshot restore does.
+   */
+  onDevices?: (devices: { vsock: VsockDevice }) => void;
   /** vsock ports joined to host unix sockets (QEMU engine for now); the guest is CID 3, the host CID 2. */
   vsockPorts?: VsockPort[];
   /**
@@ -162,6 +167,7 @@ export class Sandbox {
       const connLog = new ConnectionLog(guestLog);
       for (const p of vsockPorts) bridges.push(addVsockPort(vsock, p.port, p.path, p.direction === 'host-to-guest', connLog));
       await Promise.all(bridges.map((b) => b.ready));
+      opts.onDevices?.({ vsock });
       if (decision.engine === 'kvm') {
         ({ exitCode } = await runKvm({ ...common, abort: abort.signal, devices: [vsock, ...(net?.devices ?? [])] }));
       } else {

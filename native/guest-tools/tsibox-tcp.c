@@ -4,6 +4,8 @@
 //   tsibox-tcp [-v] ADDRESS PORT    connect (IPv4 or IPv6 literal), then shovel bytes
 //   tsibox-tcp -l [-6] [-v] PORT     listen on 0.0.0.0:PORT ([::]:PORT with -6), accept one
 //                                   connection, then shovel bytes (-v: its peer address)
+//   tsibox-tcp -u -l [-6] [-v] PORT  UDP server: bind, print "ready", answer each datagram
+//                                   with "echo:" + it to its source until one says "quit"
 //   tsibox-tcp -u [-c] [-v] ADDRESS PORT
 //                                   UDP: each read from stdin is one datagram sent with
 //                                   sendto() (-c: connect() first, then send()); after
@@ -36,7 +38,7 @@ static const char *prog = "tsibox-tcp";
 #include "stream-io.h"
 
 static int usage(void) {
-  fprintf(stderr, "usage: %s [-v] ADDRESS PORT | %s -l [-6] [-v] PORT | %s -u [-c] [-v] ADDRESS PORT\n", prog, prog, prog);
+  fprintf(stderr, "usage: %s [-v] ADDRESS PORT | %s -l [-6] [-v] PORT | %s -u -l [-6] [-v] PORT | %s -u [-c] [-v] ADDRESS PORT\n", prog, prog, prog, prog);
   return 2;
 }
 
@@ -111,6 +113,36 @@ static int udp(int family, const struct sockaddr *to, socklen_t tolen, int conne
   return 0;
 }
 
+/*
+ * -u -l: a receive-first UDP server. Binds, tells stdout "ready", then answers each
+ * datagram with "echo:" + the datagram to its source, until one says "quit" (answered
+ * too) or 30 s pass without one. -v prints each source on stderr.
+ */
+static int udp_serve(const struct sockaddr_storage *la, socklen_t ll, int verbose) {
+  int s = socket(la->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return fail("socket");
+  if (bind(s, (const struct sockaddr *)la, ll) < 0) return fail("bind");
+  printf("ready\n");
+  fflush(stdout);
+  static char buf[65536];
+  for (;;) {
+    struct pollfd p = { .fd = s, .events = POLLIN };
+    int r = poll(&p, 1, 30000);
+    if (r == 0) { fprintf(stderr, "%s: no datagram in 30 s\n", prog); return 1; }
+    if (r < 0) { if (errno == EINTR) continue; return fail("poll"); }
+    struct sockaddr_storage from;
+    socklen_t fl = sizeof from;
+    ssize_t n = recvfrom(s, buf + 5, sizeof buf - 5, 0, (struct sockaddr *)&from, &fl);
+    if (n < 0) { if (errno == EINTR) continue; return fail("recvfrom"); }
+    if (verbose) show("from", &from);
+    memcpy(buf, "echo:", 5);
+    if (sendto(s, buf, (size_t)n + 5, 0, (struct sockaddr *)&from, fl) < 0) return fail("sendto");
+    if (n >= 4 && memcmp(buf + 5, "quit", 4) == 0) break;
+  }
+  close(s);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   int verbose = 0, use_udp = 0, connected = 0, listening = 0, six = 0, i = 1;
@@ -126,7 +158,7 @@ int main(int argc, char **argv) {
   if (listening) {
     char *e;
     unsigned long lport = i + 1 == argc ? strtoul(argv[i], &e, 10) : 0;
-    if (i + 1 != argc || e == argv[i] || *e != '\0' || lport == 0 || lport > 65535 || use_udp) return usage();
+    if (i + 1 != argc || e == argv[i] || *e != '\0' || lport == 0 || lport > 65535) return usage();
     struct sockaddr_storage la;
     memset(&la, 0, sizeof la);
     socklen_t ll;
@@ -141,6 +173,7 @@ int main(int argc, char **argv) {
       a4->sin_port = htons((unsigned short)lport);
       ll = sizeof *a4;
     }
+    if (use_udp) return udp_serve(&la, ll, verbose);
     int l = socket(la.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (l < 0) return fail("socket");
     int one = 1;

@@ -86,6 +86,8 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
   #needCreditRequest = false;
   /** Shutdown flags we want to send and have not yet. */
   #shutdownPending = 0;
+  /** resetAfterQueued(): the RST waits for the queued bytes (its detail). */
+  #resetPending: string | null = null;
   /** Cumulative shutdown flags we sent / the guest sent. */
   #shutdownSent = 0;
   #peerShutdown = 0;
@@ -138,7 +140,7 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
 
   /** Whether end() was called (or the connection is closed). */
   get hostEnded(): boolean {
-    return ((this.#shutdownSent | this.#shutdownPending) & Shutdown.SEND) !== 0 || this.#state === 'closed';
+    return ((this.#shutdownSent | this.#shutdownPending) & Shutdown.SEND) !== 0 || this.#state === 'closed' || this.#resetPending !== null;
   }
 
   /**
@@ -164,10 +166,24 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
     if (this.#state === 'connected') this.#host.wake(this);
   }
 
-  /** Resets the connection (RST to the guest). */
+  /** Resets the connection (RST to the guest); queued bytes are dropped. */
   destroy(detail = 'host reset'): void {
     if (this.#state === 'closed') return;
     this.#close('reset-by-host', detail, true);
+  }
+
+  /**
+   * Resets the connection after the bytes already queued reached the guest, as a
+   * TCP peer's RST follows the data it sent before it (the guest reads them, then
+   * ECONNRESET; docs/tsi-protocol.md §6). A guest that takes nothing within
+   * `graceMs` is reset at once.
+   */
+  resetAfterQueued(detail = 'host reset', graceMs = 1000): void {
+    if (this.#state === 'closed') return;
+    if (this.#outBytes === 0 || this.#state !== 'connected') return this.destroy(detail);
+    this.#resetPending = detail;
+    this.#shutdownPending = 0;
+    setTimeout(() => { this.destroy(detail); }, graceMs).unref();
   }
 
   /** The consumer is done with `n` bytes delivered by 'data': credit them to the guest. */
@@ -346,9 +362,10 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
     }
   }
 
-  /** Called by the device after it sent a SHUTDOWN packet. */
+  /** Called by the device after it sent a packet. */
   afterSend(op: number): void {
     if (op === Op.SHUTDOWN) this.#maybeFinish();
+    else if (op === Op.RW && this.#resetPending !== null && this.#outBytes === 0) this.destroy(this.#resetPending);
   }
 
   #dropOutput(): void {

@@ -163,6 +163,13 @@ export class VsockDevice implements VirtioDevice, ConnectionHost {
    * told through the event queue; the guest re-reads the CID.
    */
   resetTransport(): void {
+    const events = this.#ctx?.queues[EVENT_QUEUE];
+    if (this.#ctx !== null && (events === null || events === undefined)) {
+      // No event queue of ours (QEMU keeps it under vhost-user): the guest cannot hear
+      // the event, so each connection is reset on its own (RST), which it does hear.
+      for (const c of [...this.#conns.values()]) c.destroy('transport reset');
+      return;
+    }
     this.#abortAll('transport-reset', 'transport reset');
     this.#control = [];
     this.#pendingEvents++;

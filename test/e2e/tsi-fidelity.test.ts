@@ -1,0 +1,174 @@
+/**
+ * End to end, TSI behaving like Linux's own stack where the guest can tell
+ * (docs/tsi-protocol.md §11): a receive-first UDP server published through the port
+ * map (and still reachable by guest-local clients), and a host-side reset read as
+ * ECONNRESET after the bytes sent before it. Host servers listen on 127.0.0.1 only;
+ * the guest names them through the host-loopback alias.
+ */
+import t from 'tap';
+import { createSocket } from 'node:dgram';
+import { get as httpGet } from 'node:http';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
+import { Sandbox } from '../../src/index.js';
+import { Policy } from '../../src/policy/index.js';
+import { PortMap } from '../../src/portmap/index.js';
+import type { VsockDevice } from '../../src/virtio/vsock/device.js';
+
+const { skip, tools } = await e2ePrerequisites(t, { tools: true });
+const ALIAS4 = '10.0.2.2';
+
+async function until<T>(f: () => T | undefined, ms: number): Promise<T | undefined> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = f();
+    if (v !== undefined || Date.now() > end) return v;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+t.test('a published receive-first UDP server: host clients get replies, guest clients too', { skip }, async (t) => {
+  const portMap = new PortMap(['127.0.0.1:0:5353/udp']);
+  const client = createSocket('udp4');
+  t.teardown(() => { client.close(); });
+  await new Promise<void>((r) => client.bind(0, '127.0.0.1', r));
+  const replies: string[] = [];
+  client.on('message', (m) => { replies.push(m.toString()); });
+
+  const script = [
+    'tsibox-tcp -u -l -v 5353 > /tmp/ready & srv=$!',
+    'for i in $(seq 50); do [ -s /tmp/ready ] && break; sleep 0.1; done; cat /tmp/ready',
+    // A guest-local client still reaches the same socket through the guest stack.
+    'echo local-hello | tsibox-tcp -u 127.0.0.1 5353; echo local=$?',
+    // The last reply leaves the guest's vsock queue after the server exits; a VM that
+    // powered off at once could drop it, as a NIC's queue at power-off would.
+    'wait $srv; echo server=$?; sleep 1',
+  ].join('\n');
+  const hostSide = (async () => {
+    const port = await until(() => portMap.lookupGuest('udp', 5353)?.boundPort ?? undefined, 30_000);
+    if (port === undefined) return undefined;
+    // Only after the guest client had its turn: our "quit" ends the server.
+    for (const msg of ['host-hello', 'host-again']) {
+      client.send(msg, port, '127.0.0.1');
+      await until(() => (replies.some((r) => r === `echo:${msg}`) ? true : undefined), 10_000);
+    }
+    await new Promise((r) => setTimeout(r, 1500));
+    client.send('quit', port, '127.0.0.1');
+    await until(() => (replies.includes('echo:quit') ? true : undefined), 10_000);
+    return port;
+  })();
+  const r = await Sandbox.run({
+    engine: E2E_ENGINE, argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 60_000,
+    network: {
+      mode: 'tsi', portMap, hostLoopbackAlias: ALIAS4,
+      policy: new Policy({ default: 'deny', rules: [{ action: 'allow', direction: 'inbound', protocol: 'udp', cidr: ['127.0.0.0/8'], name: 'host clients' }] }),
+    },
+  });
+  const port = await hostSide;
+  const out = r.stdout!.toString();
+  const err = r.stderr?.toString() ?? '';
+  t.equal(r.exitCode, 0, 'the guest script ran', { stdout: out, stderr: err });
+  t.ok(port !== undefined && port > 0, 'the host bound the mapped UDP port before the server sent anything');
+  t.match(out, /^ready$/m);
+  t.same(replies, ['echo:host-hello', 'echo:host-again', 'echo:quit'], 'every host datagram answered, in order, to the host client');
+  t.match(out, /^echo:local-hello$/m, 'a guest-local client got its reply from the same socket');
+  t.match(out, /^local=0$/m);
+  t.match(out, /^server=0$/m);
+  t.match(err, /^from 127\.0\.0\.1:\d+$/m, 'the server saw the host client\'s real address');
+});
+
+t.test('a host reset after 6 bytes: the guest reads the 6 bytes, then ECONNRESET', { skip }, async (t) => {
+  const sockets = new Set<Socket>();
+  let graceful = 0;
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on('error', () => { /* the reset is ours */ });
+    const mode = graceful++ === 0 ? 'reset' : 'end';
+    s.write('sixby\n', () => {
+      setTimeout(() => { if (mode === 'reset') s.resetAndDestroy(); else s.end(); }, 200);
+    });
+  });
+  t.teardown(() => { for (const s of sockets) s.destroy(); server.close(); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  const script = [
+    `sleep 1 | tsibox-tcp ${ALIAS4} ${port}; echo reset=$?`,
+    `sleep 1 | tsibox-tcp ${ALIAS4} ${port}; echo graceful=$?`,
+  ].join('\n');
+  const r = await Sandbox.run({
+    engine: E2E_ENGINE, argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 60_000,
+    network: {
+      mode: 'tsi', hostLoopbackAlias: ALIAS4,
+      policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', cidr: ['127.0.0.0/8'], name: 'host loopback' }] }),
+    },
+  });
+  const out = r.stdout!.toString();
+  const err = r.stderr?.toString() ?? '';
+  t.equal(r.exitCode, 0, 'the guest script ran', { stdout: out, stderr: err });
+  t.equal(out.split('\n').filter((l) => l === 'sixby').length, 2, 'both connections delivered the bytes sent before the end');
+  t.match(out, /^reset=1$/m, 'the reset connection fails');
+  t.match(err, /Connection reset by peer/, 'with ECONNRESET');
+  t.match(out, /^graceful=0$/m, 'a graceful end is still EOF');
+  t.equal(graceful, 2);
+});
+
+/** GET http://127.0.0.1:port/ → the body, or the error code. */
+function fetchPage(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    httpGet({ host: '127.0.0.1', port, path: '/', timeout: 5000 }, (res) => {
+      let b = '';
+      res.setEncoding('utf8').on('data', (d: string) => (b += d)).on('end', () => { resolve(b); });
+    }).on('error', (e: NodeJS.ErrnoException) => { resolve(`error ${e.code ?? e.message}`); }).on('timeout', function (this: { destroy(): void }) { this.destroy(); });
+  });
+}
+
+t.test('port mappings survive: 100 closed listeners, then a vsock transport reset', { skip }, async (t) => {
+  const portMap = new PortMap(['127.0.0.1:0:8080', '127.0.0.1:0:8081']);
+  let vsock: VsockDevice | undefined;
+  const script = [
+    'mkdir -p /tmp/w && echo page-8080 > /tmp/w/index.html && httpd -p 8080 -h /tmp/w',
+    // 100 unmapped listeners opened and closed: 100 UNLISTENs the host answers.
+    'for i in $(seq 100); do nc -l -p $((9000 + i)) & p=$!; sleep 0.01; kill $p; done 2>/dev/null; wait 2>/dev/null',
+    'echo closed-100',
+    // A listener made after them still registers.
+    'mkdir -p /tmp/v && echo page-8081 > /tmp/v/index.html && httpd -p 8081 -h /tmp/v',
+    // Held by the host until it is done; the transport reset ends the first hold.
+    `tsibox-tcp ${ALIAS4} ${'$DONE'} < /dev/null || tsibox-tcp ${ALIAS4} ${'$DONE'} < /dev/null`,
+  ].join('\n');
+  // Holds the guest until the host is done (half-open: the guest's EOF does not end it).
+  const done = createServer({ allowHalfOpen: true });
+  const doneSockets: Socket[] = [];
+  done.on('connection', (s) => { doneSockets.push(s); });
+  await new Promise<void>((r) => done.listen(0, '127.0.0.1', r));
+  t.teardown(() => { for (const s of doneSockets) s.destroy(); done.close(); });
+  const donePort = (done.address() as AddressInfo).port;
+
+  const hostSide = (async () => {
+    const bound = (g: number): number | undefined => portMap.lookupGuest('tcp', g)?.boundPort ?? undefined;
+    await until(() => (bound(8081) !== undefined ? true : undefined), 60_000);
+    const before = [await fetchPage(bound(8080) ?? 0), await fetchPage(bound(8081) ?? 0)];
+    t.comment(`before the reset: ${JSON.stringify(before)} (${bound(8080)}, ${bound(8081)})`);
+    vsock!.resetTransport();
+    // The host forgot the listeners with the control session; the guest registers them again.
+    await new Promise((r) => setTimeout(r, 200));
+    await until(() => (bound(8080) !== undefined && bound(8081) !== undefined ? true : undefined), 20_000);
+    const after = [await fetchPage(bound(8080) ?? 0), await fetchPage(bound(8081) ?? 0)];
+    t.comment(`after the reset: ${JSON.stringify(after)} (${bound(8080)}, ${bound(8081)})`);
+    for (const s of doneSockets) s.end();
+    return { before, after };
+  })();
+  const r = await Sandbox.run({
+    engine: E2E_ENGINE, argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 120_000, env: { DONE: String(donePort) },
+    onDevices: (d) => { vsock = d.vsock; },
+    network: {
+      mode: 'tsi', portMap, hostLoopbackAlias: ALIAS4,
+      policy: new Policy({ default: 'deny', rules: [{ action: 'allow', cidr: ['127.0.0.0/8'], name: 'host loopback' }] }),
+    },
+  });
+  const host = await hostSide;
+  const out = r.stdout!.toString();
+  t.equal(r.exitCode, 0, 'the guest script ran', { stdout: out, stderr: r.stderr?.toString() });
+  t.match(out, /^closed-100$/m);
+  t.same(host.before, ['page-8080\n', 'page-8081\n'], 'both published listeners serve, the second made after 100 UNLISTENs');
+  t.same(host.after, ['page-8080\n', 'page-8081\n'], 'and both again after the transport reset');
+});
