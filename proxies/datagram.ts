@@ -10,7 +10,7 @@
 // allows. Datagrams for a guest that does not read are dropped above the connection's
 // high-water mark (UDP semantics), never queued without bound.
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import type { PortMapping } from '../src/portmap/index.js';
+import { bindFailure, type PortMapping } from '../src/portmap/index.js';
 import type { Decision } from '../src/policy/index.js';
 import type { VsockConnection } from '../src/virtio/vsock/connection.js';
 import type { TsiContext } from './context.js';
@@ -18,7 +18,7 @@ import type { TrackedConnection } from './log.js';
 import { endThenReset, serveRequests } from './pipe.js';
 import {
   DgramFlag, Errno, MAX_DGRAM_PAYLOAD_V4, FrameReader, MAX_PRIVILEGED_GUEST_PORT, TsiError, canonicalAddress, decodeDgram, decodeDgramOpen, encodeDgram, encodeDgramError,
-  encodeDgramOpenResult, errnoOf, formatAddr, sockAddrOf, type SockAddr,
+  encodeDgramOpenResult, errnoName, errnoOf, formatAddr, sockAddrOf, type SockAddr,
 } from './protocol.js';
 
 /** Peers remembered per socket for replies, and policy decisions cached per socket. */
@@ -144,6 +144,16 @@ class Flow {
         // The errno must reach the guest: end (the result goes out first), reset later.
         conn.write(encodeDgramOpenResult(-errnoOf(err), 0, { family: 'none' }));
         endThenReset(conn, 'bind failed');
+        if (mapping !== null) {
+          // The published port cannot be had: say so and take the entry out of the map
+          // (the guest's next socket on that port gets an ordinary, unexposed one).
+          const e = bindFailure(mapping, err);
+          ctx.guestLog.warn({
+            event: 'tsi.publish.failed', code: e.code, errno: errnoName(errnoOf(err)), protocol: 'udp',
+            hostAddress: mapping.hostAddress, hostPort: mapping.hostPort, guestPort: mapping.guestPort, err: err.message,
+          }, `tsi: ${e.message}`);
+          ctx.portMap.fail(mapping, e);
+        }
         this.#finish(`bind failed: ${(err as NodeJS.ErrnoException).code ?? err.message}`, false);
       } else {
         this.#ctx.log.debug({ err }, 'udp socket error');

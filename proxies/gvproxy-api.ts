@@ -32,14 +32,17 @@ export class GvproxyApi {
   }
 
   /**
-   * Forwards host `local` to guest `remote`. Throws PORT_MAP_CONFLICT when the host
-   * address is taken (by gvproxy or anyone), NETWORK_ERROR for other API failures.
+   * Forwards host `local` to guest `remote`. Throws PORT_MAP_BIND_FAILED when the host
+   * address is taken (by gvproxy or anyone; errno EADDRINUSE) or not permitted
+   * (EACCES), NETWORK_ERROR for other API failures.
    */
   async expose(f: GvproxyForward): Promise<void> {
-    await this.#request('POST', '/services/forwarder/expose', f, (status, text) =>
-      /address already in use|already running|already exposed/i.test(text)
-        ? new TsiboxError('PORT_MAP_CONFLICT', `gvproxy cannot listen on ${f.protocol} ${f.local}: ${text}`)
-        : apiError('expose', status, text));
+    await this.#request('POST', '/services/forwarder/expose', f, (status, text) => {
+      const errno = /address already in use|already running|already exposed/i.test(text) ? 98 : /permission denied/i.test(text) ? 13 : 0;
+      return errno !== 0
+        ? new TsiboxError('PORT_MAP_BIND_FAILED', `gvproxy cannot listen on ${f.protocol} ${f.local}: ${text}`, { errno })
+        : apiError('expose', status, text);
+    });
   }
 
   /** Stops forwarding host `local`. Throws NETWORK_ERROR (also when it was not exposed). */

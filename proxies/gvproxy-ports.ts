@@ -4,12 +4,14 @@
 // in event order. `boundPort` is set once gvproxy listens (the OS's choice for host
 // port 0: tsibox picks a free port first, as gvproxy's API needs a number) and cleared
 // once it stopped listening. A run-time entry gvproxy refuses is taken out of the map
-// again and reported to `onError` (default: a warning in the log).
+// again (PortMap.fail: a 'failed' event) and logged (`gvproxy.publish.failed`), as the
+// TSI proxies do for a host listen that fails.
 import { createServer, isIPv6 } from 'node:net';
 import type { Logger } from 'pino';
 import { TsiboxError } from '../src/errors.js';
 import type { PortMap, PortMapping } from '../src/portmap/index.js';
 import type { GvproxyApi } from './gvproxy-api.js';
+import { errnoName } from './protocol.js';
 
 export interface GvproxyPortsOptions {
   api: GvproxyApi;
@@ -17,8 +19,6 @@ export interface GvproxyPortsOptions {
   /** The guest's address (gvproxy's lease, 192.168.127.2). */
   guestAddress: string;
   logger: Logger;
-  /** A run-time entry could not be exposed (PORT_MAP_CONFLICT, NETWORK_ERROR). */
-  onError?: (err: TsiboxError, mapping: PortMapping) => void;
 }
 
 export class GvproxyPorts {
@@ -37,7 +37,7 @@ export class GvproxyPorts {
 
   /**
    * Exposes the entries the map holds now, then follows it. Throws the first refusal
-   * (PORT_MAP_CONFLICT when the host port is taken; NETWORK_ERROR) after undoing the rest.
+   * (PORT_MAP_BIND_FAILED when the host port is taken; NETWORK_ERROR) after undoing the rest.
    */
   async start(): Promise<void> {
     if (this.#started) throw new TsiboxError('INVALID_STATE', 'gvproxy port forwarding already started');
@@ -85,9 +85,11 @@ export class GvproxyPorts {
       await this.#expose(m);
     } catch (err) {
       const e = err instanceof TsiboxError ? err : new TsiboxError('NETWORK_ERROR', String(err));
-      this.#o.portMap.remove(m.protocol, m.guestPort);
-      if (this.#o.onError) this.#o.onError(e, m);
-      else this.#o.logger.warn({ event: 'gvproxy.publish.failed', code: e.code, err: e.message, hostAddress: m.hostAddress, hostPort: m.hostPort, guestPort: m.guestPort }, 'gvproxy: publishing a port failed');
+      this.#o.logger.warn({
+        event: 'gvproxy.publish.failed', code: e.code, ...(e.errno !== undefined ? { errno: errnoName(e.errno) } : {}), protocol: m.protocol,
+        hostAddress: m.hostAddress, hostPort: m.hostPort, guestPort: m.guestPort, err: e.message,
+      }, `gvproxy: ${e.message}`);
+      this.#o.portMap.fail(m, e);
     }
   }
 
@@ -122,7 +124,7 @@ export function endpoint(address: string, port: number): string {
 async function freePort(address: string, _protocol: 'tcp' | 'udp'): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
-    s.once('error', (err) => { reject(new TsiboxError('PORT_MAP_CONFLICT', `no free port on ${address}: ${err.message}`)); });
+    s.once('error', (err) => { reject(new TsiboxError('PORT_MAP_BIND_FAILED', `no free port on ${address}: ${err.message}`, { cause: err })); });
     s.listen({ host: address, port: 0, exclusive: true }, () => {
       const a = s.address();
       const port = typeof a === 'object' && a !== null ? a.port : 0;

@@ -3,17 +3,21 @@
 // listens on a host port ONLY when the port map has an entry for the guest port; an
 // unmapped listener stays registered but unexposed (LISTEN_RESULT -EADDRNOTAVAIL) and
 // becomes exposed if a mapping is added later. Removing a mapping closes the host
-// listener (open connections continue). Each accepted host connection passes the
+// listener (open connections continue). A host listen that fails (port taken, EACCES)
+// takes the entry out of the map (PortMap.fail: 'failed' event, PORT_MAP_BIND_FAILED)
+// and logs `tsi.publish.failed`; the guest listener stays registered, unexposed, as
+// for an unmapped port, so a corrected entry added later exposes it. Each accepted
+// host connection passes the
 // policy (direction inbound), then the proxy opens a vsock connection to the guest
 // listener's vsock port, sends ACCEPT (the client's real address) and pipes.
 import { createServer, type Server, type Socket } from 'node:net';
-import type { PortMapping } from '../src/portmap/index.js';
+import { bindFailure, type PortMapping } from '../src/portmap/index.js';
 import type { VsockConnection } from '../src/virtio/vsock/connection.js';
 import type { TsiContext } from './context.js';
 import { endThenReset, pipeSocket, serveRequests } from './pipe.js';
 import {
   Errno, FrameReader, MAX_PRIVILEGED_GUEST_PORT, TSI_VERSION, TsiError, TsiOp, checkSize, decodeListen, encodeAccept, encodeHelloResult,
-  encodeListenResult, encodeSeqResult, errnoOf, formatAddr, sockAddrOf, type Frame, type SockAddr,
+  encodeListenResult, encodeSeqResult, errnoName, errnoOf, formatAddr, sockAddrOf, type Frame, type SockAddr,
 } from './protocol.js';
 
 /** Control requests are small; anything longer is a protocol error. */
@@ -170,13 +174,9 @@ export class ListenerProxy {
     s.listeners.add(l);
     const mapping = this.#ctx.portMap.lookupGuest('tcp', guestPort);
     if (mapping === undefined) return reply(-Errno.EADDRNOTAVAIL, l.id, { family: 'none' });
-    void this.#expose(l, mapping).then((r) => {
-      const registered = r.result === 0 || r.result === -Errno.EADDRNOTAVAIL;
-      // A failed host bind (EADDRINUSE, …) is an error for this listen(): the guest gets
-      // no id, so nothing may stay registered (or hold a listener slot) under it.
-      if (!registered) this.#drop(l);
-      reply(r.result, registered ? l.id : 0, r.host);
-    });
+    // A failed host bind (EADDRINUSE, …) took the entry out of the map: the listener is
+    // then registered but unexposed (-EADDRNOTAVAIL), exactly as for an unmapped port.
+    void this.#expose(l, mapping).then((r) => { reply(r.result, l.id, r.host); });
   }
 
   async #expose(l: GuestListener, m: PortMapping): Promise<{ result: number; host: SockAddr }> {
@@ -193,13 +193,11 @@ export class ListenerProxy {
         });
       });
     } catch (err) {
-      if (l.server === server) {
-        l.server = null;
-        l.mapping = null;
-      }
-      this.#ctx.guestLog.warn({ event: 'tsi.listen.failed', err: (err as Error).message, hostAddress: m.hostAddress, hostPort: m.hostPort, guestPort: m.guestPort },
-        'host listener for a port mapping failed');
-      return { result: -errnoOf(err), host: { family: 'none' } };
+      if (l.server !== server) return { result: -Errno.EADDRNOTAVAIL, host: { family: 'none' } }; // unmapped or dropped meanwhile
+      l.server = null;
+      l.mapping = null;
+      this.#publishFailed(m, err);
+      return { result: -Errno.EADDRNOTAVAIL, host: { family: 'none' } };
     }
     if (l.server !== server) {
       // Unmapped or dropped while we waited.
@@ -211,6 +209,16 @@ export class ListenerProxy {
     const host = typeof addr === 'object' && addr !== null ? sockAddrOf(addr) : { family: 'none' as const };
     m.boundPort = host.family === 'ipv4' || host.family === 'ipv6' ? host.port : null;
     return { result: 0, host };
+  }
+
+  /** The host could not listen for `m`: log it, take it out of the map, tell the map's users. */
+  #publishFailed(m: PortMapping, err: unknown): void {
+    const e = bindFailure(m, err);
+    this.#ctx.guestLog.warn({
+      event: 'tsi.publish.failed', code: e.code, errno: errnoName(errnoOf(err)), protocol: m.protocol,
+      hostAddress: m.hostAddress, hostPort: m.hostPort, guestPort: m.guestPort, err: (err as Error).message,
+    }, `tsi: ${e.message}`);
+    this.#ctx.portMap.fail(m, e);
   }
 
   #unexpose(l: GuestListener): void {

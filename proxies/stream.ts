@@ -14,6 +14,12 @@ import {
   sockAddrOf, type SockAddr,
 } from './protocol.js';
 
+/** The per-connection timer: `arm` restarts it (timeoutMs from now) with a new action. */
+interface Deadline {
+  arm(onExpire: () => void): void;
+  clear(): void;
+}
+
 export class StreamProxy {
   readonly #ctx: TsiContext;
   readonly #sockets = new Set<Socket>();
@@ -34,7 +40,14 @@ export class StreamProxy {
 
   handle(conn: VsockConnection): void {
     const reader = new FrameReader(40 + MAX_UNIX_PATH);
-    const timer = setTimeout(() => { conn.destroy('no CONNECT in time'); }, this.#ctx.timeoutMs);
+    // One timer per connection for both deadlines: the guest's CONNECT, then the host
+    // connect (#open re-arms it with `deadline`); cleared once connected or closed.
+    let expire: (() => void) | null = () => { conn.destroy('no CONNECT in time'); };
+    const timer = setTimeout(() => { expire?.(); }, this.#ctx.timeoutMs);
+    const deadline: Deadline = {
+      arm: (f) => { expire = f; timer.refresh(); },
+      clear: () => { expire = null; clearTimeout(timer); },
+    };
     // Bytes the guest sends after CONNECT, before the host socket is open: kept (not
     // credited, so bounded by buf_alloc) and written first once it is.
     let early: Buffer[] | null = null;
@@ -46,8 +59,9 @@ export class StreamProxy {
       reader.push(d);
       const f = reader.next();
       if (f === null) return;
-      clearTimeout(timer);
+      expire = null;
       const refuse = (err: TsiError): void => {
+        deadline.clear();
         conn.off('data', onData);
         conn.consumed(conn.unconsumed);
         this.#reject(conn, err, undefined);
@@ -58,7 +72,7 @@ export class StreamProxy {
       // The handshake bytes are ours now; credit them back (what follows is the stream's).
       conn.consumed(f.bytes.length);
       early = [reader.rest()];
-      void this.#open(conn, req.target, f.bytes.length, () => {
+      void this.#open(conn, req.target, f.bytes.length, deadline, () => {
         conn.off('data', onData);
         const first = Buffer.concat(early ?? []);
         early = [];
@@ -66,7 +80,7 @@ export class StreamProxy {
       });
     };
     conn.on('data', onData);
-    conn.once('close', () => { clearTimeout(timer); });
+    conn.once('close', deadline.clear);
   }
 
   #reject(conn: VsockConnection, err: TsiError, target: SockAddr | undefined, decision: 'deny' | 'invalid' = 'invalid', rule?: string): void {
@@ -81,9 +95,10 @@ export class StreamProxy {
   }
 
   /** `takeEarly` hands over the bytes that came after CONNECT and stops collecting. */
-  async #open(conn: VsockConnection, guestTarget: SockAddr, handshake: number, takeEarly: () => Buffer): Promise<void> {
+  async #open(conn: VsockConnection, guestTarget: SockAddr, handshake: number, deadline: Deadline, takeEarly: () => Buffer): Promise<void> {
     const ctx = this.#ctx;
     const fail = (err: TsiError, target: SockAddr | undefined, decision: 'deny' | 'invalid' = 'invalid', rule?: string): void => {
+      deadline.clear();
       conn.consumed(takeEarly().length);
       this.#reject(conn, err, target, decision, rule);
     };
@@ -141,12 +156,13 @@ export class StreamProxy {
     this.#sockets.add(socket);
     // Whatever ends it (error, guest gone before connect, pipe end): forget it once closed.
     socket.once('close', () => { slot.release(); this.#sockets.delete(socket); });
-    socket.setTimeout(ctx.timeoutMs, () => { socket.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })); });
+    deadline.arm(() => { socket.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })); });
     let connected = false;
     const onEarlyClose = (): void => { if (!connected) socket.destroy(); };
     conn.once('close', onEarlyClose);
     socket.once('error', (err) => {
       if (connected) return;
+      deadline.clear();
       this.#sockets.delete(socket);
       const errno = errnoOf(err);
       rec.rec.errno = -errno;
@@ -157,13 +173,15 @@ export class StreamProxy {
     });
     socket.once('connect', () => {
       connected = true;
-      socket.setTimeout(0);
+      deadline.clear();
       conn.off('close', onEarlyClose);
       const local: SockAddr = target.family === 'unix' ? { family: 'unix', path: '' } : sockAddrOf({ address: socket.localAddress, port: socket.localPort });
       // An aliased target keeps its guest-visible address as the peer.
+      // Otherwise the peer is the address we connected to (no getpeername() needed: a
+      // TCP socket's peer is its connect target; canonicalised, scope id dropped as before).
       const peer: SockAddr = target.family === 'unix' || target !== guestTarget
         ? guestTarget
-        : sockAddrOf({ address: socket.remoteAddress, port: socket.remotePort });
+        : sockAddrOf({ address: target.address, port: target.port });
       rec.rec.src = formatAddr(local);
       conn.write(encodeConnectResult(0, local, peer));
       pipeSocket(conn, socket, (end) => {

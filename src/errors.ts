@@ -23,6 +23,12 @@ export type TsiboxErrorCode =
   | 'VSOCK_BUSY'
   /** A port-map entry conflicts with an existing one (same host port or guest port). */
   | 'PORT_MAP_CONFLICT'
+  /**
+   * The host could not listen for a port-map entry (the port is taken, not permitted,
+   * the address is not the host's); `errno` is set when the OS gave one. The entry is
+   * taken out of the map (docs/tsi-protocol.md §9).
+   */
+  | 'PORT_MAP_BIND_FAILED'
   /** A policy rule is malformed (bad CIDR, port range, protocol). */
   | 'POLICY_INVALID'
   /**

@@ -52,6 +52,11 @@ export class RateLimitedLog {
     this.#write('debug', obj, msg);
   }
 
+  /** Whether a line at `level` would be written at all (callers skip building it when not). */
+  enabled(level: Level): boolean {
+    return this.logger.isLevelEnabled(level);
+  }
+
   /** Writes the summary of suppressed lines now (call on close). */
   flush(): void {
     if (this.#timer !== null) {

@@ -47,6 +47,11 @@ export interface SandboxOptions {
   stderr?: Writable;
   /** Kill the VM after this long (TsiboxError VM_TIMEOUT). */
   timeoutMs?: number;
+  /**
+   * Stops the sandbox when aborted: the VM ends at once and run() rejects with the
+   * signal's reason (e.g. the PORT_MAP_BIND_FAILED error a `PortMap` 'failed' event carried).
+   */
+  signal?: AbortSignal;
   logger?: Logger;
   /** Called with QEMU's pid (QEMU engine only; for tests and supervisors). */
   onQemuStart?: (pid: number) => void;
@@ -155,6 +160,9 @@ export class Sandbox {
     let net: NetworkSetup | undefined;
     // The network process dying mid-run stops the VM (runKvm / runQemu throw the reason).
     const abort = new AbortController();
+    const onUserAbort = (): void => { abort.abort(opts.signal?.reason); };
+    opts.signal?.addEventListener('abort', onUserAbort, { once: true });
+    if (opts.signal?.aborted === true) onUserAbort();
     try {
       if (network !== undefined) {
         net = await startNetwork(network, vsock, log, guestLog);
@@ -169,12 +177,15 @@ export class Sandbox {
       await Promise.all(bridges.map((b) => b.ready));
       opts.onDevices?.({ vsock });
       if (decision.engine === 'kvm') {
-        ({ exitCode } = await runKvm({ ...common, abort: abort.signal, devices: [vsock, ...(net?.devices ?? [])] }));
+        ({ exitCode } = await runKvm({
+          ...common, abort: abort.signal, devices: [vsock, ...(net?.devices ?? [])], ...(net?.kernelArgs ? { kernelArgs: net.kernelArgs } : {}),
+        }));
       } else {
         const accel = await qemuAccel();
         log.debug({ accel }, 'QEMU accelerator');
         ({ exitCode } = await runQemu({
           ...common, accel, abort: abort.signal, devices: [...defaultQemuDevices(vsock), ...(net?.qemuDevices ?? [])],
+          ...(net?.kernelArgs ? { kernelArgs: net.kernelArgs } : {}),
           ...(opts.onQemuStart ? { onStart: opts.onQemuStart } : {}),
         }));
       }
@@ -184,6 +195,7 @@ export class Sandbox {
       }
       throw err;
     } finally {
+      opts.signal?.removeEventListener('abort', onUserAbort);
       await net?.close();
       await Promise.all(bridges.map((b) => b.close()));
       guestLog.flush();

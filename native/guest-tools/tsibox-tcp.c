@@ -4,6 +4,7 @@
 //   tsibox-tcp [-v] ADDRESS PORT    connect (IPv4 or IPv6 literal), then shovel bytes
 //   tsibox-tcp -l [-6] [-v] PORT     listen on 0.0.0.0:PORT ([::]:PORT with -6), accept one
 //                                   connection, then shovel bytes (-v: its peer address)
+//   tsibox-tcp -U PATH [-v]          AF_UNIX stream to PATH (-v: its peer path), same rules
 //   tsibox-tcp -u -l [-6] [-v] PORT  UDP server: bind, print "ready", answer each datagram
 //                                   with "echo:" + it to its source until one says "quit"
 //   tsibox-tcp -u [-c] [-v] ADDRESS PORT
@@ -32,13 +33,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static const char *prog = "tsibox-tcp";
 #include "stream-io.h"
 
 static int usage(void) {
-  fprintf(stderr, "usage: %s [-v] ADDRESS PORT | %s -l [-6] [-v] PORT | %s -u -l [-6] [-v] PORT | %s -u [-c] [-v] ADDRESS PORT\n", prog, prog, prog, prog);
+  fprintf(stderr, "usage: %s [-v] ADDRESS PORT | %s [-v] -U PATH | %s -l [-6] [-v] PORT | %s -u -l [-6] [-v] PORT | %s -u [-c] [-v] ADDRESS PORT\n", prog, prog, prog, prog, prog);
   return 2;
 }
 
@@ -146,12 +148,14 @@ static int udp_serve(const struct sockaddr_storage *la, socklen_t ll, int verbos
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   int verbose = 0, use_udp = 0, connected = 0, listening = 0, six = 0, i = 1;
+  const char *unix_path = NULL;
   for (; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
     if (strcmp(argv[i], "-v") == 0) verbose = 1;
     else if (strcmp(argv[i], "-u") == 0) use_udp = 1;
     else if (strcmp(argv[i], "-c") == 0) connected = 1;
     else if (strcmp(argv[i], "-l") == 0) listening = 1;
     else if (strcmp(argv[i], "-6") == 0) six = 1;
+    else if (strcmp(argv[i], "-U") == 0 && i + 1 < argc) unix_path = argv[++i];
     else return usage();
   }
   if (connected && !use_udp) return usage();
@@ -194,6 +198,28 @@ int main(int argc, char **argv) {
     }
     int rc = shovel(c, 0);
     close(c);
+    return rc;
+  }
+  if (unix_path != NULL) {
+    // -U PATH: one AF_UNIX stream connection (a host socket through TSI when the
+    // sandbox allows PATH), same exit statuses and shutdown rules.
+    struct sockaddr_un un = { .sun_family = AF_UNIX };
+    if (argc != i || strlen(unix_path) >= sizeof un.sun_path) return usage();
+    strcpy(un.sun_path, unix_path);
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return fail("socket");
+    if (connect(s, (struct sockaddr *)&un, sizeof un) < 0) {
+      int e = errno;
+      fprintf(stderr, "%s: connect: %s\n", prog, strerror(e));
+      return e > 0 && e < 256 ? e : 1;
+    }
+    if (verbose) {
+      struct sockaddr_un p;
+      socklen_t pl = sizeof p;
+      if (getpeername(s, (struct sockaddr *)&p, &pl) == 0) fprintf(stderr, "peer %.*s\n", (int)(pl > sizeof p.sun_family ? pl - sizeof p.sun_family : 0), p.sun_path);
+    }
+    int rc = shovel(s, 0);
+    close(s);
     return rc;
   }
   if (argc - i != 2) return usage();

@@ -28,6 +28,8 @@ export interface KvmRunOptions {
   cpus?: number;
   memoryMiB?: number;
   extraArchives?: Buffer[];
+  /** Guest kernel parameters after the base command line (e.g. `tsi.unix_paths=...`). */
+  kernelArgs?: readonly string[];
   stdin?: Readable | Buffer | string;
   stdout?: Writable;
   stderr?: Writable;
@@ -59,7 +61,7 @@ export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; c
       return `virtio_mmio.device=4K@0x${(VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_STRIDE).toString(16)}:${VIRTIO_GSI_BASE + index}`;
     });
     const init: InitConfig = { ...opts.init, ports: [PORT_STDIN, PORT_STDOUT, PORT_STDERR, PORT_STATUS] };
-    const boot = bootArguments(`${KVM_SANDBOX_CMDLINE} ${mmio.join(' ')}`, init, opts.initrd, opts.extraArchives);
+    const boot = bootArguments([KVM_SANDBOX_CMDLINE, ...mmio, ...(opts.kernelArgs ?? [])].join(' '), init, opts.initrd, opts.extraArchives);
     const cmdline = boot.cmdline;
     const initrd: Uint8Array = boot.initrd ?? readFileSync(opts.initrd);
     loadLinux(vm, { kernel: opts.kernel, initrd, cmdline });

@@ -15,6 +15,7 @@ import type { Policy } from '../policy/index.js';
 import type { PortMap, PortMapping } from '../portmap/index.js';
 import { NetDevice } from '../virtio/net/index.js';
 import { passtDnsUpstream, readResolvConf } from './network-passt.js';
+import { followPortMapErrors } from './network-tsi.js';
 import type { VhostUserDeviceSpec } from './qemu.js';
 
 /** `Sandbox.run({ network: { mode: 'gvproxy', policy, ... } })`. */
@@ -34,10 +35,11 @@ export interface GvproxyNetwork {
    * Host ports forwarded to guest ports through gvproxy's API ('127.0.0.1:8080:80').
    * Entries added or removed while the sandbox runs are exposed / unexposed at once;
    * `boundPort` is set while gvproxy listens. Entries present at start that gvproxy
-   * refuses fail the start (PORT_MAP_CONFLICT, NETWORK_ERROR).
+   * refuses fail the start (PORT_MAP_BIND_FAILED, NETWORK_ERROR); a run-time refusal
+   * takes the entry out of the map (its 'failed' event) and goes to `onPortMapError`.
    */
   portMap?: PortMap;
-  /** A run-time port-map entry gvproxy refused (it is taken out of the map again). Default: a log warning. */
+  /** A run-time port-map entry gvproxy refused (it is taken out of the map again). Default: the log line (`gvproxy.publish.failed`) only. */
   onPortMapError?: (err: TsiboxError, mapping: PortMapping) => void;
   /** The gvproxy binary (default: $TSIBOX_GVPROXY, else gvproxy from PATH). */
   gvproxyPath?: string;
@@ -98,7 +100,6 @@ export async function startGvproxyNetwork(n: GvproxyNetwork, log: Logger, guestL
     if (n.portMap !== undefined) {
       ports = new GvproxyPorts({
         api: gv.api, portMap: n.portMap, guestAddress: GVPROXY_NET.guest, logger: log,
-        ...(n.onPortMapError ? { onError: n.onPortMapError } : {}),
       });
       await ports.start();
     }
@@ -118,12 +119,14 @@ export async function startGvproxyNetwork(n: GvproxyNetwork, log: Logger, guestL
     return new TsiboxError('NETWORK_ERROR', `the sandbox's network process gvproxy (pid ${gv.pid}) ${how} while the sandbox ran; the sandbox was stopped${err ? `; gvproxy's last lines:\n${err}` : ''}`);
   });
   const f = filter;
+  const unfollow = followPortMapErrors(n.portMap, n.onPortMapError);
   let closed: Promise<void> | null = null;
   return {
     device, guest: 'dhcp', netDevice, gvproxy: gv, filter: f, ports,
     // Only an exit before close() is a failure: never settles afterwards.
     failed: failed.then((e) => (gv.closing ? new Promise<never>(() => {}) : e)),
     close: () => (closed ??= (async () => {
+      unfollow();
       await ports?.close();
       f.close();
       await gv.close();

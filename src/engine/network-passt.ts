@@ -168,7 +168,7 @@ export function passtDnsUpstream(resolvConf: string): string {
 /** passt mode names its policy: there is no silent allow-all. */
 export function checkPasstPolicy(n: PasstNetwork): void {
   // TSI-only options would be silently ignored here: passt opens the host sockets itself.
-  for (const k of ['unixSockets', 'limits', 'portMap', 'hostLoopbackAlias', 'hostLoopbackAlias6']) {
+  for (const k of ['unixSockets', 'limits', 'portMap', 'onPortMapError', 'hostLoopbackAlias', 'hostLoopbackAlias6']) {
     if ((n as unknown as Record<string, unknown>)[k] !== undefined) {
       throw new TsiboxError('INVALID_ARGUMENT', `network.${k} is a TSI option; mode 'passt' has no use for it (see tcpForwards / udpForwards, and the policy)`);
     }

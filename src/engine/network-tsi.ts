@@ -6,7 +6,8 @@ import type { Logger } from 'pino';
 import { TsiboxError } from '../errors.js';
 import type { RateLimitedLog } from '../log-rate.js';
 import type { Policy } from '../policy/index.js';
-import type { PortMap } from '../portmap/index.js';
+import type { PortMap, PortMapping } from '../portmap/index.js';
+import { checkHostPorts } from '../portmap/preflight.js';
 import type { VsockDevice } from '../virtio/vsock/device.js';
 import { resolveLimits, type TsiLimitOptions } from '../../proxies/limits.js';
 import { TsiHost } from '../../proxies/tsi.js';
@@ -20,8 +21,17 @@ export interface SandboxNetwork {
   mode: 'tsi';
   /** Required: decides every connection (see src/policy). */
   policy: Policy;
-  /** Host ports exposed to guest listeners (TSI listen() is not in the guest kernel yet). */
+  /**
+   * Host ports exposed to guest listeners and UDP sockets. Entries present at start
+   * whose host port is a number are tried before the guest boots: one that cannot be
+   * bound (taken, EACCES) fails the start (PORT_MAP_BIND_FAILED). A later failure (the
+   * host listen when the guest listens, a run-time `add()`) takes the entry out of the
+   * map and is reported: the map's 'failed' event, `onPortMapError`, and a
+   * `tsi.publish.failed` log line.
+   */
   portMap?: PortMap;
+  /** A port-map entry the host could not listen for after the start (it left the map). Default: the log line only. */
+  onPortMapError?: (err: TsiboxError, mapping: PortMapping) => void;
   /**
    * A guest IPv4 address that stands for the host's 127.0.0.1 (e.g. '10.0.2.2'): guest
    * connections to it are made to 127.0.0.1 on the host. Applied before the policy,
@@ -31,9 +41,11 @@ export interface SandboxNetwork {
   /** The same for IPv6 (e.g. 'fd00::2' → ::1). Off by default. */
   hostLoopbackAlias6?: string;
   /**
-   * Let the guest connect to host unix sockets (AF_UNIX through TSI), subject to the
-   * policy's `protocol: 'unix'` rules on the canonical path. Default false: a guest
-   * AF_UNIX connect to a host path fails with EACCES (docs/security.md).
+   * Let the guest reach host unix sockets (AF_UNIX through TSI): a guest AF_UNIX
+   * stream connect() to a path named by an allow rule with `protocol: 'unix'` (the
+   * path itself, or under it when it ends in '/') is made on the host, judged on the
+   * canonical host path; other guest unix sockets stay guest-local. Default false:
+   * none are carried (docs/security.md, docs/tsi-protocol.md §4).
    */
   unixSockets?: boolean;
   /**
@@ -57,8 +69,15 @@ export function checkTsiNetwork(n: SandboxNetwork): void {
   resolveLimits(n.limits);
 }
 
-/** The TSI host on `vsock` for this sandbox; close() stops its proxies. */
-export function startTsiNetwork(network: SandboxNetwork, vsock: VsockDevice, log: Logger, guestLog: RateLimitedLog): NetworkSetup {
+/**
+ * The TSI host on `vsock` for this sandbox; close() stops its proxies. Rejects with
+ * PORT_MAP_BIND_FAILED when a numbered host port of the map cannot be bound now.
+ */
+export async function startTsiNetwork(network: SandboxNetwork, vsock: VsockDevice, log: Logger, guestLog: RateLimitedLog): Promise<NetworkSetup> {
+  if (network.portMap !== undefined) {
+    const busy = await checkHostPorts(network.portMap.entries);
+    if (busy !== null) throw busy;
+  }
   const hostAliases: Record<string, string> = {};
   if (network.hostLoopbackAlias !== undefined) hostAliases[network.hostLoopbackAlias] = '127.0.0.1';
   if (network.hostLoopbackAlias6 !== undefined) hostAliases[network.hostLoopbackAlias6] = '::1';
@@ -68,5 +87,39 @@ export function startTsiNetwork(network: SandboxNetwork, vsock: VsockDevice, log
     ...(network.limits ? { limits: network.limits } : {}),
     ...(network.portMap ? { portMap: network.portMap } : {}),
   });
-  return { devices: [], qemuDevices: [], close: async () => { tsi.close(); } };
+  const unixPaths = network.unixSockets === true ? guestUnixPaths(network.policy) : [];
+  const unfollow = followPortMapErrors(network.portMap, network.onPortMapError);
+  return {
+    devices: [], qemuDevices: [], close: async () => { unfollow(); tsi.close(); },
+    ...(unixPaths.length > 0 ? { kernelArgs: [`tsi.unix_paths=${unixPaths.join(',')}`] } : {}),
+  };
+}
+
+/**
+ * The unix socket paths the guest kernel sends to the host (`tsi.unix_paths=`): the
+ * paths of the policy's allow rules for protocol 'unix', as written (a directory when
+ * it ends in '/'). The host still judges every connect on the canonical path; this
+ * list only tells the guest which AF_UNIX connects are the host's, so that guest-local
+ * unix sockets stay local. INVALID_ARGUMENT for a path the kernel command line cannot
+ * carry (a space, comma or quote; more than 511 bytes in all).
+ */
+export function guestUnixPaths(policy: Policy): string[] {
+  const paths: string[] = [];
+  for (const r of policy.rules) {
+    if (r.action !== 'allow' || r.path === undefined) continue;
+    const protocols = r.protocol === undefined ? ['unix'] : ([] as string[]).concat(r.protocol);
+    if (!protocols.includes('unix')) continue;
+    if (/[\s,"]/.test(r.path)) throw new TsiboxError('INVALID_ARGUMENT', `unix rule path ${JSON.stringify(r.path)}: a guest-visible path cannot hold a space, comma or quote`);
+    if (!paths.includes(r.path)) paths.push(r.path);
+  }
+  if (paths.join(',').length > 511) throw new TsiboxError('INVALID_ARGUMENT', 'unix rule paths: more than 511 bytes in all (the guest kernel\'s tsi.unix_paths= limit)');
+  return paths;
+}
+
+/** Passes the map's 'failed' events to `onError` (TSI and gvproxy modes alike); returns the undo. */
+export function followPortMapErrors(portMap: PortMap | undefined, onError: ((err: TsiboxError, m: PortMapping) => void) | undefined): () => void {
+  if (portMap === undefined || onError === undefined) return () => {};
+  const h = (m: PortMapping, err: TsiboxError): void => { onError(err, m); };
+  portMap.on('failed', h);
+  return () => { portMap.off('failed', h); };
 }

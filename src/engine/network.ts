@@ -18,6 +18,8 @@ export interface NetworkSetup {
   devices: VirtioDevice[];
   /** The same devices as QEMU vhost-user back ends. */
   qemuDevices: VhostUserDeviceSpec[];
+  /** Guest kernel parameters the mode needs (TSI: `tsi.unix_paths=`). */
+  kernelArgs?: string[];
   /** For InitConfig.net (a NIC to configure, or 'dhcp'); absent: no NIC. */
   guest?: GuestNetConfig | 'dhcp';
   /** Resolves with a NETWORK_ERROR when the mode's network process ends while the VM runs (the sandbox stops it). */
@@ -36,5 +38,5 @@ export async function startNetwork(network: SandboxNetwork | PasstNetwork | Gvpr
     const g = await startGvproxyNetwork(network, log, guestLog);
     return { devices: [g.netDevice], qemuDevices: [g.device], guest: g.guest, failed: g.failed, close: () => g.close() };
   }
-  return startTsiNetwork(network, vsock, log, guestLog);
+  return await startTsiNetwork(network, vsock, log, guestLog);
 }

@@ -67,6 +67,8 @@ export interface QemuRunOptions {
   devices?: VhostUserDeviceSpec[];
   /** Archives appended to the initramfs (e.g. guest helper programs). */
   extraArchives?: Buffer[];
+  /** Guest kernel parameters after the base command line (e.g. `tsi.unix_paths=...`). */
+  kernelArgs?: readonly string[];
   stdin?: Readable | Buffer | string;
   stdout?: Writable;
   stderr?: Writable;
@@ -199,7 +201,7 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
 
     // The initramfs (with extra archives, and init's description when it is too long
     // for the command line) goes in a memfd QEMU reads.
-    const boot = bootArguments(QEMU_BASE_CMDLINE, init, opts.initrd, opts.extraArchives);
+    const boot = bootArguments([QEMU_BASE_CMDLINE, ...(opts.kernelArgs ?? [])].join(' '), init, opts.initrd, opts.extraArchives);
     const cmdline = boot.cmdline;
     if (boot.initrd === null) {
       args.push('-initrd', opts.initrd);

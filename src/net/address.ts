@@ -3,7 +3,10 @@
 import { isIPv4, isIPv6 } from 'node:net';
 
 export function ipv4Bytes(address: string): number[] {
-  return address.split('.').map((p) => Number(p) & 0xff);
+  const parts = address.split('.');
+  const out = new Array<number>(parts.length);
+  for (let i = 0; i < parts.length; i++) out[i] = Number(parts[i]) & 0xff;
+  return out;
 }
 
 /** 16 bytes of an IPv6 text address (with :: compression and a dotted IPv4 tail). */
@@ -32,7 +35,9 @@ export function ipv6Bytes(address: string): number[] {
 
 /** Normalizes an address for comparison (IPv4-mapped IPv6 → IPv4, IPv6 in full form). */
 export function canonicalAddress(address: string): { family: 'ipv4' | 'ipv6'; address: string } | null {
-  if (isIPv4(address)) return { family: 'ipv4', address: ipv4Bytes(address).join('.') };
+  // isIPv4 accepts only canonical dotted quads (0-255, no leading zeros): the text is
+  // already its canonical form (this runs several times per proxied connection).
+  if (isIPv4(address)) return { family: 'ipv4', address };
   const plain = address.split('%')[0]!;
   if (!isIPv6(plain)) return null;
   const b = ipv6Bytes(plain);

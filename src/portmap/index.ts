@@ -3,6 +3,9 @@
 // ('add' / 'remove' events). A host port (per protocol and host address, wildcards
 // overlapping everything) and a guest port (per protocol) can each appear only once;
 // a conflicting add throws PORT_MAP_CONFLICT naming the entry it collides with.
+// An entry the host cannot listen for (its port is taken, EACCES, ...) is taken out of
+// the map by whoever tried (`fail()`: a 'remove' event, then 'failed' with a
+// PORT_MAP_BIND_FAILED error): the map always says what is published.
 import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
 import { TsiboxError } from '../errors.js';
@@ -30,6 +33,11 @@ export interface PortMapping {
 export interface PortMapEvents {
   add: [mapping: PortMapping];
   remove: [mapping: PortMapping];
+  /**
+   * The host could not listen for `mapping` (PORT_MAP_BIND_FAILED; NETWORK_ERROR when
+   * gvproxy's API failed otherwise). The entry was taken out of the map first.
+   */
+  failed: [mapping: PortMapping, error: TsiboxError];
 }
 
 const WILDCARDS = new Set(['0.0.0.0', '::']);
@@ -87,6 +95,20 @@ export class PortMap extends EventEmitter<PortMapEvents> {
     return true;
   }
 
+  /**
+   * For the proxies that carry the map out: the host could not listen for `mapping`.
+   * Takes it out of the map ('remove') and emits 'failed'. Returns false (and emits
+   * nothing) when the entry had already left the map.
+   */
+  fail(mapping: PortMapping, error: TsiboxError): boolean {
+    const i = this.#entries.indexOf(mapping);
+    if (i < 0) return false;
+    this.#entries.splice(i, 1);
+    this.emit('remove', mapping);
+    this.emit('failed', mapping, error);
+    return true;
+  }
+
   lookupGuest(protocol: MapProtocol, guestPort: number): PortMapping | undefined {
     return this.#entries.find((e) => e.protocol === protocol && e.guestPort === guestPort);
   }
@@ -102,4 +124,30 @@ function addressesOverlap(a: string, b: string): boolean {
 
 function describe(e: PortMapping): string {
   return `${e.hostAddress}:${e.hostPort} → guest ${e.guestPort}/${e.protocol}`;
+}
+
+/** 'tcp 127.0.0.1:8080 → guest 80' (IPv6 host addresses in brackets). */
+export function describeMapping(m: Pick<PortMapping, 'protocol' | 'hostAddress' | 'hostPort' | 'guestPort'>): string {
+  const host = m.hostAddress.includes(':') ? `[${m.hostAddress}]` : m.hostAddress;
+  return `${m.protocol} ${host}:${m.hostPort} → guest ${m.guestPort}`;
+}
+
+const REASONS: Record<string, string> = {
+  EADDRINUSE: 'the host port is already in use',
+  EACCES: 'not permitted to listen on that host port',
+  EPERM: 'not permitted to listen on that host port',
+  EADDRNOTAVAIL: 'the host has no such address',
+};
+
+/**
+ * The PORT_MAP_BIND_FAILED error for a host bind of `m` that failed with `err` (a Node
+ * system error): names the mapping and the reason, carries the errno.
+ */
+export function bindFailure(m: Pick<PortMapping, 'protocol' | 'hostAddress' | 'hostPort' | 'guestPort'>, err: unknown): TsiboxError {
+  const e = err as NodeJS.ErrnoException;
+  const code = typeof e?.code === 'string' ? e.code : undefined;
+  const reason = code !== undefined && REASONS[code] !== undefined ? `${REASONS[code]} (${code})` : (e?.message ?? String(err));
+  return new TsiboxError('PORT_MAP_BIND_FAILED', `cannot publish ${describeMapping(m)}: ${reason}`, {
+    cause: err, ...(typeof e?.errno === 'number' ? { errno: Math.abs(e.errno) } : {}),
+  });
 }

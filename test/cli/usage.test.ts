@@ -34,6 +34,8 @@ t.test('usage errors exit 2 with a tsibox: message', async (t) => {
     [['run', '--net', 'passt', '--allow', 'nope', '--', 'true'], /^tsibox: --allow wants CIDR/],
     [['run', '--allow', '127.0.0.1', '--', 'true'], /^tsibox: --allow needs --net tsi or passt; --host-alias, --publish, --allow-unix and the limit flags need --net tsi/],
     [['run', '--max-connections', '5', '--', 'true'], /^tsibox: the limit flags need --net tsi/],
+    [['run', '--net', 'tsi', '--on-publish-error', 'warn', '--', 'true'], /^tsibox: --on-publish-error needs --publish/],
+    [['run', '--net', 'tsi', '--publish', '1:80', '--on-publish-error', 'maybe', '--', 'true'], /^tsibox: --on-publish-error must be one of stop, warn/],
     [['run', '--net', 'passt', '--allow-unix', '/run/x.sock', '--', 'true'], /^tsibox: --allow-unix needs --net tsi/],
     [['run', '--net', 'passt', '--connect-rate', '5', '--', 'true'], /^tsibox: --connect-rate needs --net tsi/],
     [['run', '--net', 'tsi', '--allow-unix', 'relative.sock', '--', 'true'], /^tsibox: --allow-unix wants an absolute path/],

@@ -215,7 +215,7 @@ t.test('network gvproxy under QEMU', { skip }, async (t) => {
       t.equal(await fetchText(port), 'guest-page\n', 'a host client reaches the guest httpd');
       map.add({ protocol: 'tcp', hostPort: takenPort, guestPort: 8081 });
       t.ok(await waitFor(() => errors.length > 0, 10_000), 'the conflict is reported');
-      t.equal(errors[0]?.err.code, 'PORT_MAP_CONFLICT');
+      t.equal(errors[0]?.err.code, 'PORT_MAP_BIND_FAILED');
       t.equal(map.lookupGuest('tcp', 8081), undefined, 'the refused entry left the map');
       map.remove('tcp', 8080);
       t.ok(await waitFor(() => m.boundPort === null, 10_000), 'unpublished');

@@ -7,6 +7,9 @@
  */
 import t from 'tap';
 import { createSocket } from 'node:dgram';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { get as httpGet } from 'node:http';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
@@ -171,4 +174,41 @@ t.test('port mappings survive: 100 closed listeners, then a vsock transport rese
   t.match(out, /^closed-100$/m);
   t.same(host.before, ['page-8080\n', 'page-8081\n'], 'both published listeners serve, the second made after 100 UNLISTENs');
   t.same(host.after, ['page-8080\n', 'page-8081\n'], 'and both again after the transport reset');
+});
+
+t.test('AF_UNIX through TSI: a path the policy names reaches the host socket; others stay guest-local', { skip }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsibox-unix-'));
+  const path = join(dir, 'echo.sock');
+  const other = join(dir, 'other.sock');
+  const sockets = new Set<Socket>();
+  let otherConnections = 0;
+  const echo = createServer({ allowHalfOpen: true }, (s) => {
+    sockets.add(s);
+    s.on('error', () => { /* counted through the data */ });
+    s.on('data', (d: Buffer) => { s.write(d); });
+    s.on('end', () => { s.end(); });
+  });
+  const otherServer = createServer((s) => { otherConnections++; s.destroy(); });
+  await new Promise<void>((r) => echo.listen(path, r));
+  await new Promise<void>((r) => otherServer.listen(other, r));
+  t.teardown(() => { for (const s of sockets) s.destroy(); echo.close(); otherServer.close(); rmSync(dir, { recursive: true, force: true }); });
+  const script = [
+    `echo hello-unix | tsibox-tcp -v -U ${path}; echo echo=$?`,
+    `echo x | tsibox-tcp -U ${other}; echo other=$?`,
+  ].join('\n');
+  const r = await Sandbox.run({
+    engine: E2E_ENGINE, argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 60_000,
+    network: {
+      mode: 'tsi', unixSockets: true,
+      policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'unix', path, name: 'the echo socket' }] }),
+    },
+  });
+  const out = r.stdout!.toString();
+  const err = r.stderr?.toString() ?? '';
+  t.equal(r.exitCode, 0, 'the guest script ran', { stdout: out, stderr: err });
+  t.match(out, /^hello-unix$/m, 'the host echo server answered');
+  t.match(out, /^echo=0$/m);
+  t.match(err, new RegExp(`^peer ${path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'), 'getpeername() is the path connected to');
+  t.match(out, /^other=2$/m, 'a path no rule names stays guest-local (ENOENT in the guest)');
+  t.equal(otherConnections, 0, 'the host socket no rule names saw no connection');
 });

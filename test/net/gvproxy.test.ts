@@ -42,12 +42,12 @@ t.test('start, API, conflicts, close', { skip }, async (t) => {
   await new Promise<void>((r) => { probe.close(() => { r(); }); });
   await gv.api.expose({ local: `127.0.0.1:${free}`, remote: '192.168.127.2:80', protocol: 'tcp' });
   t.same(await gv.api.list(), [{ local: `127.0.0.1:${free}`, remote: '192.168.127.2:80', protocol: 'tcp' }]);
-  await t.rejects(gv.api.expose({ local: `127.0.0.1:${free}`, remote: '192.168.127.2:81', protocol: 'tcp' }), { code: 'PORT_MAP_CONFLICT' }, 'gvproxy holds it');
+  await t.rejects(gv.api.expose({ local: `127.0.0.1:${free}`, remote: '192.168.127.2:81', protocol: 'tcp' }), { code: 'PORT_MAP_BIND_FAILED', errno: 98 }, 'gvproxy holds it');
 
   await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
   const taken = (blocker.address() as AddressInfo).port;
   const err = await gv.api.expose({ local: `127.0.0.1:${taken}`, remote: '192.168.127.2:82', protocol: 'tcp' }).catch((e: unknown) => e);
-  t.ok(err instanceof TsiboxError && err.code === 'PORT_MAP_CONFLICT', `someone else holds it: ${String(err)}`);
+  t.ok(err instanceof TsiboxError && err.code === 'PORT_MAP_BIND_FAILED' && err.errno === 98, `someone else holds it: ${String(err)}`);
 
   await gv.api.unexpose(`127.0.0.1:${free}`, 'tcp');
   t.same(await gv.api.list(), []);

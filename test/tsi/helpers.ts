@@ -1,6 +1,7 @@
 // Shared rig for TSI tests: a guest (software driver + real vsock device), TsiHost with
 // the given policy and port map, and loopback servers that are always cleaned up.
 import type { Test } from 'tap';
+import type { Logger } from 'pino';
 import { createServer, type Server, type Socket } from 'node:net';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -39,6 +40,7 @@ export interface RigOptions {
   unixSockets?: boolean;
   limits?: TsiLimitOptions;
   timeoutMs?: number;
+  logger?: Logger;
 }
 
 export async function rig(t: Test, opts: RigOptions = {}): Promise<Rig> {
@@ -49,6 +51,7 @@ export async function rig(t: Test, opts: RigOptions = {}): Promise<Rig> {
     ...(opts.hostAliases ? { hostAliases: opts.hostAliases } : {}),
     ...(opts.unixSockets !== undefined ? { unixSockets: opts.unixSockets } : {}),
     ...(opts.limits ? { limits: opts.limits } : {}),
+    ...(opts.logger ? { logger: opts.logger } : {}),
   });
   const guest = new TsiGuest(vsock);
   const r: Rig = {

@@ -3,6 +3,8 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { Sandbox, type EngineChoice, type SandboxNetwork } from '../../sandbox.js';
 import { Policy, type PolicyRule } from '../../policy/index.js';
 import { PortMap } from '../../portmap/index.js';
+import { checkHostPorts } from '../../portmap/preflight.js';
+import { TsiboxError } from '../../errors.js';
 import { DEFAULT_LIMITS, type TsiLimitOptions } from '../../../proxies/limits.js';
 import { UsageError } from '../args.js';
 import { gvproxyNetworkOption, passtNetworkOption } from '../net-passt.js';
@@ -11,7 +13,7 @@ import { expectPositionals, type Command } from '../registry.js';
 export const runCommand: Command = {
   name: 'run',
   summary: 'run a program in a microVM (default root: busybox); exits with its status',
-  usage: 'run [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]... [--publish [ADDR:]HOST:GUEST[/udp]]... [--allow-unix PATH]... [--max-connections N] [--max-listeners N] [--max-udp-sockets N] [--connect-rate N] | --net passt [--allow CIDR[:PORTS]]... | --net gvproxy [--allow CIDR[:PORTS]]... [--publish [ADDR:]HOST:GUEST[/udp]]...] [--verbose] -- CMD [ARGS...]',
+  usage: 'run [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]... [--publish [ADDR:]HOST:GUEST[/udp]]... [--allow-unix PATH]... [--max-connections N] [--max-listeners N] [--max-udp-sockets N] [--connect-rate N] | --net passt [--allow CIDR[:PORTS]]... | --net gvproxy [--allow CIDR[:PORTS]]... [--publish [ADDR:]HOST:GUEST[/udp]]...] [--on-publish-error stop|warn] [--verbose] -- CMD [ARGS...]',
   options: {
     engine: { type: 'string', value: 'kvm|qemu|auto', choices: ['kvm', 'qemu', 'auto'], description: 'how to run the VM (default auto: KVM where guest ring 0 runs natively, else QEMU)' },
     cpus: { type: 'integer', value: 'N', min: 1, max: 16, description: 'vCPUs (default 1)' },
@@ -24,15 +26,16 @@ export const runCommand: Command = {
     verbose: { type: 'boolean', description: 'say on stderr which engine runs the VM, and why' },
     net: { type: 'string', value: 'tsi|passt|gvproxy', choices: ['tsi', 'passt', 'gvproxy'], description: 'tsi: guest TCP connect() and UDP go out through tsibox (TSI); everything is denied unless --allow permits it. passt: a virtio-net NIC (eth0 10.0.2.15/24) wired to passt; 10.0.2.2 reaches the host\'s 127.0.0.1. gvproxy: the NIC wired to gvproxy, configured by DHCP (eth0 192.168.127.2/24, gateway and DNS 192.168.127.1, IPv4 only); 192.168.127.254 reaches the host\'s 127.0.0.1; --publish goes through gvproxy\'s API. passt and gvproxy frames are filtered by the same policy: everything is denied unless --allow permits it' },
     allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'allow TCP and UDP with CIDR (with --net tsi: outbound destinations, and clients of --publish ports; with --net passt / gvproxy: what the host connects to, so 10.0.2.2:PORT (passt) or 192.168.127.254:PORT (gvproxy) is --allow 127.0.0.1:PORT; gvproxy\'s own API at 192.168.127.1:80 only by --allow 192.168.127.1:80 itself) (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, 0.0.0.0/0 for all IPv4, ::/0 for all IPv6)' },
-    'allow-unix': { type: 'string', value: 'PATH', repeatable: true, description: 'with --net tsi: let the guest connect to the host unix socket PATH (or anything under PATH/ when it ends in /); judged on the canonical path (symlinks resolved); off unless given. The guest kernel has no AF_UNIX TSI: only a program speaking TSI over vsock (docs/tsi-protocol.md §4) reaches these' },
+    'allow-unix': { type: 'string', value: 'PATH', repeatable: true, description: 'with --net tsi: let the guest connect to the host unix socket PATH (or anything under PATH/ when it ends in /); a guest AF_UNIX stream connect() to that path is made on the host, judged on the canonical path (symlinks resolved); other guest unix sockets stay guest-local; off unless given' },
     'max-connections': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: concurrent guest connections (default ${DEFAULT_LIMITS.maxConnections}); over it connect() fails with ENOBUFS` },
     'max-listeners': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: guest listeners registered with the host (default ${DEFAULT_LIMITS.maxListeners})` },
     'max-udp-sockets': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: guest UDP sockets with a host socket (default ${DEFAULT_LIMITS.maxUdpSockets}); over it sendto() fails with ENOBUFS` },
     'connect-rate': { type: 'integer', value: 'N', min: 1, max: 1_000_000, description: `with --net tsi: new guest connections per second (default ${DEFAULT_LIMITS.connectionsPerSecond}); over it connect() fails with EAGAIN` },
     publish: { type: 'string', value: '[ADDR:]HOST:GUEST[/udp]', repeatable: true, description: 'with --net tsi or gvproxy: expose guest port GUEST on host ADDR:HOST (default address 127.0.0.1; HOST 0 lets the OS choose); the policy must allow the clients (gvproxy hides them: --allow 127.0.0.1:GUEST)' },
+    'on-publish-error': { type: 'string', value: 'stop|warn', choices: ['stop', 'warn'], description: 'what a --publish the host cannot listen for (host port taken, not permitted) does. Either way an error line naming the mapping and the reason goes to stderr. At start (numbered host ports are tried before the VM boots) and while it runs (when the guest listens): stop (default) ends the sandbox and tsibox exits 1; warn drops that mapping and keeps running (exit status: CMD\'s own)' },
     'host-alias': { type: 'string', value: 'ADDR', repeatable: true, description: "with --net tsi: the guest reaches the host's 127.0.0.1 (IPv4 ADDR) or ::1 (IPv6 ADDR) through ADDR, e.g. 10.0.2.2; --allow 127.0.0.1 (or ::1) too" },
   },
-  help: 'Exit status: CMD\'s own; 125 guest setup failed, 126 CMD not executable, 127 CMD not found, 128+N killed by signal N.',
+  help: 'Exit status: CMD\'s own; 125 guest setup failed, 126 CMD not executable, 127 CMD not found, 128+N killed by signal N; 1 when tsibox itself failed (e.g. a --publish it could not set up, see --on-publish-error).',
   async run(args, io) {
     expectPositionals(this, args, 1, Infinity);
     const o = args.options;
@@ -57,6 +60,16 @@ export const runCommand: Command = {
       : o.net === 'gvproxy'
         ? gvproxyNetworkOption(allowPolicy(o.allow), o.publish)
         : networkOption(o.net, o.allow, o['host-alias'], o.publish, tsiExtras(o));
+    if (o['on-publish-error'] !== undefined && o.publish === undefined) throw new UsageError('--on-publish-error needs --publish');
+    const portMap = network !== undefined && network.mode !== 'passt' ? network.portMap : undefined;
+    const stop = new AbortController();
+    if (portMap !== undefined) {
+      if (o['on-publish-error'] === 'warn') await dropUnpublishable(portMap, (line) => { io.stderr.write(line); });
+      portMap.on('failed', (_m, err) => {
+        if (o['on-publish-error'] === 'warn') io.stderr.write(`tsibox: ${err.message} [${err.code}]; running without it\n`);
+        else stop.abort(new TsiboxError(err.code, `${err.message}; the sandbox was stopped (--on-publish-error warn keeps it running)`, { cause: err, ...(err.errno !== undefined ? { errno: err.errno } : {}) }));
+      });
+    }
     const verbose = o.verbose === true;
     // TSIBOX_LOG=info|debug: structured lines (tsi.connection, net.flow, tsi.limit) on stderr.
     const logger = pino({ name: 'tsibox', level: process.env['TSIBOX_LOG'] ?? 'silent' }, pino.destination(2));
@@ -74,6 +87,7 @@ export const runCommand: Command = {
         ...(typeof o.timeout === 'number' ? { timeoutMs: o.timeout * 1000 } : {}),
         ...(network ? { network } : {}),
         stdin,
+        signal: stop.signal,
         stdout: io.stdout,
         stderr: io.stderr,
         // The one human line --verbose promises; details stay in the (silent) logger.
@@ -86,6 +100,16 @@ export const runCommand: Command = {
     }
   },
 };
+
+/** --on-publish-error warn at start: entries whose numbered host port cannot be bound now are reported and dropped. */
+async function dropUnpublishable(portMap: PortMap, print: (line: string) => void): Promise<void> {
+  for (const m of [...portMap.entries]) {
+    const err = await checkHostPorts([m]);
+    if (err === null) continue;
+    print(`tsibox: ${err.message} [${err.code}]; running without it\n`);
+    portMap.remove(m.protocol, m.guestPort);
+  }
+}
 
 /** A silent logger that prints the engine decision as one plain line. */
 function engineLineLogger(print: (line: string) => void): pino.Logger {
