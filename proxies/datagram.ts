@@ -87,7 +87,11 @@ export class DatagramProxy {
       }
       conn.once('close', slot.release);
       flow = new Flow(this.#ctx, conn, bind, this.#sockets, this.#exposed, () => { pump(); });
-    }, () => flow !== null && !flow.ready);
+    },
+    () => flow !== null && !flow.ready,
+    // Once open, a UDP socket's sends do not wait for the guest to read: datagrams for
+    // the guest and send errors are dropped when its queue is full, as UDP drops.
+    () => flow === null);
   }
 }
 
@@ -192,7 +196,7 @@ class Flow {
     const conn = this.#conn;
     const reject = (errno: number, addr: SockAddr): void => {
       conn.consumed(frameLen);
-      conn.write(encodeDgramError(-errno, addr));
+      this.#error(errno, addr);
     };
     if (d instanceof TsiError) return reject(d.errno, { family: 'none' });
     const { payload } = d;
@@ -225,7 +229,7 @@ class Flow {
     this.#inFlight++;
     this.#socket.send(payload, addr.port, addr.scopeId ? `${addr.address}%${addr.scopeId}` : addr.address, (err) => {
       conn.consumed(frameLen);
-      if (err) conn.write(encodeDgramError(-errnoOf(err), addr));
+      if (err) this.#error(errnoOf(err), addr);
       if (--this.#inFlight === 0 && this.#closed) this.#closeSocket();
     });
   }
@@ -261,6 +265,15 @@ class Flow {
     // An IPv6 guest socket hears IPv4 peers as IPv4-mapped addresses, as Linux reports them.
     if (this.#family === 'ipv6' && from.family === 'ipv4') from = { family: 'ipv6', address: `::ffff:${from.address}`, port: from.port };
     this.#conn.write(encodeDgram(from, msg));
+  }
+
+  /** A send error for the guest (once, as an ICMP error); dropped while its queue is full. */
+  #error(errno: number, addr: SockAddr): void {
+    if (this.#conn.bufferedToGuest >= this.#conn.highWater) {
+      this.dropped++;
+      return;
+    }
+    this.#conn.write(encodeDgramError(-errno, addr));
   }
 
   #closeSocket(): void {

@@ -87,10 +87,13 @@ export function endThenReset(conn: VsockConnection, reason: string): void {
  * (and `paused()` is false); otherwise they wait, uncredited, in `reader`, so a guest
  * that reads nothing stalls after its buf_alloc. 'drain' resumes; so does the returned
  * function (call it when `paused()` turns false). Stops once our side has ended.
+ * `pacedByReplies()` false lifts the pacing for a service whose replies are bounded
+ * otherwise (datagrams: what the guest does not read is dropped, as UDP drops).
  */
-export function serveRequests(conn: VsockConnection, reader: FrameReader, handle: (f: Frame | TsiError) => void, paused: () => boolean = () => false): () => void {
+export function serveRequests(conn: VsockConnection, reader: FrameReader, handle: (f: Frame | TsiError) => void, paused: () => boolean = () => false,
+  pacedByReplies: () => boolean = () => true): () => void {
   const pump = (): void => {
-    while (conn.state !== 'closed' && !conn.hostEnded && conn.bufferedToGuest < conn.highWater && !paused()) {
+    while (conn.state !== 'closed' && !conn.hostEnded && (!pacedByReplies() || conn.bufferedToGuest < conn.highWater) && !paused()) {
       const f = reader.next();
       if (f === null) return;
       handle(f);
