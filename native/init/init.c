@@ -97,11 +97,15 @@ static void dbg(const char *fmt, ...)
 	va_end(ap);
 }
 
+static void finish(int status) __attribute__((noreturn));
+
 static void *xrealloc(void *p, size_t n)
 {
 	void *q = realloc(p, n ? n : 1);
 	if (!q) {
 		err("out of memory");
+		/* PID 1 must not exit (the kernel panics and the status is lost): report, end the VM */
+		if (getpid() == 1) finish(ST_SETUP);
 		exit(ST_SETUP);
 	}
 	return q;
@@ -804,6 +808,8 @@ static void child_main(int pipefd, const int stdio[3])
 	for (int i = 0; i < 3; i++) {
 		if (stdio[i] != i && dup2(stdio[i], i) < 0) child_fail(pipefd, ST_SETUP, errno, "dup2 stdio");
 	}
+	/* A terminal on stdin becomes the session's controlling terminal: Ctrl-C, job control. */
+	if (isatty(0) && ioctl(0, TIOCSCTTY, 1) == 0) tcsetpgrp(0, getpid());
 	for (int i = 0; i < 3; i++)
 		if (stdio[i] > 2) {
 			int dup = 0;
@@ -833,8 +839,25 @@ static void child_main(int pipefd, const int stdio[3])
 
 static int status_fd = -1;
 
-/* Kill and reap whatever is left, report, end the VM. Never returns. */
-static void finish(int status) __attribute__((noreturn));
+/*
+ * sync(2), bounded: a hung filesystem must not keep the VM from reporting and
+ * ending. A child syncs; we wait for it at most @ms.
+ */
+static void sync_bounded(long ms)
+{
+	pid_t p = fork();
+	if (p < 0) { sync(); return; }
+	if (p == 0) { sync(); _exit(0); }
+	long deadline = now_ms() + ms;
+	for (;;) {
+		pid_t w = waitpid(p, NULL, WNOHANG);
+		if (w == p || (w < 0 && errno != EINTR)) return;
+		if (now_ms() >= deadline) { warn("sync did not finish in %ld ms; ending without it", ms); return; }
+		sleep_ms(5);
+	}
+}
+
+/* Kill and reap whatever is left, report, end the VM. Never returns; bounded in time. */
 static void finish(int status)
 {
 	kill(-1, SIGKILL);
@@ -846,7 +869,7 @@ static void finish(int status)
 		if (now_ms() >= deadline) { warn("some processes did not die"); break; }
 		sleep_ms(1);
 	}
-	sync();
+	sync_bounded(5000);
 	char buf[64];
 	int n;
 	if (status_fd >= 0) {
@@ -929,7 +952,8 @@ static int run_workload(void)
 			break;
 		case SIGINT: case SIGTERM: case SIGHUP: case SIGQUIT:
 		case SIGUSR1: case SIGUSR2: case SIGWINCH:
-			kill(pid, sig);
+			/* to the workload's process group (it leads its session), as a terminal would */
+			if (kill(-pid, sig) < 0) kill(pid, sig);
 			break;
 		default:
 			break;

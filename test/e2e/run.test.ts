@@ -117,6 +117,17 @@ t.test('tsibox run under QEMU', { skip }, async (t) => {
     t.equal(r.stdout, undefined, 'streamed, not collected');
   });
 
+  await t.test('init forwards a termination signal to the workload\'s whole process group', async (t) => {
+    // The background job is forked before sh ignores TERM, so only a signal to the
+    // group reaches it; sh itself survives to report.
+    const script = '(sleep 3; echo child-alive) & trap "" TERM; kill -TERM 1; wait $!; echo done=$?';
+    const r = await Sandbox.run({ engine: E2E_ENGINE, argv: ['sh', '-c', script], timeoutMs: 60_000 });
+    const out = r.stdout!.toString();
+    t.equal(r.exitCode, 0, 'sh ignored TERM and finished', { stdout: out, stderr: r.stderr?.toString() });
+    t.match(out, /^done=143$/m, 'the background job died of SIGTERM');
+    t.notMatch(out, /child-alive/, 'and never printed');
+  });
+
   await t.test('killing the host process leaves no QEMU behind', async (t) => {
     const child = spawn(process.execPath, [BIN, 'run', '--engine', 'qemu', '--', 'sleep', '60'], { stdio: ['pipe', 'ignore', 'ignore'] });
     let qemu: number[] = [];
