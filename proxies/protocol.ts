@@ -226,8 +226,8 @@ export function encodeSockAddr(a: SockAddr, out: Buffer, at: number): void {
   out.writeUInt16LE(a.family === 'ipv4' ? AF.INET : AF.INET6, at);
   out.writeUInt16LE(a.port, at + 2);
   out.writeUInt32LE(a.scopeId ?? 0, at + 4);
-  if (a.family === 'ipv4') ipv4Bytes(a.address).forEach((v, i) => { out[at + 8 + i] = v; });
-  else ipv6Bytes(a.address).forEach((v, i) => { out[at + 8 + i] = v; });
+  const bytes = a.family === 'ipv4' ? ipv4Bytes(a.address) : ipv6Bytes(a.address);
+  for (let i = 0; i < bytes.length; i++) out[at + 8 + i] = bytes[i]!;
 }
 
 /** Decodes an inet sockaddr (AF_INET/AF_INET6; AF_UNSPEC as 'none'). */

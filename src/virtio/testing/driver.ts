@@ -384,9 +384,15 @@ export class DriverQueue {
 }
 
 function writeDesc(mem: GuestMemory, at: number, addr: number | bigint, len: number, flags: number, next: number): void {
-  const a = BigInt(addr);
-  mem.writeU32(at, Number(a & 0xffff_ffffn));
-  mem.writeU32(at + 4, Number((a >> 32n) & 0xffff_ffffn));
+  if (typeof addr === 'number' && Number.isSafeInteger(addr) && addr >= 0) {
+    // The common case without BigInt arithmetic (the benches post thousands a second).
+    mem.writeU32(at, addr % 0x1_0000_0000);
+    mem.writeU32(at + 4, Math.floor(addr / 0x1_0000_0000));
+  } else {
+    const a = BigInt(addr);
+    mem.writeU32(at, Number(a & 0xffff_ffffn));
+    mem.writeU32(at + 4, Number((a >> 32n) & 0xffff_ffffn));
+  }
   mem.writeU32(at + 8, len >>> 0);
   mem.writeU16(at + 12, flags);
   mem.writeU16(at + 14, next);

@@ -25,6 +25,7 @@ export const EVENT_QUEUE = 2;
 const EPHEMERAL_BASE = 0x4000_0000;
 /** RSTs for unknown connections waiting for rx buffers; more are dropped. */
 const MAX_CONTROL_BACKLOG = 1024;
+const HOST_CID_BIG = BigInt(HOST_CID);
 
 export type ListenHandler = (conn: VsockConnection) => void;
 
@@ -77,6 +78,7 @@ export class VsockDevice implements VirtioDevice, ConnectionHost {
   #nextEphemeral = EPHEMERAL_BASE;
   #buffered = 0;
   #scratch = new Uint8Array(HEADER_SIZE);
+  #scratchView = new DataView(this.#scratch.buffer);
   #stats = { packetsFromGuest: 0, packetsToGuest: 0, malformed: 0, droppedControl: 0 };
 
   constructor(opts: VsockOptions = {}) {
@@ -256,12 +258,12 @@ export class VsockDevice implements VirtioDevice, ConnectionHost {
   #handleChain(chain: DescriptorChain): void {
     this.#stats.packetsFromGuest++;
     if (chain.readableBytes < HEADER_SIZE) return this.#malformed(`packet of ${chain.readableBytes} bytes is shorter than the header`);
-    const hb = gather(chain.readable, 0, HEADER_SIZE, this.#scratch);
-    const h = decodeHeader(hb);
+    gather(chain.readable, 0, HEADER_SIZE, this.#scratch);
+    const h = decodeHeader(this.#scratchView);
     if (h.len > MAX_PACKET_PAYLOAD) return this.#malformed(`payload length ${h.len} over ${MAX_PACKET_PAYLOAD}`, h);
     if (h.len > chain.readableBytes - HEADER_SIZE) return this.#malformed(`payload length ${h.len} past the ${chain.readableBytes - HEADER_SIZE} bytes posted`, h);
     if (h.srcCid !== this.#guestCid) return this.#malformed(`src_cid ${h.srcCid} is not the guest CID ${this.#guestCid}`);
-    if (h.dstCid !== BigInt(HOST_CID)) return this.#malformed(`dst_cid ${h.dstCid} is not the host`);
+    if (h.dstCid !== HOST_CID_BIG) return this.#malformed(`dst_cid ${h.dstCid} is not the host`);
     const typeOk = h.type === VsockType.STREAM || (h.type === VsockType.SEQPACKET && this.#seqpacket);
     if (!typeOk) {
       if (h.op !== Op.RST) this.#rstFor(h);

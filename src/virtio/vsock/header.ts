@@ -68,12 +68,20 @@ export interface PacketHeader {
   fwdCnt: number;
 }
 
+/** BigInts for the CIDs seen on every packet (host 2, guests 3..): no allocation per decode. */
+const SMALL_CIDS = Array.from({ length: 256 }, (_, i) => BigInt(i));
+
+function readCid(v: DataView, at: number): bigint {
+  const lo = v.getUint32(at, true);
+  return lo < 256 && v.getUint32(at + 4, true) === 0 ? SMALL_CIDS[lo]! : v.getBigUint64(at, true);
+}
+
 /** Decodes a header from the first 44 bytes of `bytes` (the caller checked the length). */
-export function decodeHeader(bytes: Uint8Array): PacketHeader {
-  const v = new DataView(bytes.buffer, bytes.byteOffset, HEADER_SIZE);
+export function decodeHeader(bytes: Uint8Array | DataView): PacketHeader {
+  const v = bytes instanceof DataView ? bytes : new DataView(bytes.buffer, bytes.byteOffset, HEADER_SIZE);
   return {
-    srcCid: v.getBigUint64(0, true),
-    dstCid: v.getBigUint64(8, true),
+    srcCid: readCid(v, 0),
+    dstCid: readCid(v, 8),
     srcPort: v.getUint32(16, true),
     dstPort: v.getUint32(20, true),
     len: v.getUint32(24, true),

@@ -226,6 +226,8 @@ export class GuestSocket extends EventEmitter<GuestSocketEvents> {
   }
 }
 
+const HOST_CID_BIG = BigInt(HOST_CID);
+
 export class GuestVsock {
   readonly device: VsockDevice;
   readonly harness: Harness<VsockDevice>;
@@ -405,7 +407,7 @@ export class GuestVsock {
       return;
     }
     const h = decodeHeader(bytes);
-    if (h.dstCid !== this.cid || h.srcCid !== BigInt(HOST_CID) || h.len !== bytes.length - HEADER_SIZE) {
+    if (h.dstCid !== this.cid || h.srcCid !== HOST_CID_BIG || h.len !== bytes.length - HEADER_SIZE) {
       this.badPackets++;
       return;
     }
