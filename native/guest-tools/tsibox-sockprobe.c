@@ -48,6 +48,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -1126,6 +1127,66 @@ static void udp_burst(void) {
   out("all_intact", "%s", bad ? "no" : "yes");
 }
 
+// IPV6_ADDRFORM on a v6 UDP socket that talked to the server and is then connected to
+// a v4-mapped loopback address. TSI refuses it (EBUSY: it would orphan the socket's
+// host side); the guest must survive the server's late replies either way.
+static void udp_addrform(void) {
+  if (T->family != AF_INET6) { out("family", "v4"); return; }
+  int fd = sock(SOCK_DGRAM);
+  out("sendto", "%s", RV(udp_sendto(fd, P_UDP, "x", 1)));
+  struct sockaddr_in6 m = { .sin6_family = AF_INET6, .sin6_port = htons(9) };
+  inet_pton(AF_INET6, "::ffff:127.0.0.1", &m.sin6_addr);
+  out("connect_mapped", "%s", RV(connect(fd, (struct sockaddr *)&m, sizeof m)));
+  int v = AF_INET;
+  out("addrform", "%s", RV(setsockopt(fd, IPPROTO_IPV6, IPV6_ADDRFORM, &v, sizeof v)));
+  close(fd);
+  sleep_ms(1000);
+  out("survived", "yes");
+}
+
+// SO_PEEK_OFF past the queued data: a blocking MSG_PEEK waits (SO_RCVTIMEO, 1 s) and
+// says EAGAIN, sleeping, not spinning. The socket is bound (a TSI socket in the guest)
+// and the datagram comes from a guest-local sender.
+static void udp_peek_off(void) {
+  int fd = sock(SOCK_DGRAM), z = 0;
+  out("peek_off", "%s", RV(setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &z, sizeof z)));
+  struct sockaddr_storage a;
+  socklen_t al = T->len;
+  memset(&a, 0, sizeof a);
+  a.ss_family = (sa_family_t)T->family;
+  out("bind", "%s", RV(bind(fd, (struct sockaddr *)&a, al)));
+  al = sizeof a;
+  getsockname(fd, (struct sockaddr *)&a, &al);
+  int port = ntohs(T->family == AF_INET ? ((struct sockaddr_in *)&a)->sin_port : ((struct sockaddr_in6 *)&a)->sin6_port);
+  int s = sock(SOCK_DGRAM);
+  struct sockaddr_storage lo;
+  memset(&lo, 0, sizeof lo);
+  lo.ss_family = (sa_family_t)T->family;
+  if (T->family == AF_INET) {
+    ((struct sockaddr_in *)&lo)->sin_port = htons((unsigned short)port);
+    ((struct sockaddr_in *)&lo)->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  } else {
+    ((struct sockaddr_in6 *)&lo)->sin6_port = htons((unsigned short)port);
+    ((struct sockaddr_in6 *)&lo)->sin6_addr = in6addr_loopback;
+  }
+  out("local_send", "%s", RV(sendto(s, "0123456789", 10, 0, (struct sockaddr *)&lo, T->len)));
+  struct timeval tv = { 1, 0 };
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char b[64];
+  out("peek1", "%s", RV(recv(fd, b, sizeof b, MSG_PEEK)));
+  struct rusage r0, r1;
+  getrusage(RUSAGE_SELF, &r0);
+  long t0 = now_ms();
+  long r = recv(fd, b, sizeof b, MSG_PEEK);
+  int e = errno;
+  long dt = now_ms() - t0;
+  getrusage(RUSAGE_SELF, &r1);
+  long cpu_ms = (r1.ru_stime.tv_sec - r0.ru_stime.tv_sec) * 1000 + (r1.ru_stime.tv_usec - r0.ru_stime.tv_usec) / 1000;
+  out("peek2", "%s", r < 0 ? ename(e) : "data");
+  out("peek2.waited", "%s", dt >= 800 && dt < 3000 ? "about-1s" : "no");
+  out("peek2.slept", "%s", cpu_ms < 300 ? "yes" : "no-spun");
+}
+
 static void udp_epoll(int bind_first, int before) {
   int fd = sock(SOCK_DGRAM);
   if (bind_first) {
@@ -1285,6 +1346,8 @@ static const struct scenario scenarios[] = {
   { "udp.peek_trunc", udp_peek_trunc, 3000, 0 },
   { "udp.refused", udp_refused, 3000, 0 },
   { "udp.burst_nonblock", udp_burst, 8000, 0 },
+  { "udp.addrform", udp_addrform, 4000, 0 },
+  { "udp.peek_off", udp_peek_off, 5000, 0 },
   { "udp.size.0", udp_size_0, 3000, 0 },
   { "udp.size.1", udp_size_1, 3000, 0 },
   { "udp.size.mtu", udp_size_1472, 3000, 0 },

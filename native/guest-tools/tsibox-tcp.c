@@ -217,6 +217,9 @@ int main(int argc, char **argv) {
       struct sockaddr_un p;
       socklen_t pl = sizeof p;
       if (getpeername(s, (struct sockaddr *)&p, &pl) == 0) fprintf(stderr, "peer %.*s\n", (int)(pl > sizeof p.sun_family ? pl - sizeof p.sun_family : 0), p.sun_path);
+      // A protocol-level option a unix socket does not have: refused, never a crash.
+      int one = 1;
+      fprintf(stderr, "tcp-option %s\n", setsockopt(s, IPPROTO_TCP, 1 /* TCP_NODELAY */, &one, sizeof one) < 0 ? strerror(errno) : "accepted");
     }
     int rc = shovel(s, 0);
     close(s);

@@ -28,9 +28,15 @@ const UDP_ICMP: KnownDifference = {
   reason: 'a connected UDP socket sending to a closed port never sees ECONNREFUSED (POLLERR, then the error on recv): the host sends from an unconnected socket and Node does not report ICMP port-unreachable, so nothing comes back',
 };
 
+const ADDRFORM: KnownDifference = {
+  item: '§11',
+  reason: 'IPV6_ADDRFORM on a TSI socket is refused (EBUSY): it would replace the socket\'s ops and orphan its host side (found by an attack review: the orphaned vsock socket crashed the guest when the host answered)',
+};
+
 export const KNOWN_DIFFERENCES: Readonly<Record<string, KnownDifference>> = {
   'v*.tcp.peer_close.poll_after_rst': RST_AFTER_FIN, // IN|OUT|ERR|HUP|RDHUP / IN|OUT|RDHUP
   'v*.tcp.peer_close.later_send.accepted_before': RST_AFTER_FIN, // none / some
   'v*.udp.refused.poll': UDP_ICMP, // ERR / none
   'v*.udp.refused.recv': UDP_ICMP, // ECONNREFUSED / EAGAIN
+  'v6.udp.addrform.addrform': ADDRFORM, // 0 / EBUSY
 };

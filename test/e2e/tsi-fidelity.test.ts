@@ -209,6 +209,35 @@ t.test('AF_UNIX through TSI: a path the policy names reaches the host socket; ot
   t.match(out, /^hello-unix$/m, 'the host echo server answered');
   t.match(out, /^echo=0$/m);
   t.match(err, new RegExp(`^peer ${path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'), 'getpeername() is the path connected to');
+  t.match(err, /^tcp-option Operation not supported$/m, 'a non-socket-level option on a TSI unix socket is refused, as on any unix socket');
   t.match(out, /^other=2$/m, 'a path no rule names stays guest-local (ENOENT in the guest)');
   t.equal(otherConnections, 0, 'the host socket no rule names saw no connection');
+});
+
+t.test('a process in a network namespace of its own stays off TSI; the rest of the guest keeps it', { skip }, async (t) => {
+  let connections = 0;
+  const server = createServer((s) => { connections++; s.end('hi\n'); });
+  t.teardown(() => { server.close(); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  const script = [
+    `tsibox-tcp ${ALIAS4} ${port} < /dev/null; echo outside=$?`,
+    `unshare -n tsibox-tcp ${ALIAS4} ${port} < /dev/null; echo netns=$?`,
+    `unshare -r -n tsibox-tcp ${ALIAS4} ${port} < /dev/null; echo userns=$?`,
+    'unshare -p -f -u -i sh -c "hostname inner; echo pid=\\$\\$"',
+  ].join('\n');
+  const r = await Sandbox.run({
+    engine: E2E_ENGINE, argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 60_000,
+    network: {
+      mode: 'tsi', hostLoopbackAlias: ALIAS4,
+      policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', cidr: ['127.0.0.0/8'], name: 'host loopback' }] }),
+    },
+  });
+  const out = r.stdout!.toString();
+  t.equal(r.exitCode, 0, 'the guest script ran', { stdout: out, stderr: r.stderr?.toString() });
+  t.match(out, /^outside=0$/m, 'the initial namespace reaches the host through TSI');
+  t.match(out, /^netns=101$/m, 'unshare -n: ENETUNREACH, no TSI');
+  t.match(out, /^userns=101$/m, 'unshare -r -n (unprivileged style): the same');
+  t.match(out, /^pid=1$/m, 'pid, uts and ipc namespaces work too');
+  t.equal(connections, 1, 'only the first connect reached the host');
 });
