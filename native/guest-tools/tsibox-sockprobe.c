@@ -461,7 +461,10 @@ static void nb_connect50(int role) {
   }
   out("first_einprogress", "%d", n_inprog);
   out("first_other", "%d", n_other);
-  out("all_started_within_1s", "%s", now_ms() - t0 < 1000 ? "yes" : "no");
+  // Against the never-accepting server a blocking connect would hang each call: 50 calls
+  // that return within 1 s prove they did not wait. (Against the listening one the
+  // time says only how fast the machine is; it is not printed.)
+  if (role == P_SLOW) out("all_started_within_1s", "%s", now_ms() - t0 < 1000 ? "yes" : "no");
   int connected = 0, failed = 0, pending = 0;
   long end = now_ms() + (role == P_SLOW ? 300 : 2000);
   for (int i = 0; i < N; i++) {
