@@ -21,6 +21,17 @@ import type { VsockDevice } from '../../src/virtio/vsock/device.js';
 const { skip, tools } = await e2ePrerequisites(t, { tools: true });
 const ALIAS4 = '10.0.2.2';
 
+/** Runs `script` in a TSI sandbox that may reach the host's loopback TCP servers through the alias. */
+function runWithHostTcp(script: string): ReturnType<typeof Sandbox.run> {
+  return Sandbox.run({
+    engine: E2E_ENGINE, argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 60_000,
+    network: {
+      mode: 'tsi', hostLoopbackAlias: ALIAS4,
+      policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', cidr: ['127.0.0.0/8'], name: 'host loopback' }] }),
+    },
+  });
+}
+
 async function until<T>(f: () => T | undefined, ms: number): Promise<T | undefined> {
   const end = Date.now() + ms;
   for (;;) {
@@ -98,13 +109,7 @@ t.test('a host reset after 6 bytes: the guest reads the 6 bytes, then ECONNRESET
     `sleep 1 | tsibox-tcp ${ALIAS4} ${port}; echo reset=$?`,
     `sleep 1 | tsibox-tcp ${ALIAS4} ${port}; echo graceful=$?`,
   ].join('\n');
-  const r = await Sandbox.run({
-    engine: E2E_ENGINE, argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 60_000,
-    network: {
-      mode: 'tsi', hostLoopbackAlias: ALIAS4,
-      policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', cidr: ['127.0.0.0/8'], name: 'host loopback' }] }),
-    },
-  });
+  const r = await runWithHostTcp(script);
   const out = r.stdout!.toString();
   const err = r.stderr?.toString() ?? '';
   t.equal(r.exitCode, 0, 'the guest script ran', { stdout: out, stderr: err });
@@ -233,13 +238,7 @@ t.test('a process in a network namespace of its own stays off TSI; the rest of t
     `unshare -r -n tsibox-tcp ${ALIAS4} ${port} < /dev/null; echo userns=$?`,
     'unshare -p -f -u -i sh -c "hostname inner; echo pid=\\$\\$"',
   ].join('\n');
-  const r = await Sandbox.run({
-    engine: E2E_ENGINE, argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 60_000,
-    network: {
-      mode: 'tsi', hostLoopbackAlias: ALIAS4,
-      policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', cidr: ['127.0.0.0/8'], name: 'host loopback' }] }),
-    },
-  });
+  const r = await runWithHostTcp(script);
   const out = r.stdout!.toString();
   t.equal(r.exitCode, 0, 'the guest script ran', { stdout: out, stderr: r.stderr?.toString() });
   t.match(out, /^outside=0$/m, 'the initial namespace reaches the host through TSI');
