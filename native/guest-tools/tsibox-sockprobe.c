@@ -452,19 +452,21 @@ static void tcp_nb_connect_slow(void) {
 static void nb_connect50(int role) {
   enum { N = 50 };
   int fds[N], first[N], n_inprog = 0, n_other = 0;
-  long t0 = now_ms();
+  long slowest = 0;
   for (int i = 0; i < N; i++) {
     fds[i] = sock(SOCK_STREAM | SOCK_NONBLOCK);
+    long t0 = now_ms();
     first[i] = conn(fds[i], role);
+    if (now_ms() - t0 > slowest) slowest = now_ms() - t0;
     if (first[i] == EINPROGRESS) n_inprog++;
     else n_other++;
   }
   out("first_einprogress", "%d", n_inprog);
   out("first_other", "%d", n_other);
-  // Against the never-accepting server a blocking connect would hang each call: 50 calls
-  // that return within 1 s prove they did not wait. (Against the listening one the
-  // time says only how fast the machine is; it is not printed.)
-  if (role == P_SLOW) out("all_started_within_1s", "%s", now_ms() - t0 < 1000 ? "yes" : "no");
+  // Against the never-accepting server (SYNs dropped) a connect that waited would take at
+  // least the first SYN retransmission, 1 s. The slowest single call is the measure, not
+  // the sum: the sum says how fast the machine is (50 calls under nested TCG took > 1 s).
+  if (role == P_SLOW) out("each_call_under_1s", "%s", slowest < 1000 ? "yes" : "no");
   int connected = 0, failed = 0, pending = 0;
   long end = now_ms() + (role == P_SLOW ? 300 : 2000);
   for (int i = 0; i < N; i++) {
