@@ -3,6 +3,10 @@
 //
 //   tsibox-vsock connect CID PORT   connect to CID:PORT (the host is CID 2)
 //   tsibox-vsock listen PORT        accept one connection on guest port PORT
+//   tsibox-vsock hold CID PORT N    open up to N connections to CID:PORT and hold them:
+//                                   prints "held K" (and the errno that stopped it
+//                                   early, if any) once, then closes them all when
+//                                   stdin ends (for tests that fill the host's table)
 //
 // Data from stdin goes to the socket; when stdin ends the sending side is shut down
 // (the peer sees end of stream) and the tool keeps reading. Data from the socket goes
@@ -26,7 +30,7 @@ static const char *prog = "tsibox-vsock";
 #include "stream-io.h"
 
 static int usage(void) {
-  fprintf(stderr, "usage: %s connect CID PORT | %s listen PORT\n", prog, prog);
+  fprintf(stderr, "usage: %s connect CID PORT | %s listen PORT | %s hold CID PORT N\n", prog, prog, prog);
   return 2;
 }
 
@@ -57,6 +61,32 @@ int main(int argc, char **argv) {
     int rc = shovel(s, 1);
     close(s);
     return rc;
+  }
+
+  if (strcmp(argv[1], "hold") == 0) {
+    unsigned int cid, port, n;
+    if (argc != 5 || parse_u32(argv[2], &cid) < 0 || parse_u32(argv[3], &port) < 0 ||
+        parse_u32(argv[4], &n) < 0 || n < 1 || n > 100000) return usage();
+    int *fds = calloc(n, sizeof *fds);
+    if (!fds) return fail("calloc");
+    unsigned int held = 0;
+    int err = 0;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    while (held < n) {
+      int s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (s < 0) { err = errno; break; }
+      if (connect(s, (struct sockaddr *)&addr, sizeof addr) < 0) { err = errno; close(s); break; }
+      fds[held++] = s;
+    }
+    if (err) printf("held %u (stopped by %s)\n", held, strerror(err));
+    else printf("held %u\n", held);
+    fflush(stdout);
+    char buf[256];
+    while (read(0, buf, sizeof buf) > 0) {}
+    for (unsigned int i = 0; i < held; i++) close(fds[i]);
+    free(fds);
+    return 0;
   }
 
   if (strcmp(argv[1], "listen") == 0) {

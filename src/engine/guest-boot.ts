@@ -7,6 +7,14 @@ import type { Readable, Writable } from 'node:stream';
 import { TsiboxError } from '../errors.js';
 import { buildCmdline, cmdlineArchive, initTokens, padTo4, type InitConfig } from '../guest/cmdline.js';
 
+/**
+ * How long the host waits, after init reported the workload's exit status, for the VM
+ * to end by itself (init needs at most about 7 s: 2 s for leftover processes to die,
+ * 5 s for sync, then reboot). Past it the engine ends the VM and returns the status;
+ * a guest whose power-off hangs cannot hold the caller (docs/guest-init.md).
+ */
+export const POWEROFF_GRACE_MS = 10_000;
+
 export interface BootArguments {
   cmdline: string;
   /** The whole initramfs when archives were appended; null: use the file as it is. */

@@ -8,7 +8,7 @@ import { Writable, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { TsiboxError } from '../errors.js';
 import { parseStatusMarker, PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT, type InitConfig } from '../guest/cmdline.js';
-import { bootArguments, feedStdin } from './guest-boot.js';
+import { bootArguments, feedStdin, POWEROFF_GRACE_MS } from './guest-boot.js';
 import { loadLinux } from '../vmm/boot/linux.js';
 import { attachVirtioMmio, VIRTIO_GSI_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE } from '../vmm/virtio-mmio-attach.js';
 import { Vm } from '../vmm/vm.js';
@@ -75,11 +75,24 @@ export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; c
 
     const onAbort = (): void => { void vm.stop(); };
     opts.abort?.addEventListener('abort', onAbort, { once: true });
+    // Reported: the VM gets POWEROFF_GRACE_MS to end by itself.
+    let poweroffTimer: NodeJS.Timeout | null = null;
+    let poweroffForced = false;
+    consoleDev.once('exit-status', () => {
+      poweroffTimer = setTimeout(() => {
+        poweroffForced = true;
+        void vm.stop();
+      }, POWEROFF_GRACE_MS);
+    });
     let exit;
     try {
       exit = await vm.run(opts.timeoutMs === undefined ? {} : { timeoutMs: opts.timeoutMs });
     } finally {
       opts.abort?.removeEventListener('abort', onAbort);
+      if (poweroffTimer !== null) clearTimeout(poweroffTimer);
+    }
+    if (poweroffForced) {
+      opts.logger.warn({ event: 'vm.poweroff_forced', graceMs: POWEROFF_GRACE_MS }, `the guest reported its exit status but did not end within ${POWEROFF_GRACE_MS} ms; the VM was stopped`);
     }
     unpipeStdin();
     if (opts.abort?.aborted === true) throw opts.abort.reason;

@@ -18,7 +18,7 @@ import { TsiboxError } from '../errors.js';
 import {
   parseStatusMarker, parseStatusPort, PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT, type InitConfig,
 } from '../guest/cmdline.js';
-import { bootArguments, feedStdin } from './guest-boot.js';
+import { bootArguments, feedStdin, POWEROFF_GRACE_MS } from './guest-boot.js';
 import { closeFd } from '../sys/libc.js';
 import { parentDeathWrapper, killOnExit, findExecutable } from '../sys/helper-programs.js';
 import { memfdCreate, socketPair } from '../sys/socket.js';
@@ -237,6 +237,8 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
     // stdio ports
     const port = (name: string): Socket => ports.find((p) => p.name === name)!.ours;
     let statusText = '';
+    let poweroffTimer: NodeJS.Timeout | null = null;
+    let poweroffForced = false;
     const drained: Array<Promise<void>> = [];
     const stdinSrc = opts.stdin;
     let unpipeStdin = (): void => {};
@@ -253,7 +255,16 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
       sink(PORT_STDOUT, opts.stdout);
       sink(PORT_STDERR, opts.stderr);
       const status = port(PORT_STATUS);
-      status.setEncoding('latin1').on('data', (d: string) => { statusText += d; });
+      status.setEncoding('latin1').on('data', (d: string) => {
+        statusText += d;
+        // Reported: the VM gets POWEROFF_GRACE_MS to end by itself.
+        if (poweroffTimer === null && parseStatusPort(statusText) !== undefined) {
+          poweroffTimer = setTimeout(() => {
+            poweroffForced = true;
+            child.kill('SIGKILL');
+          }, POWEROFF_GRACE_MS);
+        }
+      });
       drained.push(new Promise((resolve) => { status.once('close', () => { resolve(); }); }));
     }
 
@@ -277,7 +288,11 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
       throw new TsiboxError('ENGINE_UNAVAILABLE', `cannot start ${argv[0]}: ${(err as Error).message}`, { cause: err });
     } finally {
       if (timer !== null) clearTimeout(timer);
+      if (poweroffTimer !== null) clearTimeout(poweroffTimer);
       opts.abort?.removeEventListener('abort', onAbort);
+    }
+    if (poweroffForced) {
+      log.warn({ event: 'vm.poweroff_forced', graceMs: POWEROFF_GRACE_MS }, `the guest reported its exit status but did not end within ${POWEROFF_GRACE_MS} ms; QEMU was killed`);
     }
     const ms = performance.now() - start;
     unpipeStdin();

@@ -5,6 +5,7 @@
 //   /usr/bin/tsibox-vsock   connect CID PORT | listen PORT: stdin/stdout over AF_VSOCK
 //   /usr/bin/tsibox-tcp     [-v] ADDRESS PORT: stdin/stdout over one TCP connection; exit status = connect() errno
 //   /usr/bin/tsibox-sockprobe  TARGET...: the differential socket-conformance probe (test/e2e/tsi-conformance.test.ts)
+//   /usr/bin/tsibox-accept  [-n] [-s USEC] -c N PORT: accepts N host connections on a published port (test/e2e/tsi-fidelity.test.ts)
 import { execFile } from 'node:child_process';
 import { accessSync, existsSync, constants as fsConstants, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,6 +18,7 @@ export const GUEST_TOOLS = {
   'tsibox-vsock': '/usr/bin/tsibox-vsock',
   'tsibox-tcp': '/usr/bin/tsibox-tcp',
   'tsibox-sockprobe': '/usr/bin/tsibox-sockprobe',
+  'tsibox-accept': '/usr/bin/tsibox-accept',
 } as const;
 export type GuestToolName = keyof typeof GUEST_TOOLS;
 

@@ -8,7 +8,12 @@ import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { Sandbox } from '../../src/index.js';
+import pino from 'pino';
+import { Sandbox, ensureInitramfs, ensureKernel } from '../../src/index.js';
+import { POWEROFF_GRACE_MS } from '../../src/engine/guest-boot.js';
+import { runKvm } from '../../src/engine/kvm.js';
+import { runQemu } from '../../src/engine/qemu.js';
+import { qemuAccel } from '../../src/engine/select.js';
 import { PACKAGE_ROOT } from '../../src/paths.js';
 
 const BIN = join(PACKAGE_ROOT, 'bin', 'tsibox.js');
@@ -126,6 +131,27 @@ t.test('tsibox run under QEMU', { skip }, async (t) => {
     t.equal(r.exitCode, 0, 'sh ignored TERM and finished', { stdout: out, stderr: r.stderr?.toString() });
     t.match(out, /^done=143$/m, 'the background job died of SIGTERM');
     t.notMatch(out, /child-alive/, 'and never printed');
+  });
+
+  await t.test('a guest that reports its status and then never ends: the status comes back after the power-off grace', async (t) => {
+    const kernel = (await ensureKernel()).bzImage;
+    const initrd = await ensureInitramfs();
+    const lines: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (l: string) => { lines.push(l); } });
+    // RB_HALT_SYSTEM stops the CPUs without ending the VM: a power-off that hangs.
+    const init = { argv: ['sh', '-c', 'echo bye; exit 7'], poweroff: 'halt' as const };
+    const stdout = new PassThrough();
+    let seen = '';
+    stdout.setEncoding('utf8').on('data', (d: string) => (seen += d));
+    const t0 = performance.now();
+    const r = E2E_ENGINE === 'kvm'
+      ? await runKvm({ kernel, initrd, init, logger, stdout, timeoutMs: 120_000 })
+      : await runQemu({ kernel, initrd, init, logger, stdout, timeoutMs: 120_000, accel: await qemuAccel() });
+    const ms = performance.now() - t0;
+    t.equal(r.exitCode, 7, 'the reported status, not VM_TIMEOUT');
+    t.equal(seen, 'bye\n');
+    t.ok(ms >= POWEROFF_GRACE_MS, `the engine waited the grace first (${Math.round(ms)} ms)`);
+    t.ok(lines.some((l) => l.includes('"event":"vm.poweroff_forced"')), 'and said it ended the VM itself', { lines });
   });
 
   await t.test('killing the host process leaves no QEMU behind', async (t) => {

@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { get as httpGet } from 'node:http';
-import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
 import { Sandbox } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
@@ -246,4 +246,119 @@ t.test('a process in a network namespace of its own stays off TSI; the rest of t
   t.match(out, /^userns=101$/m, 'unshare -r -n (unprivileged style): the same');
   t.match(out, /^pid=1$/m, 'pid, uts and ipc namespaces work too');
   t.equal(connections, 1, 'only the first connect reached the host');
+});
+
+/**
+ * One line from a host client of a published guest port, or what happened instead.
+ * Bounded: 30 s.
+ */
+function readLine(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port });
+    let b = '';
+    const timer = setTimeout(() => { s.destroy(); resolve(`timeout after ${JSON.stringify(b)}`); }, 30_000);
+    s.setEncoding('utf8');
+    s.on('data', (d: string) => { b += d; });
+    s.on('error', (e: NodeJS.ErrnoException) => { b += `<${e.code ?? e.message}>`; });
+    s.on('close', () => { clearTimeout(timer); resolve(b); });
+  });
+}
+
+t.test('accept() never waits for a late ACCEPT header: O_NONBLOCK stays non-blocking, signals lose no client', { skip }, async (t) => {
+  const HEADER_DELAY_MS = 1500;
+  const N = 5;
+  const portMap = new PortMap(['127.0.0.1:0:8090', '127.0.0.1:0:8091']);
+  const script = [
+    `tsibox-accept -n -c ${N} 8090 > /tmp/nb.out 2>&1 & a=$!`,
+    // SIGALRM every 2 ms, handler without SA_RESTART: blocking waits see EINTR.
+    `tsibox-accept -s 2000 -c ${N} 8091 > /tmp/sig.out 2>&1 & b=$!`,
+    'wait $a; echo nb=$?; wait $b; echo sig=$?',
+    'sed "s/^/nb: /" /tmp/nb.out; sed "s/^/sig: /" /tmp/sig.out',
+  ].join('\n');
+  const hostSide = (async () => {
+    const bound = (g: number): number | undefined => portMap.lookupGuest('tcp', g)?.boundPort ?? undefined;
+    await until(() => (bound(8090) !== undefined && bound(8091) !== undefined ? true : undefined), 60_000);
+    const lines = await Promise.all([8090, 8091].flatMap((g) => Array.from({ length: N }, () => readLine(bound(g) ?? 0))));
+    return { nb: lines.slice(0, N), sig: lines.slice(N) };
+  })();
+  const r = await Sandbox.run({
+    engine: E2E_ENGINE, argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 90_000,
+    // A loaded host: the ACCEPT header follows the vsock handshake late. The guest's
+    // listener sees the connection in its queue long before it can be accepted.
+    onDevices: (d) => {
+      const device = d.vsock;
+      const connectOrig = device.connect.bind(device);
+      device.connect = (port: number) => {
+        const conn = connectOrig(port);
+        const emitter = conn as unknown as { emit: (event: string | symbol, ...args: unknown[]) => boolean };
+        const emit = emitter.emit.bind(conn);
+        emitter.emit = (event, ...args) => {
+          if (event !== 'connect') return emit(event, ...args);
+          setTimeout(() => { emit(event, ...args); }, HEADER_DELAY_MS);
+          return true;
+        };
+        return conn;
+      };
+    },
+    network: {
+      mode: 'tsi', portMap,
+      policy: new Policy({ default: 'deny', rules: [{ action: 'allow', direction: 'inbound', name: 'host clients' }] }),
+    },
+  });
+  const host = await hostSide;
+  const out = r.stdout!.toString();
+  t.equal(r.exitCode, 0, 'the guest script ran', { stdout: out, stderr: r.stderr?.toString() });
+  t.match(out, /^nb=0$/m, 'the O_NONBLOCK server accepted every client');
+  t.match(out, /^sig=0$/m, 'the server under signals accepted every client');
+  t.same(host.nb.map((l) => /^conn \d+\n$/.test(l)), Array(N).fill(true), 'each host client of the O_NONBLOCK server got its line', { lines: host.nb });
+  t.same(host.sig.map((l) => /^conn \d+\n$/.test(l)), Array(N).fill(true), 'each host client of the server under signals got its line', { lines: host.sig });
+  const nb = /^nb: accepted (\d+) eintr \d+ eagain (\d+) slowest_ms (\d+)$/m.exec(out);
+  t.ok(nb, 'the O_NONBLOCK server reported');
+  // Each ACCEPT header came 1.5 s after its connection was queued: a call that waited
+  // for it would take that long.
+  t.ok(Number(nb?.[3]) < HEADER_DELAY_MS / 2, `no accept() call waited for a header (slowest ${nb?.[3]} ms)`);
+  t.ok(Number(nb?.[2]) > 0, 'some accept() calls found only connections still waiting for their header (EAGAIN)');
+  const sig = /^sig: accepted (\d+) eintr (\d+)/m.exec(out);
+  t.ok(Number(sig?.[2]) > 0, `the blocking accept() was interrupted (${sig?.[2]} EINTR) and no client was lost`);
+});
+
+t.test('a host whose vsock table is full refuses one connect; TSI stays in charge (no 5 s detour through the guest stack)', { skip }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsibox-full-'));
+  const path = join(dir, 'sink.sock');
+  const held = new Set<Socket>();
+  // The bridge's host side: holds what the guest opens.
+  const sink = createServer((s) => { held.add(s); s.on('error', () => { /* closed with the run */ }); s.on('close', () => { held.delete(s); }); });
+  await new Promise<void>((r) => sink.listen(path, r));
+  let tcpConnections = 0;
+  const server = createServer((s) => { tcpConnections++; s.end('hi\n'); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => { for (const s of held) s.destroy(); sink.close(); server.close(); rmSync(dir, { recursive: true, force: true }); });
+  const port = (server.address() as AddressInfo).port;
+  const script = [
+    `tsibox-tcp ${ALIAS4} ${port} < /dev/null > /dev/null; echo before=$?`,
+    // Fill the host's vsock connection table (4096) through a vsock bridge.
+    'ulimit -n 8192; mkfifo /tmp/hold; tsibox-vsock hold 2 5000 5000 < /tmp/hold > /tmp/held & h=$!; exec 3> /tmp/hold',
+    'for i in $(seq 600); do [ -s /tmp/held ] && break; sleep 0.1; done; cat /tmp/held',
+    `tsibox-tcp ${ALIAS4} ${port} < /dev/null; echo full=$?`,
+    `tsibox-tcp ${ALIAS4} ${port} < /dev/null; echo full_again=$?`,
+    'exec 3>&-; wait $h',
+    // At once, not 5 s later: the table has room again and TSI was never given up.
+    `tsibox-tcp ${ALIAS4} ${port} < /dev/null > /dev/null; echo after=$?`,
+  ].join('\n');
+  const r = await Sandbox.run({
+    engine: E2E_ENGINE, argv: ['sh', '-c', script], extraArchives: [tools!], timeoutMs: 120_000,
+    vsockPorts: [{ port: 5000, path }],
+    network: {
+      mode: 'tsi', hostLoopbackAlias: ALIAS4,
+      policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', cidr: ['127.0.0.0/8'], name: 'host loopback' }] }),
+    },
+  });
+  const out = r.stdout!.toString();
+  t.equal(r.exitCode, 0, 'the guest script ran', { stdout: out, stderr: r.stderr?.toString() });
+  t.match(out, /^before=0$/m, 'TSI works before');
+  t.match(out, /^held \d+ \(stopped by Connection reset by peer\)$/m, 'the bridge connections filled the host\'s table (the next was reset)');
+  t.match(out, /^full=111$/m, 'a TSI connect while the table is full: ECONNREFUSED (not ENETUNREACH from the guest stack)');
+  t.match(out, /^full_again=111$/m, 'and again: the refusal is not remembered as "no TSI"');
+  t.match(out, /^after=0$/m, 'right after the table has room, TSI connects again');
+  t.equal(tcpConnections, 2, 'the host server saw the connections before and after');
 });
