@@ -216,8 +216,13 @@ class Flow {
     let decision = this.#peers.get(key);
     if (decision === undefined) {
       decision = this.#ctx.policy.evaluate({ direction: 'outbound', protocol: 'udp', address: addr.address, port: addr.port });
-      if (this.#peers.size >= MAX_PEERS) this.#peers.delete(this.#peers.keys().next().value as string);
-      this.#peers.set(key, decision);
+      // Only allowed peers are remembered (a flow, as a stateful firewall keeps it):
+      // a denied one is judged again next time, so a policy replaced at run time
+      // (Sandbox.setPolicy) that allows it takes effect for this socket too.
+      if (decision.action === 'allow') {
+        if (this.#peers.size >= MAX_PEERS) this.#peers.delete(this.#peers.keys().next().value as string);
+        this.#peers.set(key, decision);
+      }
     }
     if (decision.action === 'deny') {
       this.denied++;

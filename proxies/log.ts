@@ -15,15 +15,23 @@ export interface ConnectionRecord {
   errno?: number;
 }
 
+/** A finished connection's record: what `tsi.connection` log lines and 'connection' events carry. */
+export type FinishedConnection = ConnectionRecord & { bytesFromGuest: number; bytesToGuest: number; durationMs: number; closeReason: string };
+
 export class ConnectionLog {
   readonly #log: RateLimitedLog;
+  readonly #onRecord: ((rec: FinishedConnection) => void) | undefined;
   /** Every finished record (tests inspect it; capped). */
-  readonly recent: Array<ConnectionRecord & { bytesFromGuest: number; bytesToGuest: number; durationMs: number; closeReason: string }> = [];
+  readonly recent: FinishedConnection[] = [];
   static readonly RECENT_MAX = 2000;
 
-  /** `log` is rate-limited: a guest opens connections as fast as it likes. */
-  constructor(log: RateLimitedLog) {
+  /**
+   * `log` is rate-limited: a guest opens connections as fast as it likes. `onRecord`
+   * sees every record, never rate-limited (Sandbox 'connection' events).
+   */
+  constructor(log: RateLimitedLog, onRecord?: (rec: FinishedConnection) => void) {
     this.#log = log;
+    this.#onRecord = onRecord;
   }
 
   open(rec: ConnectionRecord): TrackedConnection {
@@ -34,13 +42,14 @@ export class ConnectionLog {
   write(rec: ConnectionRecord, bytesFromGuest: number, bytesToGuest: number, durationMs: number, closeReason: string): void {
     // Object.assign, not `{ ...rec, ... }`: the spread of these records (optional keys,
     // `src` added later) took V8's slow path, ~4 µs per connection.
-    const entry = Object.assign({}, rec) as ConnectionRecord & { bytesFromGuest: number; bytesToGuest: number; durationMs: number; closeReason: string };
+    const entry = Object.assign({}, rec) as FinishedConnection;
     entry.bytesFromGuest = bytesFromGuest;
     entry.bytesToGuest = bytesToGuest;
     entry.durationMs = Math.round(durationMs * 1000) / 1000;
     entry.closeReason = closeReason;
     if (this.recent.length >= ConnectionLog.RECENT_MAX) this.recent.shift();
     this.recent.push(entry);
+    this.#onRecord?.(entry);
     // The line (and its object) only when someone reads it: silent by default.
     if (!this.#log.enabled('info')) return;
     this.#log.info(Object.assign({ event: 'tsi.connection' } as { event: string } & Record<string, unknown>, entry), `tsi ${rec.kind} ${rec.decision} ${rec.src ?? '-'} -> ${rec.dst ?? '-'}: ${closeReason}`);

@@ -11,6 +11,7 @@ import { HostAliases, type TsiContext } from './context.js';
 import { DatagramProxy } from './datagram.js';
 import { TsiLimits, type TsiLimitOptions } from './limits.js';
 import { ListenerProxy } from './listener.js';
+import type { FinishedConnection } from './log.js';
 import { ConnectionLog } from './log.js';
 import { TsiPort } from './protocol.js';
 import { StreamProxy } from './stream.js';
@@ -35,6 +36,8 @@ export interface TsiHostOptions {
    * policy still decides, on the canonical path (docs/security.md).
    */
   unixSockets?: boolean;
+  /** Sees every finished connection record (never rate-limited; Sandbox 'connection' events). */
+  onConnection?: (rec: FinishedConnection) => void;
   /** Connection, listener, UDP socket and connect-rate limits (defaults in proxies/limits.ts). */
   limits?: TsiLimitOptions;
   /**
@@ -60,7 +63,7 @@ export class TsiHost {
     this.device = opts.device;
     this.portMap = opts.portMap ?? new PortMap();
     this.guestLog = opts.guestLog ?? new RateLimitedLog(log);
-    this.connections = new ConnectionLog(this.guestLog);
+    this.connections = new ConnectionLog(this.guestLog, opts.onConnection);
     this.limits = new TsiLimits(opts.limits);
     const ctx: TsiContext = {
       device: opts.device, policy: opts.policy, portMap: this.portMap, connections: this.connections, log, timeoutMs: opts.timeoutMs ?? 10_000,

@@ -5,6 +5,8 @@
 # and runs `tap` there with TSIBOX_E2E_ENGINE=kvm over test/e2e/*.test.js (or the files
 # given as arguments, relative to the checkout).
 #   TSIBOX_KVM_TIMEOUT  seconds for one test file's boot and run (default 600)
+#   TSIBOX_KVM_ENV      extra NAME=VALUE words for the tests' environment inside
+#                       (e.g. TSIBOX_KVM_ENV=TSIBOX_DEBUG_RESET=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -36,13 +38,15 @@ exec node node_modules/.bin/tap --disable-coverage --timeout 600 "$@"'
 # the whole host stalled under TCG, cause unknown) costs one file's time, not the
 # run's. Such a file is tried once more, and says so; test failures are not retried.
 PER_FILE_TIMEOUT="${TSIBOX_KVM_TIMEOUT:-600}"
+EXTRA_ENV=()
+for kv in ${TSIBOX_KVM_ENV:-}; do EXTRA_ENV+=(--env "$kv"); done
 echo "test:kvm: ${#FILES[@]} test files under engine kvm, one nested-host boot each"
 failed=()
 for f in "${FILES[@]}"; do
   for attempt in 1 2; do
     set +e
     bash scripts/svm-host.sh --timeout "$PER_FILE_TIMEOUT" --mem 3072 --cpus 2 \
-      --env TSIBOX_E2E_ENGINE=kvm --env ROOT="$ROOT" -- sh -c "$INNER" sh "$f"
+      --env TSIBOX_E2E_ENGINE=kvm --env ROOT="$ROOT" "${EXTRA_ENV[@]}" -- sh -c "$INNER" sh "$f"
     rc=$?
     set -e
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 125 ]; then

@@ -29,6 +29,11 @@ export type TsiboxErrorCode =
    * taken out of the map (docs/tsi-protocol.md §9).
    */
   | 'PORT_MAP_BIND_FAILED'
+  /**
+   * `Sandbox.ports.publish`: the host did not listen within the wait (TSI listens when a
+   * guest socket listens on the guest port); the entry is taken out of the map again.
+   */
+  | 'PORT_PUBLISH_TIMEOUT'
   /** A policy rule is malformed (bad CIDR, port range, protocol). */
   | 'POLICY_INVALID'
   /**
@@ -37,7 +42,23 @@ export type TsiboxErrorCode =
    */
   | 'NETWORK_ERROR'
   /** A TSI peer (simulated guest, tests) broke docs/tsi-protocol.md. */
-  | 'TSI_PROTOCOL';
+  | 'TSI_PROTOCOL'
+  /**
+   * The guest exec agent could not be reached (nothing accepted on its vsock port
+   * within the connect timeout: `tsibox.agent=0`, no vsock device, the guest not up),
+   * or its connection was lost before the process's exit status came (the VM ended,
+   * the agent died, the client was closed). docs/exec-agent.md
+   */
+  | 'AGENT_UNAVAILABLE'
+  /** The guest exec agent runs its maximum number of processes (64); try again later. */
+  | 'AGENT_BUSY'
+  /** The guest exec agent broke docs/exec-agent.md, or refused a message of ours. */
+  | 'AGENT_PROTOCOL'
+  /**
+   * An exec'd program did not start (`errno` set): the handle's `pid` rejects with it,
+   * while `exited` resolves with 125 (setup), 126 (not executable) or 127 (not found).
+   */
+  | 'AGENT_EXEC_FAILED';
 
 export class TsiboxError extends Error {
   readonly code: TsiboxErrorCode;

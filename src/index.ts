@@ -1,5 +1,5 @@
 // The package's public entry point.
-export { Sandbox, type SandboxOptions, type SandboxResult, type VsockPort, type SandboxNetwork, type PasstNetwork, type GvproxyNetwork, type EngineChoice, type EngineName } from './sandbox.js';
+export { Sandbox, type SandboxOptions, type SandboxResult, type SandboxEvents, type VsockPort, type SandboxNetwork, type PasstNetwork, type GvproxyNetwork, type EngineChoice, type EngineName, type ConnectionEvent, type PublishSpec, type PublishedPort, type PublishOptions, type SandboxPorts } from './sandbox.js';
 export { chooseEngine, type EngineDecision } from './engine/select.js';
 export { TsiboxError, type TsiboxErrorCode } from './errors.js';
 export { Vm, type VmOptions, type VmExit, type VmExitReason, type RunOptions } from './vmm/vm.js';

@@ -1,7 +1,8 @@
 // The public way to run a program in a microVM: `await Sandbox.run({ argv })`.
 // Picks the engine (KVM where guest ring 0 runs natively, QEMU otherwise), makes sure
 // the guest kernel and default root exist, streams stdio and returns the exit status.
-import { Writable, type Readable } from 'node:stream';
+import { EventEmitter } from 'node:events';
+import { PassThrough, Writable, type Readable } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import { TsiboxError } from './errors.js';
 import { ensureInitramfs, ensureKernel, type InitConfig } from './guest/index.js';
@@ -16,13 +17,18 @@ import { RateLimitedLog } from './log-rate.js';
 import { checkPasstPolicy, type PasstNetwork } from './engine/network-passt.js';
 import { checkTsiNetwork, type SandboxNetwork } from './engine/network-tsi.js';
 import { checkGvproxyNetwork, type GvproxyNetwork } from './engine/network-gvproxy.js';
-import { startNetwork, type NetworkSetup } from './engine/network.js';
+import { startNetwork, type ConnectionEvent, type NetworkSetup } from './engine/network.js';
+import { Policy } from './policy/index.js';
+import { PortMap } from './portmap/index.js';
+import { SandboxPorts } from './sandbox-ports.js';
 
 export type { EngineChoice, EngineName } from './engine/select.js';
 export type { PasstNetwork } from './engine/network-passt.js';
 export type { GvproxyNetwork } from './engine/network-gvproxy.js';
 export type { TsiLimitOptions } from '../proxies/limits.js';
 export type { SandboxNetwork } from './engine/network-tsi.js';
+export type { ConnectionEvent } from './engine/network.js';
+export type { PublishSpec, PublishedPort, PublishOptions, SandboxPorts } from './sandbox-ports.js';
 
 export interface SandboxOptions {
   /** The program and its arguments (argv[0] is looked up in PATH when it has no '/'). */
@@ -40,8 +46,11 @@ export interface SandboxOptions {
   initrd?: string;
   /** Extra newc archives appended to the initramfs (files the workload needs). */
   extraArchives?: Buffer[];
-  /** Data for the workload's stdin; it sees end of file afterwards (none: empty stdin). */
-  stdin?: Readable | Buffer | string;
+  /**
+   * Data for the workload's stdin; it sees end of file afterwards (none: empty stdin).
+   * 'pipe' (start() only): write to `sandbox.stdin`, end() it for end of file.
+   */
+  stdin?: Readable | Buffer | string | 'pipe';
   /** Where the workload's stdout goes; without one it is collected into the result. */
   stdout?: Writable;
   stderr?: Writable;
@@ -100,6 +109,8 @@ export interface SandboxResult {
   stderr?: Buffer;
   /** Wall time of the run in ms. */
   ms: number;
+  /** Set when stop() ended the VM (exitCode 137, signal SIGKILL). */
+  stopped?: boolean;
 }
 
 const SIGNALS: Record<number, NodeJS.Signals> = {
@@ -109,14 +120,152 @@ const SIGNALS: Record<number, NodeJS.Signals> = {
 
 let defaultLogger: Logger | undefined;
 
-export class Sandbox {
-  private constructor() {}
+/** Events of a running sandbox. */
+export interface SandboxEvents {
+  /** A connection or flow finished (every one, never rate-limited). */
+  connection: [event: ConnectionEvent];
+  /** The sandbox ended: the same result `exited` resolves with. */
+  exit: [result: SandboxResult];
+}
 
+/** The reason `stop()` aborts with: the engine's abort then means "stopped", not an error. */
+class StopRequest {
+  readonly reason = 'stopped';
+}
+
+/** Records `connections()` holds for a slow reader before it drops the oldest. */
+const CONNECTION_BUFFER = 10_000;
+
+/**
+ * A microVM sandbox. `Sandbox.run(options)` runs a program to its end and returns its
+ * status; `Sandbox.start(options)` returns this handle while it runs: its stdio streams,
+ * `exited`, run-time ports (`ports`), the egress policy (`setPolicy`), connection events
+ * (`'connection'`, `connections()`), `stop()`, and `await using` (AsyncDisposable).
+ */
+export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposable {
+  #engine: EngineName = 'qemu';
+  #stdin: Writable | null = null;
+  #stdout: Readable | null = null;
+  #stderr: Readable | null = null;
+  /** Replaced in #boot; never settles before. */
+  #exited: Promise<SandboxResult> = new Promise(() => { /* not started */ });
+  #ports: SandboxPorts | null = null;
+  /** The sandbox's own copy of the network policy (setPolicy replaces its rules). */
+  #policy: Policy | null = null;
+  readonly #abort = new AbortController();
+  #running = true;
+
+  private constructor() {
+    super();
+  }
+
+  /** The engine running it. */
+  get engine(): EngineName { return this.#engine; }
+  /** The main process's stdin, when `stdin: 'pipe'` was given (end() it for end of file). */
+  get stdin(): Writable | null { return this.#stdin; }
+  /** The main process's stdout, unless a stream was given in the options (start() only). */
+  get stdout(): Readable | null { return this.#stdout; }
+  get stderr(): Readable | null { return this.#stderr; }
+  /**
+   * Resolves with the main process's result when the sandbox ends (after `stop()`:
+   * exitCode 137, signal 'SIGKILL', stopped true). Rejects with VM_TIMEOUT, VM_ERROR,
+   * NETWORK_ERROR or the AbortSignal's reason.
+   */
+  get exited(): Promise<SandboxResult> { return this.#exited; }
+  /** Ports published on the host, changeable while the sandbox runs (TSI and gvproxy). */
+  get ports(): SandboxPorts { return this.#ports!; }
+  /** Whether the VM still runs. */
+  get running(): boolean { return this.#running; }
+
+  /** Runs `opts.argv` in a new microVM and resolves when it ends (start + exited). */
   static async run(opts: SandboxOptions): Promise<SandboxResult> {
+    if (opts.stdin === 'pipe') throw new TsiboxError('INVALID_ARGUMENT', "stdin: 'pipe' needs Sandbox.start() (run() has no handle to write to)");
+    const sb = new Sandbox();
+    await sb.#boot(opts, true);
+    return await sb.#exited;
+  }
+
+  /**
+   * Boots a microVM running `opts.argv` and resolves once it started, with the handle.
+   * Without `stdout` / `stderr` in the options, read them from the handle. Rejects
+   * (nothing left running) with INVALID_ARGUMENT, ENGINE_UNAVAILABLE,
+   * PORT_MAP_BIND_FAILED, NETWORK_ERROR, GUEST_BUILD.
+   */
+  static async start(opts: SandboxOptions): Promise<Sandbox> {
+    const sb = new Sandbox();
+    await sb.#boot(opts, false);
+    return sb;
+  }
+
+  /**
+   * Replaces the egress (and inbound) policy at once: every connection, datagram flow
+   * and listener connection decided from now on follows `policy`; connections already
+   * open stay open (docs/security.md). The sandbox keeps its own copy: changing the
+   * object later does nothing. TSI's guest-side list of unix socket paths is fixed at
+   * boot (the host still judges every unix connect by the new rules).
+   * Errors: NOT_SUPPORTED without a network, INVALID_ARGUMENT for a non-Policy,
+   * INVALID_STATE once ended.
+   */
+  setPolicy(policy: Policy): void {
+    if (this.#policy === null) throw new TsiboxError('NOT_SUPPORTED', 'this sandbox has no network: there is no policy to change');
+    if (!(policy instanceof Policy)) throw new TsiboxError('INVALID_ARGUMENT', 'setPolicy needs a Policy (new Policy({ default, rules }))');
+    if (!this.#running) throw new TsiboxError('INVALID_STATE', 'the sandbox ended');
+    this.#policy.replace(policy);
+  }
+
+  /**
+   * Every finished connection record from now until the sandbox ends, as an async
+   * iterator. A reader slower than the guest loses the oldest records beyond
+   * `maxBuffered` (default 10 000); the iterator ends when the sandbox does.
+   */
+  async *connections(opts: { maxBuffered?: number } = {}): AsyncGenerator<ConnectionEvent, void, undefined> {
+    const max = opts.maxBuffered ?? CONNECTION_BUFFER;
+    const queue: ConnectionEvent[] = [];
+    let wake: (() => void) | null = null;
+    let ended = !this.#running;
+    const onConnection = (ev: ConnectionEvent): void => {
+      if (queue.length >= max) queue.shift();
+      queue.push(ev);
+      wake?.();
+    };
+    const onEnd = (): void => { ended = true; wake?.(); };
+    this.on('connection', onConnection);
+    this.once('exit', onEnd);
+    void this.#exited.catch(onEnd);
+    try {
+      for (;;) {
+        const next = queue.shift();
+        if (next !== undefined) { yield next; continue; }
+        if (ended) return;
+        await new Promise<void>((r) => { wake = r; });
+        wake = null;
+      }
+    } finally {
+      this.off('connection', onConnection);
+      this.off('exit', onEnd);
+    }
+  }
+
+  /**
+   * Ends the VM at once and resolves with its result (exitCode 137, signal 'SIGKILL',
+   * stopped: true, unless it had already ended by itself). Idempotent.
+   */
+  async stop(): Promise<SandboxResult> {
+    if (this.#running && !this.#abort.signal.aborted) this.#abort.abort(new StopRequest());
+    return await this.#exited;
+  }
+
+  /** `await using sb = await Sandbox.start(...)`: stop() when the scope ends; errors are not rethrown. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop().catch(() => { /* the scope is over: nobody to tell */ });
+  }
+
+  async #boot(opts: SandboxOptions, collect: boolean): Promise<void> {
     const start = performance.now();
     if (!Array.isArray(opts.argv) || opts.argv.length === 0) throw new TsiboxError('INVALID_ARGUMENT', 'argv must name a program');
     const log = opts.logger ?? (defaultLogger ??= pino({ name: 'tsibox', level: process.env['TSIBOX_LOG'] ?? 'silent' }));
     const decision = await chooseEngine(opts.engine ?? 'auto');
+    this.#engine = decision.engine;
     log.info({ engine: decision.engine, reason: decision.reason }, `engine ${decision.engine}: ${decision.reason}`);
 
     const kernel = opts.kernel ?? (await ensureKernel({ onProgress: (l) => { log.info(l); } })).bzImage;
@@ -128,16 +277,28 @@ export class Sandbox {
     };
     const collected: { stdout: Buffer[]; stderr: Buffer[] } = { stdout: [], stderr: [] };
     const sink = (which: 'stdout' | 'stderr'): Writable => {
+      if (!collect) {
+        const p = new PassThrough();
+        if (which === 'stdout') this.#stdout = p;
+        else this.#stderr = p;
+        return p;
+      }
       return new Writable({ write(chunk: Buffer, _e, done) { collected[which].push(chunk); done(); } });
     };
     const stdout = opts.stdout ?? sink('stdout');
     const stderr = opts.stderr ?? sink('stderr');
+    let stdin = opts.stdin;
+    if (stdin === 'pipe') {
+      const p = new PassThrough();
+      this.#stdin = p;
+      stdin = p;
+    }
     const common = {
       kernel, initrd, init, stdout, stderr, logger: log,
       ...(opts.cpus !== undefined ? { cpus: opts.cpus } : {}),
       ...(opts.memoryMiB !== undefined ? { memoryMiB: opts.memoryMiB } : {}),
       ...(opts.extraArchives ? { extraArchives: opts.extraArchives } : {}),
-      ...(opts.stdin !== undefined ? { stdin: opts.stdin } : {}),
+      ...(stdin !== undefined ? { stdin } : {}),
       ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
     };
 
@@ -146,66 +307,106 @@ export class Sandbox {
     const vsockPorts = opts.vsockPorts ?? [];
     checkVsockPorts(vsockPorts);
 
-    let exitCode: number;
-    const network = opts.network;
-    if (network !== undefined && network.mode !== 'passt' && network.mode !== 'gvproxy') checkTsiNetwork(network);
-    if (network?.mode === 'passt') checkPasstPolicy(network);
-    if (network?.mode === 'gvproxy') checkGvproxyNetwork(network);
+    const given = opts.network;
+    if (given !== undefined && given.mode !== 'passt' && given.mode !== 'gvproxy') checkTsiNetwork(given);
+    if (given?.mode === 'passt') checkPasstPolicy(given);
+    if (given?.mode === 'gvproxy') checkGvproxyNetwork(given);
     if (decision.engine === 'kvm') await checkKvmUsable(opts.engine === 'kvm', log);
+    // The sandbox decides by its own policy copy (setPolicy) and, for the modes that can
+    // change ports while running, by a port map it can always add to.
+    let network: SandboxNetwork | PasstNetwork | GvproxyNetwork | undefined;
+    let portMap: PortMap | null = null;
+    if (given !== undefined) {
+      this.#policy = given.policy.clone();
+      if (given.mode === 'passt') {
+        network = { ...given, policy: this.#policy };
+      } else {
+        portMap = given.portMap ?? new PortMap();
+        network = { ...given, policy: this.#policy, portMap };
+      }
+    }
+    const ended = new Promise<void>((resolve) => { this.once('exit', () => { resolve(); }); this.#abort.signal.addEventListener('abort', () => { resolve(); }); });
+    this.#ports = new SandboxPorts(portMap, given === undefined ? 'it has no network' : 'passt fixes its port forwards when it starts (use TSI or gvproxy to publish while running)', ended);
 
     // The devices are the same for both engines; each engine attaches them its own way
     // (KVM: virtio-mmio in this process; QEMU: vhost-user back ends).
     const vsock = new VsockDevice({ guestCid: 3, queueSize: QEMU_RING_SIZE });
     const bridges: VsockBridge[] = [];
     let net: NetworkSetup | undefined;
-    // The network process dying mid-run stops the VM (runKvm / runQemu throw the reason).
-    const abort = new AbortController();
+    const abort = this.#abort;
     const onUserAbort = (): void => { abort.abort(opts.signal?.reason); };
+    const onConnection = (ev: ConnectionEvent): void => { this.emit('connection', ev); };
+    const cleanup = async (): Promise<void> => {
+      opts.signal?.removeEventListener('abort', onUserAbort);
+      await net?.close();
+      await Promise.all(bridges.map((b) => b.close()));
+      guestLog.flush();
+    };
+    // The network process dying mid-run, the caller's signal and stop() all stop the VM
+    // (runKvm / runQemu throw the reason).
     opts.signal?.addEventListener('abort', onUserAbort, { once: true });
     if (opts.signal?.aborted === true) onUserAbort();
+    let launch: Promise<{ exitCode: number }>;
     try {
       if (network !== undefined) {
-        net = await startNetwork(network, vsock, log, guestLog);
+        net = await startNetwork(network, vsock, log, guestLog, { onConnection });
         if (net.guest !== undefined) init.net = net.guest;
         void net.failed?.then((err) => {
           log.warn({ event: 'net.failed', code: err.code }, err.message);
           abort.abort(err);
         });
       }
-      const connLog = new ConnectionLog(guestLog);
+      const connLog = new ConnectionLog(guestLog, (rec) => { onConnection(Object.assign({ event: 'tsi.connection' as const }, rec)); });
       for (const p of vsockPorts) bridges.push(addVsockPort(vsock, p.port, p.path, p.direction === 'host-to-guest', connLog));
       await Promise.all(bridges.map((b) => b.ready));
       opts.onDevices?.({ vsock });
       if (decision.engine === 'kvm') {
-        ({ exitCode } = await runKvm({
+        launch = runKvm({
           ...common, abort: abort.signal, devices: [vsock, ...(net?.devices ?? [])], ...(net?.kernelArgs ? { kernelArgs: net.kernelArgs } : {}),
-        }));
+        });
       } else {
         const accel = await qemuAccel();
         log.debug({ accel }, 'QEMU accelerator');
-        ({ exitCode } = await runQemu({
+        launch = runQemu({
           ...common, accel, abort: abort.signal, devices: [...defaultQemuDevices(vsock), ...(net?.qemuDevices ?? [])],
           ...(net?.kernelArgs ? { kernelArgs: net.kernelArgs } : {}),
           ...(opts.onQemuStart ? { onStart: opts.onQemuStart } : {}),
-        }));
+        });
       }
     } catch (err) {
+      this.#running = false;
+      await cleanup();
       if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
         throw new TsiboxError('INVALID_ARGUMENT', `vsockPorts: a unix socket path is already in use: ${(err as Error).message}`, { cause: err });
       }
       throw err;
-    } finally {
-      opts.signal?.removeEventListener('abort', onUserAbort);
-      await net?.close();
-      await Promise.all(bridges.map((b) => b.close()));
-      guestLog.flush();
     }
-    const result: SandboxResult = { exitCode, engine: decision.engine, ms: performance.now() - start };
-    const sig = exitCode > 128 ? SIGNALS[exitCode - 128] : undefined;
-    if (sig !== undefined) result.signal = sig;
-    if (opts.stdout === undefined) result.stdout = Buffer.concat(collected.stdout);
-    if (opts.stderr === undefined) result.stderr = Buffer.concat(collected.stderr);
-    return result;
+    this.#exited = (async (): Promise<SandboxResult> => {
+      let exitCode: number;
+      let stopped = false;
+      try {
+        ({ exitCode } = await launch);
+      } catch (err) {
+        if (!(err instanceof StopRequest)) throw err;
+        exitCode = 137;
+        stopped = true;
+      } finally {
+        this.#running = false;
+        await cleanup();
+        for (const s of [this.#stdout, this.#stderr]) (s as PassThrough | null)?.end();
+      }
+      const result: SandboxResult = { exitCode, engine: decision.engine, ms: performance.now() - start };
+      const sig = exitCode > 128 ? SIGNALS[exitCode - 128] : undefined;
+      if (sig !== undefined) result.signal = sig;
+      if (stopped) result.stopped = true;
+      if (collect && opts.stdout === undefined) result.stdout = Buffer.concat(collected.stdout);
+      if (collect && opts.stderr === undefined) result.stderr = Buffer.concat(collected.stderr);
+      this.emit('exit', result);
+      return result;
+    })();
+    // A caller of start() who never awaits `exited` must not crash the process with an
+    // unhandled rejection; run() and anyone awaiting it still get the error.
+    this.#exited.catch(() => { /* seen by whoever awaits exited */ });
   }
 }
 

@@ -11,6 +11,7 @@ import { TsiboxError } from '../errors.js';
 import type { GuestNetConfig } from '../guest/cmdline.js';
 import type { RateLimitedLog } from '../log-rate.js';
 import { FramePolicyFilter } from '../net/frame-policy.js';
+import type { FlowRecord } from '../net/frame-flows.js';
 import type { Policy } from '../policy/index.js';
 import type { PortMap, PortMapping } from '../portmap/index.js';
 import { NetDevice } from '../virtio/net/index.js';
@@ -80,7 +81,7 @@ export function checkGvproxyNetwork(n: GvproxyNetwork): void {
 }
 
 /** Starts gvproxy, the filter, the device and the port forwards; the caller runs the VM, then close(). */
-export async function startGvproxyNetwork(n: GvproxyNetwork, log: Logger, guestLog?: RateLimitedLog): Promise<GvproxyNetworkSetup> {
+export async function startGvproxyNetwork(n: GvproxyNetwork, log: Logger, guestLog?: RateLimitedLog, onFlow?: (rec: FlowRecord) => void): Promise<GvproxyNetworkSetup> {
   checkGvproxyNetwork(n);
   const dnsUpstream = passtDnsUpstream(readResolvConf());
   const gv = await startGvproxy({
@@ -95,7 +96,7 @@ export async function startGvproxyNetwork(n: GvproxyNetwork, log: Logger, guestL
       inner: gv.backend, policy: n.policy, gateway: GVPROXY_NET.gateway, guestAddress: GVPROXY_NET.guest,
       mapGatewayToHost: false, hostAliases: [[GVPROXY_NET.hostAlias, '127.0.0.1']], gatewayServices: 'explicit',
       dnsForward: { match: GVPROXY_NET.dns, upstream: dnsUpstream }, guestMtu: GVPROXY_NET.mtu,
-      logger: log, ...(guestLog ? { log: guestLog } : {}),
+      logger: log, ...(guestLog ? { log: guestLog } : {}), ...(onFlow ? { onFlow } : {}),
     });
     if (n.portMap !== undefined) {
       ports = new GvproxyPorts({

@@ -11,6 +11,7 @@ import { TsiboxError } from '../errors.js';
 import type { GuestNetConfig } from '../guest/cmdline.js';
 import type { RateLimitedLog } from '../log-rate.js';
 import { FramePolicyFilter } from '../net/frame-policy.js';
+import type { FlowRecord } from '../net/frame-flows.js';
 import type { Policy } from '../policy/index.js';
 import { NetDevice, randomMac } from '../virtio/net/index.js';
 import type { VhostUserDeviceSpec } from './qemu.js';
@@ -78,7 +79,7 @@ export interface PasstNetworkSetup {
  * the sandbox's rate-limited log for lines the guest can trigger (net.flow); default:
  * one of the filter's own.
  */
-export async function startPasstNetwork(n: PasstNetwork, log: Logger, guestLog?: RateLimitedLog): Promise<PasstNetworkSetup> {
+export async function startPasstNetwork(n: PasstNetwork, log: Logger, guestLog?: RateLimitedLog, onFlow?: (rec: FlowRecord) => void): Promise<PasstNetworkSetup> {
   if (n.mode !== 'passt') throw new TsiboxError('INVALID_ARGUMENT', `network.mode ${String(n.mode)} is not 'passt'`);
   checkPasstPolicy(n);
   const address = n.address ?? PASST_DEFAULTS.address;
@@ -106,7 +107,7 @@ export async function startPasstNetwork(n: PasstNetwork, log: Logger, guestLog?:
   const filter = new FramePolicyFilter({
     inner: passt.backend, policy: n.policy, gateway, guestAddress: address, mapGatewayToHost: n.mapGatewayToHost !== false,
     ...(dnsUpstream !== null ? { dnsForward: { match: PASST_DEFAULTS.dns, upstream: dnsUpstream } } : {}),
-    logger: log, ...(guestLog ? { log: guestLog } : {}),
+    logger: log, ...(guestLog ? { log: guestLog } : {}), ...(onFlow ? { onFlow } : {}),
   });
   let netDevice: NetDevice;
   try {

@@ -11,6 +11,7 @@ import { checkHostPorts } from '../portmap/preflight.js';
 import type { VsockDevice } from '../virtio/vsock/device.js';
 import { resolveLimits, type TsiLimitOptions } from '../../proxies/limits.js';
 import { TsiHost } from '../../proxies/tsi.js';
+import type { FinishedConnection } from '../../proxies/log.js';
 import type { NetworkSetup } from './network.js';
 
 /**
@@ -73,7 +74,7 @@ export function checkTsiNetwork(n: SandboxNetwork): void {
  * The TSI host on `vsock` for this sandbox; close() stops its proxies. Rejects with
  * PORT_MAP_BIND_FAILED when a numbered host port of the map cannot be bound now.
  */
-export async function startTsiNetwork(network: SandboxNetwork, vsock: VsockDevice, log: Logger, guestLog: RateLimitedLog): Promise<NetworkSetup> {
+export async function startTsiNetwork(network: SandboxNetwork, vsock: VsockDevice, log: Logger, guestLog: RateLimitedLog, onConnection?: (rec: FinishedConnection) => void): Promise<NetworkSetup> {
   if (network.portMap !== undefined) {
     const busy = await checkHostPorts(network.portMap.entries);
     if (busy !== null) throw busy;
@@ -83,7 +84,7 @@ export async function startTsiNetwork(network: SandboxNetwork, vsock: VsockDevic
   if (network.hostLoopbackAlias6 !== undefined) hostAliases[network.hostLoopbackAlias6] = '::1';
   const tsi = new TsiHost({
     device: vsock, policy: network.policy, logger: log, hostAliases, guestLog,
-    unixSockets: network.unixSockets === true,
+    unixSockets: network.unixSockets === true, ...(onConnection ? { onConnection } : {}),
     ...(network.limits ? { limits: network.limits } : {}),
     ...(network.portMap ? { portMap: network.portMap } : {}),
   });

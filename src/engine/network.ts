@@ -9,9 +9,24 @@ import type { VirtioDevice } from '../virtio/device.js';
 import type { VsockDevice } from '../virtio/vsock/device.js';
 import type { VhostUserDeviceSpec } from './qemu.js';
 import type { TsiboxError } from '../errors.js';
+import type { FinishedConnection } from '../../proxies/log.js';
+import type { FlowRecord } from '../net/frame-flows.js';
 import { startGvproxyNetwork, type GvproxyNetwork } from './network-gvproxy.js';
 import { startPasstNetwork, type PasstNetwork } from './network-passt.js';
 import { startTsiNetwork, type SandboxNetwork } from './network-tsi.js';
+
+/**
+ * One finished connection or flow, as the sandbox's 'connection' event carries it: a
+ * TSI connection (`tsi.connection`: streams, listeners' inbound connections, UDP
+ * sockets, vsock bridges) or a virtio-net flow judged by the frame filter (`net.flow`:
+ * passt and gvproxy modes). Every record, never rate-limited (unlike the log lines).
+ */
+export type ConnectionEvent = ({ event: 'tsi.connection' } & FinishedConnection) | ({ event: 'net.flow' } & FlowRecord);
+
+/** What a network mode reports to the sandbox while it runs. */
+export interface NetworkHooks {
+  onConnection?: (ev: ConnectionEvent) => void;
+}
 
 export interface NetworkSetup {
   /** Devices the KVM engine attaches (after console, rng and vsock). */
@@ -29,14 +44,16 @@ export interface NetworkSetup {
 }
 
 /** Starts the network mode the options name, on the sandbox's vsock device. */
-export async function startNetwork(network: SandboxNetwork | PasstNetwork | GvproxyNetwork, vsock: VsockDevice, log: Logger, guestLog: RateLimitedLog): Promise<NetworkSetup> {
+export async function startNetwork(network: SandboxNetwork | PasstNetwork | GvproxyNetwork, vsock: VsockDevice, log: Logger, guestLog: RateLimitedLog, hooks: NetworkHooks = {}): Promise<NetworkSetup> {
+  const onFlow = hooks.onConnection === undefined ? undefined : ((cb) => (rec: FlowRecord) => { cb(Object.assign({ event: 'net.flow' as const }, rec)); })(hooks.onConnection);
   if (network.mode === 'passt') {
-    const p = await startPasstNetwork(network, log, guestLog);
+    const p = await startPasstNetwork(network, log, guestLog, onFlow);
     return { devices: [p.netDevice], qemuDevices: [p.device], guest: p.guest, failed: p.failed, close: () => p.close() };
   }
   if (network.mode === 'gvproxy') {
-    const g = await startGvproxyNetwork(network, log, guestLog);
+    const g = await startGvproxyNetwork(network, log, guestLog, onFlow);
     return { devices: [g.netDevice], qemuDevices: [g.device], guest: g.guest, failed: g.failed, close: () => g.close() };
   }
-  return await startTsiNetwork(network, vsock, log, guestLog);
+  const onConnection = hooks.onConnection === undefined ? undefined : ((cb) => (rec: FinishedConnection) => { cb(Object.assign({ event: 'tsi.connection' as const }, rec)); })(hooks.onConnection);
+  return await startTsiNetwork(network, vsock, log, guestLog, onConnection);
 }

@@ -43,6 +43,8 @@ export interface FlowTableOptions {
   udpIdleMs: number;
   lingerMs: number;
   log: RateLimitedLog | undefined;
+  /** Sees every finished flow record (never rate-limited; Sandbox 'connection' events). */
+  onRecord?: (rec: FlowRecord) => void;
 }
 
 export class FlowTable {
@@ -116,6 +118,7 @@ export class FlowTable {
     const rec: FlowRecord = { ...f.rec, durationMs: Math.round((f.lastSeen - f.started) * 1000) / 1000, closeReason: reason };
     if (this.recent.length >= FlowTable.RECENT_MAX) this.recent.shift();
     this.recent.push(rec);
+    this.#o.onRecord?.(rec);
     this.#o.log?.info({ event: 'net.flow', ...rec }, `net ${rec.protocol} ${rec.decision} ${rec.src} -> ${rec.dst}: ${reason}`);
   }
 

@@ -80,6 +80,8 @@ export interface FramePolicyOptions {
   gatewayServices?: 'none' | 'explicit';
   /** The sandbox's rate-limited log for net.flow lines (default: one made from `logger`). */
   log?: RateLimitedLog;
+  /** Sees every finished flow record (never rate-limited; Sandbox 'connection' events). */
+  onFlow?: (rec: FlowRecord) => void;
   logger?: Logger;
   /** Flows tracked at most (default 4096); the least recently used is evicted. */
   maxFlows?: number;
@@ -167,7 +169,7 @@ export class FramePolicyFilter implements FrameBackend {
     this.#log = o.log ?? (o.logger ? new RateLimitedLog(o.logger) : undefined);
     const udpIdleMs = o.udpIdleMs ?? 60_000;
     const lingerMs = o.lingerMs ?? 5_000;
-    this.#flows = new FlowTable({ maxFlows: Math.max(1, o.maxFlows ?? 4096), tcpIdleMs: o.tcpIdleMs ?? 600_000, udpIdleMs, lingerMs, log: this.#log });
+    this.#flows = new FlowTable({ maxFlows: Math.max(1, o.maxFlows ?? 4096), tcpIdleMs: o.tcpIdleMs ?? 600_000, udpIdleMs, lingerMs, log: this.#log, ...(o.onFlow ? { onRecord: o.onFlow } : {}) });
     this.#sweepEvery = Math.max(1000, Math.min(udpIdleMs, lingerMs) / 2);
     this.#guestMtu = o.guestMtu ?? 1500;
     this.#maxFrame = o.maxFrame ?? 65535;

@@ -97,8 +97,8 @@ const UNSPECIFIED: Decision = { action: 'deny', rule: -3, by: 'unspecified desti
 const PROTOCOLS: readonly Protocol[] = ['tcp', 'udp', 'unix', 'icmp'];
 
 export class Policy {
-  readonly defaultAction: Action;
-  readonly #rules: CompiledRule[];
+  #default: Action;
+  #rules: CompiledRule[];
   readonly #hostAddresses: () => Iterable<string>;
   #hostCanon: { list: Iterable<string>; set: ReadonlySet<string> } | null = null;
 
@@ -107,9 +107,35 @@ export class Policy {
       throw new TsiboxError('POLICY_INVALID', "policy needs an explicit default: { default: 'allow' | 'deny' }");
     }
     if (opts.rules !== undefined && !Array.isArray(opts.rules)) throw new TsiboxError('POLICY_INVALID', 'policy rules must be an array');
-    this.defaultAction = opts.default;
+    this.#default = opts.default;
     this.#rules = (opts.rules ?? []).map((r, i) => compile(r, i));
     this.#hostAddresses = opts.hostAddresses ?? cachedInterfaceAddresses;
+  }
+
+  /** What a query no rule matches gets. */
+  get defaultAction(): Action {
+    return this.#default;
+  }
+
+  /**
+   * A copy with the same default, rules and host-address source. A sandbox decides by
+   * its own copy, so that `Sandbox.setPolicy` never changes the caller's object (or
+   * another sandbox that was given the same one).
+   */
+  clone(): Policy {
+    const c = new Policy({ default: this.#default, hostAddresses: this.#hostAddresses });
+    c.#rules = this.#rules;
+    return c;
+  }
+
+  /**
+   * Takes `other`'s default and rules at once: every later evaluate() decides by them
+   * (compiled rules are immutable, so the swap is one assignment each). The host-address
+   * source stays this policy's.
+   */
+  replace(other: Policy): void {
+    this.#default = other.#default;
+    this.#rules = other.#rules;
   }
 
   /** Allows everything (tests, trusted workloads). Still explicit at the call site. */
@@ -180,7 +206,7 @@ export class Policy {
       }
       return { action: r.action, rule: i, by: r.name ?? `rule ${i}` };
     }
-    return { action: this.defaultAction, rule: -1, by: 'default' };
+    return { action: this.#default, rule: -1, by: 'default' };
   }
 }
 

@@ -172,6 +172,28 @@ t.test('tsibox run under QEMU', { skip }, async (t) => {
     for (const p of qemu) if (running(p)) process.kill(p, 'SIGKILL');
   });
 
+  await t.test('Ctrl-C (SIGINT) to tsibox run stops the guest: exit status 130, nothing left running', async (t) => {
+    const child = spawn(process.execPath, [BIN, 'run', '--engine', E2E_ENGINE, '--', 'sh', '-c', 'echo up; sleep 600'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    const closed = new Promise<number | null>((r) => child.once('close', (code) => { r(code); }));
+    const deadline = Date.now() + 60_000;
+    while (!out.includes('up\n') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    t.match(out, /^up$/m, 'the guest runs');
+    const qemu = childrenNamed(child.pid!, 'qemu-system');
+    const t0 = Date.now();
+    child.kill('SIGINT');
+    const timer = setTimeout(() => { child.kill('SIGKILL'); }, 20_000);
+    const code = await closed;
+    clearTimeout(timer);
+    t.equal(code, 130, 'exit status 130, as a shell reports a program ended by SIGINT', { stderr: err });
+    t.ok(Date.now() - t0 < 10_000, `at once (${Date.now() - t0} ms)`);
+    t.equal(err, '', 'no error printed');
+    t.notOk(qemu.some(running), 'no QEMU left');
+  });
+
   await t.test('a QEMU start-up failure reports QEMU\'s own message', async (t) => {
     await t.rejects(Sandbox.run({ engine: 'qemu', argv: ['true'], kernel: '/nonexistent/kernel' }), { code: 'VM_ERROR', message: /qemu-system-x86_64.*nonexistent/s });
   });

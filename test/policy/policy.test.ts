@@ -113,3 +113,18 @@ t.test('unix rule paths are canonical too, and rules mixing unix with addresses 
   t.throws(() => new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'unix', cidr: '127.0.0.1' }] }), { code: 'POLICY_INVALID' });
   t.throws(() => new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', path: '/x' }] }), { code: 'POLICY_INVALID' });
 });
+
+t.test('clone() and replace(): a sandbox\'s own copy, changed at once, the original untouched', async (t) => {
+  const original = new Policy({ default: 'deny', rules: [{ action: 'allow', cidr: ['10.0.0.0/8'], name: 'ten' }] });
+  const live = original.clone();
+  const q = { direction: 'outbound' as const, protocol: 'tcp' as const, address: '10.1.2.3', port: 80 };
+  t.equal(live.evaluate(q).action, 'allow');
+  live.replace(new Policy({ default: 'deny', rules: [{ action: 'deny', cidr: ['10.1.0.0/16'], name: 'no 10.1' }, { action: 'allow', cidr: ['0.0.0.0/0'] }] }));
+  t.same(live.evaluate(q), { action: 'deny', rule: 0, by: 'no 10.1' }, 'the new rules decide the next query');
+  t.equal(live.evaluate({ ...q, address: '192.0.2.1' }).action, 'allow');
+  t.equal(original.evaluate(q).action, 'allow', 'the original is unchanged');
+  t.equal(original.evaluate({ ...q, address: '192.0.2.1' }).action, 'deny');
+  live.replace(Policy.allowAll());
+  t.equal(live.defaultAction, 'allow', 'the default moves too');
+  t.same(live.rules, []);
+});

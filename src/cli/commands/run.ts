@@ -74,8 +74,19 @@ export const runCommand: Command = {
     // TSIBOX_LOG=info|debug: structured lines (tsi.connection, net.flow, tsi.limit) on stderr.
     const logger = pino({ name: 'tsibox', level: process.env['TSIBOX_LOG'] ?? 'silent' }, pino.destination(2));
     const stdin = io.stdin ?? process.stdin;
+    // Ctrl-C (SIGINT) or SIGTERM stops the guest and tsibox exits 128+N, as a shell
+    // reports a program that a signal ended; the VM, network helpers and sockets go with it.
+    let interrupted: number | null = null;
+    let sandbox: Sandbox | null = null;
+    const onSignal = (sig: NodeJS.Signals): void => {
+      interrupted ??= sig === 'SIGINT' ? 130 : 143;
+      stop.abort(new TsiboxError('INVALID_STATE', `interrupted by ${sig}`));
+      sandbox?.stop().catch(() => { /* the result is awaited below */ });
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
     try {
-      const r = await Sandbox.run({
+      sandbox = await Sandbox.start({
         argv: args.positionals,
         env,
         engine: (typeof o.engine === 'string' ? o.engine : 'auto') as EngineChoice,
@@ -93,8 +104,18 @@ export const runCommand: Command = {
         // The one human line --verbose promises; details stay in the (silent) logger.
         logger: verbose ? engineLineLogger((line) => { io.stderr.write(`tsibox: ${line}\n`); }) : logger,
       });
-      return r.exitCode;
+      if (interrupted !== null) sandbox.stop().catch(() => { /* the result is awaited below */ });
+      const r = await sandbox.exited.catch((err: unknown) => {
+        if (interrupted !== null) return null;
+        throw err;
+      });
+      return interrupted ?? r!.exitCode;
+    } catch (err) {
+      if (interrupted !== null) return interrupted;
+      throw err;
     } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
       stdin.pause();
       if (stdin === process.stdin) process.stdin.destroy();
     }
