@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # Install (idempotently, only what is missing) the Debian packages the guest build
-# and the QEMU reference boot need. Needs root. Used by .ci/run.
+# and the QEMU reference boot need. Needs root (--check: says what is missing, no
+# root needed). Used by .ci/run and scripts/setup.sh.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf 'guest deps: %s\n' "$*" >&2; }
 die() { printf 'guest deps: error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=lib/debian.sh
 . "$HERE/scripts/lib/debian.sh"
-deb_ensure linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils busybox-static qemu-system-x86 passt iproute2
+PACKAGES=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils busybox-static qemu-system-x86 passt iproute2)
+# --check: exit 1 (naming them) when any is missing; installs nothing, needs no root.
+if [ "${1:-}" = --check ]; then
+  missing=()
+  for p in "${PACKAGES[@]}" gvproxy; do deb_installed "$p" || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && exit 0
+  log "missing: ${missing[*]}"
+  exit 1
+fi
+deb_ensure "${PACKAGES[@]}"
 # gvproxy is packaged from Debian 13 (trixie) on, as one binary needing only libc6 (>= 2.34).
 deb_ensure_from_pinned_suite trixie gvproxy
 log "all installed"
