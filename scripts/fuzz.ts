@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { Prng, virtqueueTarget, type FuzzTarget } from '../src/virtio/testing/fuzz-virtqueue.js';
 import { tsiTarget } from '../proxies/testing/fuzz-tsi.js';
 import { netstackTarget } from '../src/net/testing/fuzz-netstack.js';
+import { agentTarget } from '../src/agent/testing/fuzz-agent.js';
 
 const targets: Record<string, (mode: string | undefined) => FuzzTarget> = {
   virtqueue: () => virtqueueTarget(),
@@ -12,6 +13,8 @@ const targets: Record<string, (mode: string | undefined) => FuzzTarget> = {
   // port map and loopback servers of our own, so messages reach the proxies.
   tsi: (mode) => tsiTarget(mode === undefined ? 'deny' : mode),
   netstack: () => netstackTarget(),
+  // A hostile guest exec agent (random and mutated frames) against AgentClient.
+  agent: () => agentTarget(),
 };
 
 /** Failures reported in full before the rest are only counted. */

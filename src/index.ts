@@ -1,22 +1,16 @@
-// The package's public entry point.
-export { Sandbox, type SandboxOptions, type SandboxResult, type SandboxEvents, type VsockPort, type SandboxNetwork, type PasstNetwork, type GvproxyNetwork, type EngineChoice, type EngineName, type ConnectionEvent, type PublishSpec, type PublishedPort, type PublishOptions, type SandboxPorts } from './sandbox.js';
+// The package's public entry point (`tsibox`): the sandbox and everything its options,
+// results and events use. The VMM builder's parts (Vm, buses, virtio devices and
+// transports, the Linux loader) are in `tsibox/vmm` (src/vmm-api.ts).
+export {
+  Sandbox, type SandboxOptions, type SandboxResult, type SandboxEvents, type VsockPort, type TsiNetwork, type PasstNetwork,
+  type GvproxyNetwork, type EngineChoice, type EngineName, type ConnectionEvent, type PublishSpec, type PublishedPort,
+  type PublishOptions, type SandboxPorts, type TsiLimitOptions,
+} from './sandbox.js';
+export type { FinishedConnection, ConnectionRecord } from '../proxies/log.js';
+export type { FlowRecord } from './net/frame-flows.js';
 export { chooseEngine, type EngineDecision } from './engine/select.js';
 export { TsiboxError, type TsiboxErrorCode } from './errors.js';
-export { Vm, type VmOptions, type VmExit, type VmExitReason, type RunOptions } from './vmm/vm.js';
-export { GuestMemory, type MemoryRegion } from './vmm/memory.js';
-export { Bus, type BusDevice } from './vmm/bus.js';
-export { EventFd } from './vmm/eventfd.js';
-export { loadSyntheticGuest, type SyntheticGuestOptions } from './vmm/synthetic.js';
-export { loadLinux, type LinuxBootOptions, type LinuxBootInfo } from './vmm/boot/linux.js';
-export { runLinuxOnKvm, KVM_BASE_CMDLINE, type LinuxRunOptions, type LinuxRunResult } from './vmm/boot/run-linux.js';
-export { parseKernelImage, type KernelImage } from './vmm/boot/kernel-image.js';
-export { MmioTransport, type MmioTransportOptions } from './virtio/mmio.js';
-export type { VirtioDevice, InterruptLine, DeviceContext } from './virtio/device.js';
-export { ConsoleDevice, ConsolePort, DEFAULT_PORT_NAMES, type ConsoleOptions } from './virtio/console/index.js';
-export { RngDevice } from './virtio/rng.js';
-export { ensureKernel, ensureInitramfs, kernelPaths, initramfsPath, buildCmdline, type InitConfig, type KernelPaths } from './guest/index.js';
+export { ensureKernel, ensureInitramfs, kernelPaths, initramfsPath, type KernelPaths } from './guest/index.js';
 export { guestToolsArchive, ensureGuestTools, newcArchive, GUEST_TOOLS, type GuestToolName, type ArchiveEntry } from './guest/index.js';
-export { probeRing0, type Ring0Probe } from './doctor/ring0.js';
-export { testGuestPath } from './paths.js';
-export { Policy, type PolicyOptions, type PolicyRule } from './policy/index.js';
-export { PortMap } from './portmap/index.js';
+export { Policy, type PolicyOptions, type PolicyRule, type PolicyQuery, type Decision, type Action, type Protocol, type Direction } from './policy/index.js';
+export { PortMap, type PortMapping, type PortMappingSpec, type PortMapEvents, type MapProtocol } from './portmap/index.js';

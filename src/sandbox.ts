@@ -15,20 +15,22 @@ import { addVsockPort, type VsockBridge } from '../proxies/unix-bridge.js';
 import { ConnectionLog } from '../proxies/log.js';
 import { RateLimitedLog } from './log-rate.js';
 import { checkPasstPolicy, type PasstNetwork } from './engine/network-passt.js';
-import { checkTsiNetwork, type SandboxNetwork } from './engine/network-tsi.js';
+import { checkTsiNetwork, type TsiNetwork } from './engine/network-tsi.js';
 import { checkGvproxyNetwork, type GvproxyNetwork } from './engine/network-gvproxy.js';
 import { startNetwork, type ConnectionEvent, type NetworkSetup } from './engine/network.js';
 import { Policy } from './policy/index.js';
 import { PortMap } from './portmap/index.js';
 import { SandboxPorts } from './sandbox-ports.js';
+import { AgentClient, type ExecHandle, type ExecOptions } from './agent/index.js';
 
 export type { EngineChoice, EngineName } from './engine/select.js';
 export type { PasstNetwork } from './engine/network-passt.js';
 export type { GvproxyNetwork } from './engine/network-gvproxy.js';
 export type { TsiLimitOptions } from '../proxies/limits.js';
-export type { SandboxNetwork } from './engine/network-tsi.js';
+export type { TsiNetwork } from './engine/network-tsi.js';
 export type { ConnectionEvent } from './engine/network.js';
 export type { PublishSpec, PublishedPort, PublishOptions, SandboxPorts } from './sandbox-ports.js';
+export type { ExecHandle, ExecOptions, ExecExit } from './agent/index.js';
 
 export interface SandboxOptions {
   /** The program and its arguments (argv[0] is looked up in PATH when it has no '/'). */
@@ -69,6 +71,12 @@ export interface SandboxOptions {
    * and supervisors), e.g. `vsock.resetTransport()` to do what a snapshot restore does.
    */
   onDevices?: (devices: { vsock: VsockDevice }) => void;
+  /**
+   * The guest exec agent (docs/exec-agent.md), which `exec()` and `kill()` use: a child
+   * of init listening on guest vsock port 52. Default true; false: neither works
+   * (NOT_SUPPORTED) and the guest has one process fewer.
+   */
+  agent?: boolean;
   /** vsock ports joined to host unix sockets (QEMU engine for now); the guest is CID 3, the host CID 2. */
   vsockPorts?: VsockPort[];
   /**
@@ -79,7 +87,7 @@ export interface SandboxOptions {
    * through gvproxy's API (changeable while it runs). If passt or gvproxy ends while the
    * sandbox runs, the VM is stopped and run() rejects with NETWORK_ERROR.
    */
-  network?: SandboxNetwork | PasstNetwork | GvproxyNetwork;
+  network?: TsiNetwork | PasstNetwork | GvproxyNetwork;
 }
 
 /**
@@ -154,6 +162,10 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   #policy: Policy | null = null;
   readonly #abort = new AbortController();
   #running = true;
+  #agent: AgentClient | null = null;
+  /** stop() asked: the result says stopped, whichever way the VM ended. */
+  #stopRequested = false;
+  #stopping: Promise<SandboxResult> | null = null;
 
   private constructor() {
     super();
@@ -247,12 +259,55 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   }
 
   /**
-   * Ends the VM at once and resolves with its result (exitCode 137, signal 'SIGKILL',
-   * stopped: true, unless it had already ended by itself). Idempotent.
+   * Runs another process in the running guest, beside the main one (through the exec
+   * agent; docs/exec-agent.md): its streams, pid and exit status are on the handle
+   * (`stdout`, `stderr`, `pid`, `exited` → `{ exitCode, signal? }`, `kill(sig)`).
+   * Defaults (environment, workdir, user, rlimits) are the main workload's; `env` adds
+   * to them. Processes still running when the main one ends die with the VM.
+   * Errors: NOT_SUPPORTED (`agent: false`), INVALID_STATE (ended), INVALID_ARGUMENT;
+   * later, on the handle: AGENT_UNAVAILABLE, AGENT_BUSY (64 at once), AGENT_EXEC_FAILED
+   * (`pid` only: `exited` still gives 126/127), AGENT_PROTOCOL.
    */
-  async stop(): Promise<SandboxResult> {
-    if (this.#running && !this.#abort.signal.aborted) this.#abort.abort(new StopRequest());
-    return await this.#exited;
+  exec(argv: string[], opts: ExecOptions = {}): ExecHandle {
+    if (this.#agent === null) throw new TsiboxError('NOT_SUPPORTED', 'this sandbox runs without the exec agent (agent: false)');
+    if (!this.#running) throw new TsiboxError('INVALID_STATE', 'the sandbox ended');
+    return this.#agent.exec(argv, opts);
+  }
+
+  /**
+   * Sends `signal` (default SIGTERM) to the main process's process group in the guest,
+   * any signal, SIGKILL included; resolves once the guest's init has it. The sandbox
+   * ends when the main process does (`exited`). Errors: NOT_SUPPORTED (`agent: false`),
+   * INVALID_STATE (ended), INVALID_ARGUMENT (not a signal), AGENT_UNAVAILABLE.
+   */
+  async kill(signal: NodeJS.Signals | number = 'SIGTERM'): Promise<void> {
+    if (this.#agent === null) throw new TsiboxError('NOT_SUPPORTED', 'this sandbox runs without the exec agent (agent: false), which carries kill()');
+    if (!this.#running) throw new TsiboxError('INVALID_STATE', 'the sandbox ended');
+    await this.#agent.signalMain(signal);
+  }
+
+  /**
+   * Stops the sandbox, bounded: SIGTERM to the main process (through the agent), then,
+   * if it has not ended within `timeoutMs` (default 10 000; 0: at once), the VM is ended
+   * (exitCode 137, signal 'SIGKILL'). Resolves with the result, `stopped: true` unless it
+   * had ended by itself before. Idempotent: later calls get the same result.
+   */
+  async stop(opts: { timeoutMs?: number } = {}): Promise<SandboxResult> {
+    if (!this.#running || this.#abort.signal.aborted) return await this.#exited;
+    this.#stopping ??= (async () => {
+      const timeoutMs = opts.timeoutMs ?? 10_000;
+      this.#stopRequested = true;
+      if (timeoutMs > 0 && this.#agent !== null) {
+        const ended = this.#exited.then(() => true, () => true);
+        const signalled = this.kill('SIGTERM').then(() => true, () => false);
+        const timer = new Promise<boolean>((r) => { setTimeout(() => { r(false); }, timeoutMs).unref(); });
+        const done = await Promise.race([ended, signalled.then((ok) => (ok ? Promise.race([ended, timer]) : false)), timer]);
+        if (done) return await this.#exited;
+      }
+      if (this.#running && !this.#abort.signal.aborted) this.#abort.abort(new StopRequest());
+      return await this.#exited;
+    })();
+    return await this.#stopping;
   }
 
   /** `await using sb = await Sandbox.start(...)`: stop() when the scope ends; errors are not rethrown. */
@@ -270,8 +325,10 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
 
     const kernel = opts.kernel ?? (await ensureKernel({ onProgress: (l) => { log.info(l); } })).bzImage;
     const initrd = opts.initrd ?? await ensureInitramfs({ onProgress: (l) => { log.info(l); } });
+    if (opts.agent !== undefined && typeof opts.agent !== 'boolean') throw new TsiboxError('INVALID_ARGUMENT', 'agent must be a boolean');
     const init: InitConfig = {
       argv: opts.argv,
+      ...(opts.agent === false ? { agent: false } : {}),
       ...(opts.env ? { env: opts.env } : {}),
       ...(opts.workdir !== undefined ? { workdir: opts.workdir } : {}),
     };
@@ -314,7 +371,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     if (decision.engine === 'kvm') await checkKvmUsable(opts.engine === 'kvm', log);
     // The sandbox decides by its own policy copy (setPolicy) and, for the modes that can
     // change ports while running, by a port map it can always add to.
-    let network: SandboxNetwork | PasstNetwork | GvproxyNetwork | undefined;
+    let network: TsiNetwork | PasstNetwork | GvproxyNetwork | undefined;
     let portMap: PortMap | null = null;
     if (given !== undefined) {
       this.#policy = given.policy.clone();
@@ -336,7 +393,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const abort = this.#abort;
     const onUserAbort = (): void => { abort.abort(opts.signal?.reason); };
     const onConnection = (ev: ConnectionEvent): void => { this.emit('connection', ev); };
+    if (opts.agent !== false) this.#agent = new AgentClient(vsock, { logger: log, guestLog });
     const cleanup = async (): Promise<void> => {
+      this.#agent?.close();
       opts.signal?.removeEventListener('abort', onUserAbort);
       await net?.close();
       await Promise.all(bridges.map((b) => b.close()));
@@ -398,7 +457,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       const result: SandboxResult = { exitCode, engine: decision.engine, ms: performance.now() - start };
       const sig = exitCode > 128 ? SIGNALS[exitCode - 128] : undefined;
       if (sig !== undefined) result.signal = sig;
-      if (stopped) result.stopped = true;
+      if (stopped || this.#stopRequested) result.stopped = true;
       if (collect && opts.stdout === undefined) result.stdout = Buffer.concat(collected.stdout);
       if (collect && opts.stderr === undefined) result.stderr = Buffer.concat(collected.stderr);
       this.emit('exit', result);

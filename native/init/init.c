@@ -3,8 +3,10 @@
  *
  * Sets up the guest (mounts, hostname, loopback), reads the workload description
  * from the kernel command line (tokens `tsibox.<key>=<value>`, see
- * docs/guest-init.md), runs the workload as its only direct child, reaps every
- * process, reports the workload's exit status to the host and ends the VM.
+ * docs/guest-init.md), starts the exec agent (agent.c, docs/exec-agent.md; off with
+ * tsibox.agent=0), runs the workload, reaps every process, reports the workload's
+ * exit status to the host and ends the VM. Only the workload's end ends the VM; the
+ * agent and whatever it started die with the rest in finish().
  *
  * Exit statuses: the workload's own status; 128+N when it was killed by signal N;
  * 125 init could not set the guest up; 126 the program could not be executed;
@@ -44,11 +46,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent.h"
 #include "dhcp.h"
-
-#define ST_SETUP 125
-#define ST_EXEC 126
-#define ST_NOTFOUND 127
+#include "init.h"
 
 #define CMDLINE_FILE "/.tsibox/cmdline"
 #define STATUS_MARKER "tsibox: exit-status="
@@ -56,13 +56,14 @@
 
 /* ---------- small helpers ---------- */
 
-static int log_fd = 2;   /* where init's own messages go (the console once /dev is up) */
-static int debug_on = 0;
+int log_fd = 2;   /* where init's own messages go (the console once /dev is up) */
+int debug_on = 0;
+const char *log_name = "tsibox-init";
 
-static void vmsg(const char *prefix, const char *fmt, va_list ap)
+void vmsg(const char *prefix, const char *fmt, va_list ap)
 {
 	char buf[1024];
-	int n = snprintf(buf, sizeof buf, "tsibox-init: %s", prefix);
+	int n = snprintf(buf, sizeof buf, "%s: %s", log_name, prefix);
 	if (n < 0) return;
 	int m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
 	if (m < 0) return;
@@ -119,7 +120,7 @@ static char *xstrndup(const char *s, size_t n)
 	return d;
 }
 
-static int write_all(int fd, const char *p, size_t n)
+int write_all(int fd, const char *p, size_t n)
 {
 	while (n) {
 		ssize_t w = write(fd, p, n);
@@ -133,13 +134,13 @@ static int write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
-static void sleep_ms(long ms)
+void sleep_ms(long ms)
 {
 	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {}
 }
 
-static long now_ms(void)
+long now_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -147,7 +148,7 @@ static long now_ms(void)
 }
 
 /* mkdir -p; returns 0 or -1 with errno set. */
-static int mkdir_p(const char *path, mode_t mode)
+int mkdir_p(const char *path, mode_t mode)
 {
 	char tmp[PATH_MAX];
 	size_t len = strlen(path);
@@ -164,8 +165,6 @@ static int mkdir_p(const char *path, mode_t mode)
 }
 
 /* ---------- configuration from the command line ---------- */
-
-struct rlim { int resource; rlim_t cur, max; };
 
 struct strv { char **v; size_t n; };
 
@@ -190,9 +189,10 @@ struct config {
 	gid_t gid;
 	long port_timeout_ms;
 	int poweroff;          /* 0: reboot(RB_AUTOBOOT), 1: RB_POWER_OFF, 2: RB_HALT_SYSTEM */
+	int agent;             /* start the exec agent (tsibox.agent, default 1) */
 };
 
-static struct config cfg = { .port_timeout_ms = 5000 };
+static struct config cfg = { .port_timeout_ms = 5000, .agent = 1 };
 
 /* Percent-decoding: "%XX" (two hex digits) is that byte; every other byte is itself.
  * A malformed escape or an encoded NUL is an error. */
@@ -564,6 +564,13 @@ static int apply_token(const char *key, size_t klen, const char *val)
 		debug_on = strcmp(val, "0") != 0;
 		return 0;
 	}
+	if (!strcmp(k, "agent")) {
+		/* Strict, like poweroff: a typo must not silently leave a host without exec. */
+		if (!strcmp(val, "0")) cfg.agent = 0;
+		else if (!strcmp(val, "1")) cfg.agent = 1;
+		else { err("tsibox.agent: want 0 or 1"); return -1; }
+		return 0;
+	}
 	if (!strcmp(k, "poweroff")) {
 		if (!strcmp(val, "reboot")) cfg.poweroff = 0;
 		else if (!strcmp(val, "poweroff")) cfg.poweroff = 1;
@@ -755,32 +762,28 @@ static int find_ports(void)
 
 /* ---------- running the workload ---------- */
 
-struct exec_failure { int status; int err; char what[96]; };
-
-static void child_fail(int pipefd, int status, int e, const char *what)
+void child_fail(int pipefd, int status, int e, const char *what)
 {
 	struct exec_failure f = { status, e, { 0 } };
 	snprintf(f.what, sizeof f.what, "%s", what);
 	char line[512];
-	int n = snprintf(line, sizeof line, "tsibox-init: %s: %s\n", what, strerror(e));
+	int n = snprintf(line, sizeof line, "%s: %s: %s\n", log_name, what, strerror(e));
 	if (n > 0) write_all(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
 	write_all(pipefd, (const char *)&f, sizeof f);
 	_exit(status);
 }
 
-/* execve, searching PATH from the workload's environment when the name has no '/'. */
-static void child_exec(int pipefd)
+/* execve, searching @path when the name has no '/'. */
+void exec_search(int pipefd, const char *prog, char *const argv[], char *const envp[], const char *path)
 {
-	const char *prog = cfg.exec;
 	char what[128];
 	snprintf(what, sizeof what, "exec %.100s", prog);
 	if (!*prog) child_fail(pipefd, ST_NOTFOUND, ENOENT, what);
 	if (strchr(prog, '/')) {
-		execve(prog, cfg.argv.v, cfg.env.v);
+		execve(prog, argv, envp);
 		int e = errno;
 		child_fail(pipefd, (e == ENOENT || e == ENOTDIR) ? ST_NOTFOUND : ST_EXEC, e, what);
 	}
-	const char *path = env_get("PATH");
 	if (!path) path = DEFAULT_PATH;
 	int saw_other = 0, other = 0;
 	const char *p = path;
@@ -790,7 +793,7 @@ static void child_exec(int pipefd)
 		char full[PATH_MAX];
 		if (dl == 0) snprintf(full, sizeof full, "%s", prog);
 		else snprintf(full, sizeof full, "%.*s/%s", (int)dl, p, prog);
-		execve(full, cfg.argv.v, cfg.env.v);
+		execve(full, argv, envp);
 		if (errno != ENOENT && errno != ENOTDIR && !saw_other) { saw_other = 1; other = errno; }
 		if (!c) break;
 		p = c + 1;
@@ -834,10 +837,43 @@ static void child_main(int pipefd, const int stdio[3])
 	}
 	if (cfg.workdir && *cfg.workdir && chdir(cfg.workdir) < 0)
 		child_fail(pipefd, ST_SETUP, errno, "chdir workdir");
-	child_exec(pipefd);
+	exec_search(pipefd, cfg.exec, cfg.argv.v, cfg.env.v, env_get("PATH"));
 }
 
 static int status_fd = -1;
+
+/* ---------- the exec agent (agent.c) ---------- */
+
+/* A crashing agent must not turn into a fork loop: a few restarts, then none. */
+#define AGENT_MAX_RESTARTS 3
+
+static pid_t agent_pid = -1;
+static int agent_restarts;
+static struct agent_config agent_cfg;
+
+static void agent_start(void)
+{
+	agent_cfg = (struct agent_config){
+		.env = cfg.env.v, .workdir = cfg.workdir, .have_user = cfg.have_user,
+		.uid = cfg.uid, .gid = cfg.gid, .rl = cfg.rl, .nrl = cfg.nrl,
+	};
+	/* The agent must never hold the status port: only init writes it. */
+	agent_pid = agent_spawn(&agent_cfg, status_fd);
+	if (agent_pid > 0) dbg("exec agent %d on vsock port %d", (int)agent_pid, AGENT_PORT);
+}
+
+/* The agent ended (a crash, or the workload killed it, e.g. `kill -9 -1`). */
+static void agent_ended(int ws)
+{
+	agent_pid = -1;
+	if (agent_restarts >= AGENT_MAX_RESTARTS) {
+		warn("exec agent ended (status %d); not restarting it again", status_of(ws));
+		return;
+	}
+	agent_restarts++;
+	warn("exec agent ended (status %d); restarting it", status_of(ws));
+	agent_start();
+}
 
 /*
  * sync(2), bounded: a hung filesystem must not keep the VM from reporting and
@@ -857,7 +893,8 @@ static void sync_bounded(long ms)
 	}
 }
 
-/* Kill and reap whatever is left, report, end the VM. Never returns; bounded in time. */
+/* Kill and reap whatever is left (the exec agent and its processes too), report, end
+ * the VM. Never returns; bounded in time. */
 static void finish(int status)
 {
 	kill(-1, SIGKILL);
@@ -887,7 +924,7 @@ static void finish(int status)
 	for (;;) pause();
 }
 
-static int status_of(int ws)
+int status_of(int ws)
 {
 	if (WIFEXITED(ws)) return WEXITSTATUS(ws);
 	if (WIFSIGNALED(ws)) return 128 + WTERMSIG(ws);
@@ -942,11 +979,21 @@ static int run_workload(void)
 				dbg("workload exited, status %d", st);
 				return st;
 			}
+			if (p == agent_pid) agent_ended(ws);
 		}
 		if (p < 0 && errno == ECHILD) return ST_SETUP; /* cannot happen */
 		siginfo_t si;
 		int sig = sigwaitinfo(&all, &si);
 		if (sig < 0) continue;
+		if (sig == AGENT_SIGNAL_MAIN) {
+			/* the host's kill() through the agent: any signal, SIGKILL included */
+			int s = si.si_value.sival_int;
+			if (si.si_code == SI_QUEUE && si.si_pid == agent_pid && agent_pid > 0 && s > 0 && s < NSIG) {
+				dbg("signal %d to the workload (from the host)", s);
+				if (kill(-pid, s) < 0) kill(pid, s);
+			}
+			continue;
+		}
 		switch (sig) {
 		case SIGCHLD:
 			break;
@@ -986,6 +1033,7 @@ static int parse_mode(const char *cmdline)
 		       cfg.rl[i].max == RLIM_INFINITY ? -1LL : (long long)cfg.rl[i].max);
 	if (cfg.have_user) printf("user %u %u\n", (unsigned)cfg.uid, (unsigned)cfg.gid);
 	net_print();
+	if (!cfg.agent) printf("agent 0\n");
 	return 0;
 }
 
@@ -1023,6 +1071,8 @@ int main(int argc, char **argv)
 	if (setup_loopback()) finish(ST_SETUP);
 	if (net_setup()) finish(ST_SETUP);
 	if (find_ports()) finish(ST_SETUP);
+	/* Before the workload: once it runs, the host can already exec beside it. */
+	if (cfg.agent) agent_start();
 	if (port_dev[P_STATUS]) {
 		status_fd = open(port_dev[P_STATUS], O_WRONLY | O_NOCTTY | O_CLOEXEC);
 		if (status_fd < 0) { err("open %s: %s", port_dev[P_STATUS], strerror(errno)); finish(ST_SETUP); }

@@ -18,7 +18,7 @@ import type { NetworkSetup } from './network.js';
  * TSI networking (docs/tsi-protocol.md): the guest's TCP connect() to a non-local
  * address is made by tsibox on the host, if the policy allows it.
  */
-export interface SandboxNetwork {
+export interface TsiNetwork {
   mode: 'tsi';
   /** Required: decides every connection (see src/policy). */
   policy: Policy;
@@ -59,7 +59,7 @@ export interface SandboxNetwork {
 
 
 /** Checks a TSI network option (INVALID_ARGUMENT with the field at fault). */
-export function checkTsiNetwork(n: SandboxNetwork): void {
+export function checkTsiNetwork(n: TsiNetwork): void {
   if (n.mode !== 'tsi') throw new TsiboxError('INVALID_ARGUMENT', `network.mode ${JSON.stringify(n.mode)} is not 'tsi' or 'passt'`);
   if (n.policy === undefined || typeof (n.policy as { evaluate?: unknown }).evaluate !== 'function') {
     throw new TsiboxError('INVALID_ARGUMENT', 'network.policy is required (new Policy({ default, rules }))');
@@ -74,7 +74,7 @@ export function checkTsiNetwork(n: SandboxNetwork): void {
  * The TSI host on `vsock` for this sandbox; close() stops its proxies. Rejects with
  * PORT_MAP_BIND_FAILED when a numbered host port of the map cannot be bound now.
  */
-export async function startTsiNetwork(network: SandboxNetwork, vsock: VsockDevice, log: Logger, guestLog: RateLimitedLog, onConnection?: (rec: FinishedConnection) => void): Promise<NetworkSetup> {
+export async function startTsiNetwork(network: TsiNetwork, vsock: VsockDevice, log: Logger, guestLog: RateLimitedLog, onConnection?: (rec: FinishedConnection) => void): Promise<NetworkSetup> {
   if (network.portMap !== undefined) {
     const busy = await checkHostPorts(network.portMap.entries);
     if (busy !== null) throw busy;

@@ -13,7 +13,7 @@ import type { FinishedConnection } from '../../proxies/log.js';
 import type { FlowRecord } from '../net/frame-flows.js';
 import { startGvproxyNetwork, type GvproxyNetwork } from './network-gvproxy.js';
 import { startPasstNetwork, type PasstNetwork } from './network-passt.js';
-import { startTsiNetwork, type SandboxNetwork } from './network-tsi.js';
+import { startTsiNetwork, type TsiNetwork } from './network-tsi.js';
 
 /**
  * One finished connection or flow, as the sandbox's 'connection' event carries it: a
@@ -44,7 +44,7 @@ export interface NetworkSetup {
 }
 
 /** Starts the network mode the options name, on the sandbox's vsock device. */
-export async function startNetwork(network: SandboxNetwork | PasstNetwork | GvproxyNetwork, vsock: VsockDevice, log: Logger, guestLog: RateLimitedLog, hooks: NetworkHooks = {}): Promise<NetworkSetup> {
+export async function startNetwork(network: TsiNetwork | PasstNetwork | GvproxyNetwork, vsock: VsockDevice, log: Logger, guestLog: RateLimitedLog, hooks: NetworkHooks = {}): Promise<NetworkSetup> {
   const onFlow = hooks.onConnection === undefined ? undefined : ((cb) => (rec: FlowRecord) => { cb(Object.assign({ event: 'net.flow' as const }, rec)); })(hooks.onConnection);
   if (network.mode === 'passt') {
     const p = await startPasstNetwork(network, log, guestLog, onFlow);

@@ -61,6 +61,11 @@ export interface InitConfig {
   /** init prints what it does on the console. */
   debug?: boolean;
   /**
+   * Start the guest exec agent on vsock port 52 (docs/exec-agent.md): default true;
+   * false adds `tsibox.agent=0` (no agent: host execs fail with AGENT_UNAVAILABLE).
+   */
+  agent?: boolean;
+  /**
    * Configure eth0 (virtio-net): address/prefix, default route via gateway,
    * /etc/resolv.conf; 'dhcp': init asks a DHCP server for all of them (`tsibox.net=dhcp`;
    * no answer within 10 s is an init failure, exit 125).
@@ -179,6 +184,7 @@ export function initTokens(cfg: InitConfig): string[] {
   if (cfg.portTimeoutMs !== undefined) t.push(`tsibox.port_timeout_ms=${Math.max(0, Math.floor(cfg.portTimeoutMs))}`);
   if (cfg.poweroff !== undefined) t.push(`tsibox.poweroff=${cfg.poweroff}`);
   if (cfg.debug) t.push('tsibox.debug=1');
+  if (cfg.agent === false) t.push('tsibox.agent=0');
   if (cfg.net === 'dhcp') t.push('tsibox.net=dhcp');
   else if (cfg.net !== undefined) t.push(netToken(cfg.net));
   return t;

@@ -55,6 +55,7 @@ t.test('init parses what the encoder produces', { skip }, async (t) => {
     rlimits: [{ resource: 'NOFILE', cur: 10, max: 'unlimited' }, { resource: 'CORE', cur: 0, max: 0 }],
     user: { uid: 1000, gid: 100 },
     ports: ['tsibox.status'],
+    agent: false,
   };
   const lines = parse(buildCmdline('console=ttyS0 quiet', cfg) + ' -- tsibox.argv=ignored');
   t.same(lines, [
@@ -73,12 +74,16 @@ t.test('init parses what the encoder produces', { skip }, async (t) => {
     'rlimit 7 10 -1',
     'rlimit 4 0 0',
     'user 1000 100',
+    'agent 0',
   ]);
   t.same(initTokens({}), [], 'no tokens for defaults');
+  t.same(initTokens({ agent: true }), [], 'the agent is on by default: no token');
   const defaults = parse('console=ttyS0');
   t.ok(defaults.includes(`argv ${hex('/bin/sh')}`), 'default argv is /bin/sh');
 
-  for (const bad of ['tsibox.argv=a%0', 'tsibox.argv=a%zz', 'tsibox.env=NOEQ', 'tsibox.rlimit=NOFILE:1', 'tsibox.user=x']) {
+  t.notOk(defaults.includes('agent 0'), 'the agent is on by default');
+  t.ok(parse('tsibox.agent=0 tsibox.agent=1').every((l) => l !== 'agent 0'), 'a later tsibox.agent=1 turns it back on');
+  for (const bad of ['tsibox.argv=a%0', 'tsibox.argv=a%zz', 'tsibox.env=NOEQ', 'tsibox.rlimit=NOFILE:1', 'tsibox.user=x', 'tsibox.agent=no']) {
     const r = spawnSync(init, ['--parse', bad], { encoding: 'utf8' });
     t.equal(r.status, 125, bad);
     t.match(r.stderr, /tsibox-init: error: /, `${bad}: message`);

@@ -126,15 +126,24 @@ t.test('one live sandbox: publish, fetch, unpublish, publish elsewhere, replace 
   t.throws(() => { sb.setPolicy(Policy.allowAll()); }, { code: 'INVALID_STATE' });
 });
 
-t.test('stop() ends a running sandbox at once; await using stops it at the end of the scope', { skip }, async (t) => {
+t.test('stop(): SIGTERM first, the VM ended when that is not enough; await using stops at the end of the scope', { skip }, async (t) => {
   const sb = await Sandbox.start({ engine: E2E_ENGINE, argv: ['sh', '-c', 'echo up; sleep 600'], timeoutMs: 120_000 });
   const line = lineReader(sb.stdout!);
   t.equal(await line(), 'up');
   const r = await sb.stop();
   t.equal(r.stopped, true);
-  t.equal(r.exitCode, 137);
-  t.equal(r.signal, 'SIGKILL');
+  t.equal(r.exitCode, 143, 'the program ended from the SIGTERM');
+  t.equal(r.signal, 'SIGTERM');
   t.same(await sb.stop(), r, 'stop() again gives the same result');
+  t.throws(() => sb.exec(['true']), { code: 'INVALID_STATE' });
+
+  // A program that ignores SIGTERM: after the timeout the VM is ended.
+  const stubborn = await Sandbox.start({ engine: E2E_ENGINE, argv: ['sh', '-c', 'trap "" TERM; echo up; while :; do sleep 1; done'], timeoutMs: 120_000 });
+  t.equal(await lineReader(stubborn.stdout!)(), 'up');
+  const t0 = Date.now();
+  const s = await stubborn.stop({ timeoutMs: 1500 });
+  t.same([s.exitCode, s.signal, s.stopped], [137, 'SIGKILL', true], 'ended after the timeout');
+  t.ok(Date.now() - t0 >= 1400 && Date.now() - t0 < 15_000, `after about 1.5 s (${Date.now() - t0} ms)`);
   t.throws(() => { sb.setPolicy(Policy.allowAll()); }, { code: 'NOT_SUPPORTED' }, 'no network: no policy to change');
   await t.rejects(sb.ports.publish({ guestPort: 80 }), { code: 'NOT_SUPPORTED' }, 'no network: no ports');
 
@@ -146,4 +155,53 @@ t.test('stop() ends a running sandbox at once; await using stops it at the end o
   }
   t.equal(kept.running, false, 'the scope stopped it');
   t.equal((await kept.exited).stopped, true);
+});
+
+/** All of a readable, as text. */
+async function text(r: Readable): Promise<string> {
+  let s = '';
+  for await (const c of r) s += String(c);
+  return s;
+}
+
+t.test('exec: 20 commands in one sandbox, each with its own status and output; kill() reaches the main process', { skip }, async (t) => {
+  const sb = await Sandbox.start({
+    engine: E2E_ENGINE, timeoutMs: 240_000,
+    argv: ['sh', '-c', 'trap "echo got-usr1" USR1; echo up; while :; do sleep 0.2; done'],
+    env: { FROM_MAIN: 'main-env' },
+  });
+  t.teardown(() => sb.stop({ timeoutMs: 0 }).catch(() => undefined));
+  const line = lineReader(sb.stdout!);
+  t.equal(await line(), 'up');
+  const results: Array<{ code: number; out: string }> = [];
+  for (let i = 0; i < 20; i++) {
+    const h = sb.exec(['sh', '-c', `echo "run ${i} $FROM_MAIN $EXTRA"; echo "err ${i}" >&2; exit ${i % 7}`], { env: { EXTRA: `x${i}` } });
+    const [out, err, exit] = await Promise.all([text(h.stdout), text(h.stderr), h.exited]);
+    t.equal(err, `err ${i}\n`, `exec ${i}: stderr apart`);
+    results.push({ code: exit.exitCode, out });
+  }
+  t.same(results.map((r) => r.code), Array.from({ length: 20 }, (_, i) => i % 7), 'each exit status is its own');
+  t.same(results.map((r) => r.out), Array.from({ length: 20 }, (_, i) => `run ${i} main-env x${i}\n`), 'each output is its own (the main environment, plus env)');
+  const missing = sb.exec(['no-such-program']);
+  t.equal((await missing.exited).exitCode, 127, 'a missing program: 127');
+  await t.rejects(missing.pid, { code: 'AGENT_EXEC_FAILED' });
+  const piped = sb.exec(['wc', '-c'], { stdin: Buffer.alloc(100_000, 1) });
+  t.equal((await text(piped.stdout)).trim(), '100000', 'stdin reaches the exec');
+
+  await sb.kill('SIGUSR1');
+  t.equal(await line(), 'got-usr1', 'kill(SIGUSR1) reached the main process\'s trap');
+  t.equal(sb.running, true, 'and it runs on');
+  await sb.kill('SIGKILL');
+  const r = await sb.exited;
+  t.same([r.exitCode, r.signal, r.stopped], [137, 'SIGKILL', undefined], 'kill(SIGKILL): the main process died of it; not a stop()');
+  await t.rejects(sb.kill(), { code: 'INVALID_STATE' });
+});
+
+t.test('agent: false: exec and kill are NOT_SUPPORTED, stop() ends the VM at once', { skip }, async (t) => {
+  const sb = await Sandbox.start({ engine: E2E_ENGINE, agent: false, argv: ['sh', '-c', 'echo up; sleep 600'], timeoutMs: 120_000 });
+  t.equal(await lineReader(sb.stdout!)(), 'up');
+  t.throws(() => sb.exec(['true']), { code: 'NOT_SUPPORTED' });
+  await t.rejects(sb.kill(), { code: 'NOT_SUPPORTED' });
+  const r = await sb.stop();
+  t.same([r.exitCode, r.stopped], [137, true]);
 });

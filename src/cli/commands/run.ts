@@ -1,6 +1,6 @@
 import { pino } from 'pino';
 import { isIPv4, isIPv6 } from 'node:net';
-import { Sandbox, type EngineChoice, type SandboxNetwork } from '../../sandbox.js';
+import { Sandbox, type EngineChoice, type TsiNetwork } from '../../sandbox.js';
 import { Policy, type PolicyRule } from '../../policy/index.js';
 import { PortMap } from '../../portmap/index.js';
 import { checkHostPorts } from '../../portmap/preflight.js';
@@ -74,14 +74,24 @@ export const runCommand: Command = {
     // TSIBOX_LOG=info|debug: structured lines (tsi.connection, net.flow, tsi.limit) on stderr.
     const logger = pino({ name: 'tsibox', level: process.env['TSIBOX_LOG'] ?? 'silent' }, pino.destination(2));
     const stdin = io.stdin ?? process.stdin;
-    // Ctrl-C (SIGINT) or SIGTERM stops the guest and tsibox exits 128+N, as a shell
-    // reports a program that a signal ended; the VM, network helpers and sockets go with it.
+    // Ctrl-C (SIGINT) or SIGTERM: the signal goes to the guest's program (its process
+    // group), which ends as it would under a shell; if it has not within 10 s, or on a
+    // second signal, the VM is stopped and tsibox exits 128+N. The VM, network helpers
+    // and sockets go with it either way.
     let interrupted: number | null = null;
     let sandbox: Sandbox | null = null;
-    const onSignal = (sig: NodeJS.Signals): void => {
+    const hardStop = (sig: NodeJS.Signals): void => {
       interrupted ??= sig === 'SIGINT' ? 130 : 143;
       stop.abort(new TsiboxError('INVALID_STATE', `interrupted by ${sig}`));
-      sandbox?.stop().catch(() => { /* the result is awaited below */ });
+      sandbox?.stop({ timeoutMs: 0 }).catch(() => { /* the result is awaited below */ });
+    };
+    let signalled = false;
+    const onSignal = (sig: NodeJS.Signals): void => {
+      if (signalled || sandbox === null) return hardStop(sig);
+      signalled = true;
+      const sb = sandbox;
+      sb.kill(sig).catch(() => { hardStop(sig); });
+      setTimeout(() => { if (sb.running) hardStop(sig); }, 10_000).unref();
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
@@ -104,7 +114,7 @@ export const runCommand: Command = {
         // The one human line --verbose promises; details stay in the (silent) logger.
         logger: verbose ? engineLineLogger((line) => { io.stderr.write(`tsibox: ${line}\n`); }) : logger,
       });
-      if (interrupted !== null) sandbox.stop().catch(() => { /* the result is awaited below */ });
+      if (interrupted !== null) sandbox.stop({ timeoutMs: 0 }).catch(() => { /* the result is awaited below */ });
       const r = await sandbox.exited.catch((err: unknown) => {
         if (interrupted !== null) return null;
         throw err;
@@ -163,7 +173,7 @@ function tsiExtras(o: Record<string, unknown>): TsiExtras {
 }
 
 /** --net tsi, --allow CIDR[:PORTS]... and --host-alias ADDR... → Sandbox network (default deny). */
-export function networkOption(net: unknown, allow: unknown, aliases: unknown, publish?: unknown, extras: TsiExtras = { allowUnix: [], limits: {} }): SandboxNetwork | undefined {
+export function networkOption(net: unknown, allow: unknown, aliases: unknown, publish?: unknown, extras: TsiExtras = { allowUnix: [], limits: {} }): TsiNetwork | undefined {
   const allows = Array.isArray(allow) ? allow.map(String) : [];
   const alias = Array.isArray(aliases) ? aliases.map(String) : [];
   const published = Array.isArray(publish) ? publish.map(String) : [];
@@ -179,7 +189,7 @@ export function networkOption(net: unknown, allow: unknown, aliases: unknown, pu
   for (const p of extras.allowUnix) if (!p.startsWith('/')) throw new UsageError(`--allow-unix wants an absolute path, got ${JSON.stringify(p)}`);
   const unixRules: PolicyRule[] = extras.allowUnix.map((path) => ({ action: 'allow', protocol: 'unix', path, name: `--allow-unix ${path}` }));
   const base = allowPolicy(allows);
-  const network: SandboxNetwork = {
+  const network: TsiNetwork = {
     mode: 'tsi',
     policy: unixRules.length > 0 ? new Policy({ default: 'deny', rules: [...unixRules, ...base.rules] }) : base,
     ...(extras.allowUnix.length > 0 ? { unixSockets: true } : {}),
