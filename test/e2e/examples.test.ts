@@ -59,3 +59,13 @@ t.test('connection-log.mjs: every connection as one JSON line', { skip }, async 
   t.equal(records.filter((e) => e.decision === 'deny').length, 1, 'one denied');
   t.match(r.out, /^5 connection records in /m);
 });
+
+t.test('exec-several.mjs: commands one after another and at once, each with its own output and status', { skip }, async (t) => {
+  const r = await example('exec-several.mjs');
+  t.equal(r.code, 0, 'exits 0', { out: r.out, err: r.err });
+  t.match(r.out, /^\$ uname -sr {2}-> exit 0\nLinux \d/m);
+  t.match(r.out, /-> exit 0\n42\n/);
+  t.match(r.out, /^\$ ls \/no\/such\/dir {2}-> exit 1\n\(stderr\) ls: /m);
+  t.match(r.out, /^at once: slow \| fast \| SHOUTED THROUGH STDIN$/m);
+  t.match(r.out, /^main program ended: exit 143 \(SIGTERM\)$/m);
+});
