@@ -43,6 +43,7 @@ for kv in ${TSIBOX_KVM_ENV:-}; do EXTRA_ENV+=(--env "$kv"); done
 echo "test:kvm: ${#FILES[@]} test files under engine kvm, one nested-host boot each"
 failed=()
 for f in "${FILES[@]}"; do
+  started=$SECONDS
   for attempt in 1 2; do
     set +e
     bash scripts/svm-host.sh --timeout "$PER_FILE_TIMEOUT" --mem 3072 --cpus 2 \
@@ -55,6 +56,7 @@ for f in "${FILES[@]}"; do
     fi
     break
   done
+  echo "test:kvm: $f: exit $rc after $((SECONDS - started)) s (boot included)"
   [ "$rc" -eq 0 ] || failed+=("$f (exit $rc)")
 done
 if [ "${#failed[@]}" -gt 0 ]; then
