@@ -64,7 +64,7 @@ export function pipeSocket(conn: VsockConnection, socket: Socket, done: (end: Pi
   conn.on('close', (reason) => {
     connReason = reason;
     if (!socket.destroyed) {
-      if (reason === 'closed') socket.end();
+      if (reason === 'closed') closeAsTcpDoes(socket);
       else socket.destroy();
     }
     finish();
@@ -73,6 +73,21 @@ export function pipeSocket(conn: VsockConnection, socket: Socket, done: (end: Pi
     connReason = 'closed';
     socket.destroy();
   }
+}
+
+/** Bounds the flush of a closed guest socket's last bytes to a peer that does not read. */
+const CLOSE_FLUSH_MS = 10_000;
+
+/**
+ * The guest close()d its socket: what Linux does for a closed TCP socket — the queued
+ * bytes, then FIN, and nothing held for a peer that never ends its side (the fd closes
+ * once Node handed its buffer to the kernel; data the peer still sends gets a RST).
+ * Waiting for the peer's FIN instead kept the socket, and its connection slot, in
+ * FIN_WAIT2 for as long as the peer liked (found by the guest stress test).
+ */
+function closeAsTcpDoes(socket: Socket): void {
+  socket.end(() => { socket.destroy(); });
+  setTimeout(() => { socket.destroy(); }, CLOSE_FLUSH_MS).unref();
 }
 
 /** Ends our side (queued replies still go out), then resets if the guest has not closed within a second. */

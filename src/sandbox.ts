@@ -5,7 +5,7 @@ import { EventEmitter } from 'node:events';
 import { PassThrough, Writable, type Readable } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import { TsiboxError } from './errors.js';
-import { ensureInitramfs, ensureKernel, type InitConfig } from './guest/index.js';
+import { checkTerminalSize, ensureInitramfs, ensureKernel, type InitConfig, type TerminalSize } from './guest/index.js';
 import { runKvm } from './engine/kvm.js';
 import { runQemu, type VhostUserDeviceSpec } from './engine/qemu.js';
 import { chooseEngine, kvmKind, qemuAccel, ring0ProbeOnce, type EngineChoice, type EngineName } from './engine/select.js';
@@ -31,6 +31,7 @@ export type { TsiNetwork } from './engine/network-tsi.js';
 export type { ConnectionEvent } from './engine/network.js';
 export type { PublishSpec, PublishedPort, PublishOptions, SandboxPorts } from './sandbox-ports.js';
 export type { ExecHandle, ExecOptions, ExecExit } from './agent/index.js';
+export type { TerminalSize } from './guest/index.js';
 
 export interface SandboxOptions {
   /** The program and its arguments (argv[0] is looked up in PATH when it has no '/'). */
@@ -77,6 +78,20 @@ export interface SandboxOptions {
    * (NOT_SUPPORTED) and the guest has one process fewer.
    */
   agent?: boolean;
+  /**
+   * Give the main process a terminal of this window size, as `docker run -t` does
+   * (docs/guest-init.md "A terminal for the workload"): in the guest a pseudo-terminal
+   * is its stdin, stdout, stderr and controlling terminal, so the guest's line
+   * discipline echoes, edits lines and turns Ctrl-C (byte 0x03 on stdin) into SIGINT
+   * for the foreground process group. stdin's bytes go to the terminal as they are
+   * (a host terminal belongs in raw mode); stdout carries everything the terminal
+   * shows, stderr included (`stderr` stays empty), with the terminal's CR LF line
+   * ends. The end of stdin reaches the program as the terminal's end-of-file
+   * character (Ctrl-D), once. `TERM=xterm` is added to `env` unless it names TERM.
+   * `resize()` changes the size later (needs the exec agent). cols and rows 1..65535,
+   * else INVALID_ARGUMENT.
+   */
+  tty?: TerminalSize;
   /** vsock ports joined to host unix sockets (QEMU engine for now); the guest is CID 3, the host CID 2. */
   vsockPorts?: VsockPort[];
   /**
@@ -148,7 +163,8 @@ const CONNECTION_BUFFER = 10_000;
  * A microVM sandbox. `Sandbox.run(options)` runs a program to its end and returns its
  * status; `Sandbox.start(options)` returns this handle while it runs: its stdio streams,
  * `exited`, run-time ports (`ports`), the egress policy (`setPolicy`), connection events
- * (`'connection'`, `connections()`), `stop()`, and `await using` (AsyncDisposable).
+ * (`'connection'`, `connections()`), `exec()`, `kill()`, the terminal's size
+ * (`resize()`, with `tty`), `stop()`, and `await using` (AsyncDisposable).
  */
 export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposable {
   #engine: EngineName = 'qemu';
@@ -165,6 +181,10 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   #agent: AgentClient | null = null;
   /** stop() asked: the result says stopped, whichever way the VM ended. */
   #stopRequested = false;
+  /** The terminal size asked for last, and the one the guest has (tty only). */
+  #ttyWanted: TerminalSize | null = null;
+  #ttySent: TerminalSize | null = null;
+  #resizing: Promise<void> | null = null;
   #stopping: Promise<SandboxResult> | null = null;
 
   private constructor() {
@@ -287,6 +307,37 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   }
 
   /**
+   * Changes the window size of the main process's terminal (a sandbox started with
+   * `tty`); the guest kernel sends SIGWINCH to the terminal's foreground process
+   * group. Resolves once the guest has this size or one asked for after it: calls
+   * made while one is on its way are merged, so sizes never arrive out of order, and
+   * asking for the size the terminal has sends nothing. Errors: NOT_SUPPORTED (no
+   * `tty`, or `agent: false`), INVALID_ARGUMENT (cols and rows not 1..65535),
+   * INVALID_STATE (ended), AGENT_UNAVAILABLE, AGENT_PROTOCOL.
+   */
+  async resize(cols: number, rows: number): Promise<void> {
+    if (this.#ttySent === null) throw new TsiboxError('NOT_SUPPORTED', 'this sandbox has no terminal (start it with tty: { cols, rows })');
+    if (this.#agent === null) throw new TsiboxError('NOT_SUPPORTED', 'this sandbox runs without the exec agent (agent: false), which carries resize()');
+    checkTerminalSize({ cols, rows }, 'resize');
+    if (!this.#running) throw new TsiboxError('INVALID_STATE', 'the sandbox ended');
+    this.#ttyWanted = { cols, rows };
+    // One sender at a time; it sends the latest size until the guest has it. (finally()
+    // runs a turn later, so the sender is recorded before it is cleared.)
+    this.#resizing ??= this.#sendSizes(this.#agent).finally(() => { this.#resizing = null; });
+    await this.#resizing;
+  }
+
+  async #sendSizes(agent: AgentClient): Promise<void> {
+    for (;;) {
+      const want = this.#ttyWanted!;
+      const sent = this.#ttySent!;
+      if (want.cols === sent.cols && want.rows === sent.rows) return;
+      await agent.resizeMain(want.cols, want.rows);
+      this.#ttySent = want;
+    }
+  }
+
+  /**
    * Stops the sandbox, bounded: SIGTERM to the main process (through the agent), then,
    * if it has not ended within `timeoutMs` (default 10 000; 0: at once), the VM is ended
    * (exitCode 137, signal 'SIGKILL'). Resolves with the result, `stopped: true` unless it
@@ -318,6 +369,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
   async #boot(opts: SandboxOptions, collect: boolean): Promise<void> {
     const start = performance.now();
     if (!Array.isArray(opts.argv) || opts.argv.length === 0) throw new TsiboxError('INVALID_ARGUMENT', 'argv must name a program');
+    if (opts.tty !== undefined) checkTerminalSize(opts.tty);
     const log = opts.logger ?? (defaultLogger ??= pino({ name: 'tsibox', level: process.env['TSIBOX_LOG'] ?? 'silent' }));
     const decision = await chooseEngine(opts.engine ?? 'auto');
     this.#engine = decision.engine;
@@ -326,12 +378,16 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const kernel = opts.kernel ?? (await ensureKernel({ onProgress: (l) => { log.info(l); } })).bzImage;
     const initrd = opts.initrd ?? await ensureInitramfs({ onProgress: (l) => { log.info(l); } });
     if (opts.agent !== undefined && typeof opts.agent !== 'boolean') throw new TsiboxError('INVALID_ARGUMENT', 'agent must be a boolean');
+    // As docker run -t: a terminal program needs TERM, and busybox's tools speak xterm.
+    const env = opts.tty !== undefined && !Object.hasOwn(opts.env ?? {}, 'TERM') ? { ...opts.env, TERM: 'xterm' } : opts.env;
     const init: InitConfig = {
       argv: opts.argv,
       ...(opts.agent === false ? { agent: false } : {}),
-      ...(opts.env ? { env: opts.env } : {}),
+      ...(env ? { env } : {}),
       ...(opts.workdir !== undefined ? { workdir: opts.workdir } : {}),
+      ...(opts.tty !== undefined ? { tty: { cols: opts.tty.cols, rows: opts.tty.rows } } : {}),
     };
+    if (opts.tty !== undefined) this.#ttySent = this.#ttyWanted = { cols: opts.tty.cols, rows: opts.tty.rows };
     const collected: { stdout: Buffer[]; stderr: Buffer[] } = { stdout: [], stderr: [] };
     const sink = (which: 'stdout' | 'stderr'): Writable => {
       if (!collect) {

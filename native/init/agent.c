@@ -6,6 +6,8 @@
  * sends EXEC (argv, env, workdir, user), then STDIN data, STDIN_EOF and SIGNALs; the
  * agent answers STARTED (or START_FAILED), STDOUT/STDERR data, STDIN_ACKs and EXIT,
  * then closes. One single-threaded poll loop serves up to MAX_EXECS connections.
+ * A connection whose first frame is SIGNAL or WINSIZE is about the main workload
+ * instead: its signal (through init) or its terminal's window size; then it closes.
  *
  * Bounded by construction, whatever the host does:
  *  - host -> guest: every frame has a per-type size limit checked on its header;
@@ -32,6 +34,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -49,7 +52,7 @@
 
 enum {
 	/* host -> guest */
-	T_EXEC = 1, T_STDIN = 2, T_STDIN_EOF = 3, T_SIGNAL = 4,
+	T_EXEC = 1, T_STDIN = 2, T_STDIN_EOF = 3, T_SIGNAL = 4, T_WINSIZE = 5,
 	/* guest -> host */
 	T_STARTED = 16, T_START_FAILED = 17, T_STDOUT = 18, T_STDERR = 19,
 	T_STDIN_ACK = 20, T_EXIT = 21, T_ERROR = 22,
@@ -66,6 +69,8 @@ enum { E_BUSY = 1, E_BAD_MESSAGE = 2, E_TIMEOUT = 3, E_INTERNAL = 4 };
 #define MAX_ARGS 4096                   /* argc and envc, each */
 #define MAX_TEXT 512                    /* message of START_FAILED / ERROR */
 #define MAX_EXECS 64
+/* WINSIZE: cols and rows, each 1..MAX_TTY_DIM (struct winsize holds unsigned shorts) */
+#define MAX_TTY_DIM 65535
 /* A connection that sends no EXEC within this long is closed (its slot is freed). */
 #define EXEC_WAIT_MS 10000
 /* After the process exited: how long the pipes may stay idle (a background
@@ -433,6 +438,11 @@ static const char *check_header(struct exec *x)
 		/* first on a connection: for the main workload (init forwards it) */
 		if (len != 4) return "SIGNAL length is not 4";
 		break;
+	case T_WINSIZE:
+		/* only first on a connection: the main workload's terminal */
+		if (x->have_exec) return "WINSIZE after EXEC";
+		if (len != 8) return "WINSIZE length is not 8";
+		break;
 	default:
 		return "unknown message type";
 	}
@@ -484,6 +494,21 @@ static void on_frame(struct exec *x)
 			return;
 		}
 		kill_child(x, (int)sig);
+		return;
+	}
+	case T_WINSIZE: {
+		uint32_t cols = get32(x->msg), rows = get32(x->msg + 4);
+		if (cols < 1 || cols > MAX_TTY_DIM || rows < 1 || rows > MAX_TTY_DIM)
+			return fail_conn(x, E_BAD_MESSAGE, "WINSIZE: cols and rows must be 1..65535");
+		if (acfg->tty_fd < 0)
+			return fail_conn(x, E_BAD_MESSAGE, "WINSIZE: the workload has no terminal (tsibox.tty)");
+		/* On the master: the kernel sends SIGWINCH to the terminal's foreground
+		 * process group when the size changed. Done: close. */
+		struct winsize ws = { .ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols };
+		if (ioctl(acfg->tty_fd, TIOCSWINSZ, &ws) < 0)
+			return fail_conn(x, E_INTERNAL, "WINSIZE: TIOCSWINSZ failed");
+		adbg("window size %ux%u", cols, rows);
+		x->dead = 1;
 		return;
 	}
 	}

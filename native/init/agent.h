@@ -33,6 +33,7 @@ struct agent_config {
 	gid_t gid;
 	const struct rlim *rl;  /* the workload's rlimits */
 	size_t nrl;
+	int tty_fd;             /* the workload's terminal master (tsibox.tty), else -1: WINSIZE */
 };
 
 /*

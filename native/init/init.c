@@ -4,9 +4,11 @@
  * Sets up the guest (mounts, hostname, loopback), reads the workload description
  * from the kernel command line (tokens `tsibox.<key>=<value>`, see
  * docs/guest-init.md), starts the exec agent (agent.c, docs/exec-agent.md; off with
- * tsibox.agent=0), runs the workload, reaps every process, reports the workload's
- * exit status to the host and ends the VM. Only the workload's end ends the VM; the
- * agent and whatever it started die with the rest in finish().
+ * tsibox.agent=0), runs the workload (on a pseudo-terminal of its own with
+ * tsibox.tty=COLSxROWS, relayed to the console ports by tty.c), reaps every process,
+ * reports the workload's exit status to the host and ends the VM. Only the
+ * workload's end ends the VM; the agent and whatever it started die with the rest in
+ * finish().
  *
  * Exit statuses: the workload's own status; 128+N when it was killed by signal N;
  * 125 init could not set the guest up; 126 the program could not be executed;
@@ -49,6 +51,7 @@
 #include "agent.h"
 #include "dhcp.h"
 #include "init.h"
+#include "tty.h"
 
 #define CMDLINE_FILE "/.tsibox/cmdline"
 #define STATUS_MARKER "tsibox: exit-status="
@@ -190,6 +193,8 @@ struct config {
 	long port_timeout_ms;
 	int poweroff;          /* 0: reboot(RB_AUTOBOOT), 1: RB_POWER_OFF, 2: RB_HALT_SYSTEM */
 	int agent;             /* start the exec agent (tsibox.agent, default 1) */
+	int tty;               /* tsibox.tty=COLSxROWS: the workload gets a terminal (tty.c) */
+	unsigned tty_cols, tty_rows;
 };
 
 static struct config cfg = { .port_timeout_ms = 5000, .agent = 1 };
@@ -571,6 +576,25 @@ static int apply_token(const char *key, size_t klen, const char *val)
 		else { err("tsibox.agent: want 0 or 1"); return -1; }
 		return 0;
 	}
+	if (!strcmp(k, "tty")) {
+		/* COLSxROWS, each 1..65535: the workload's terminal and its window size */
+		unsigned long c, r;
+		char *x = strchr(val, 'x');
+		char cols[16];
+		size_t cl = x ? (size_t)(x - val) : 0;
+		if (!x || cl == 0 || cl >= sizeof cols) goto bad_tty;
+		memcpy(cols, val, cl);
+		cols[cl] = 0;
+		if (parse_uint(cols, &c) || parse_uint(x + 1, &r) || c < 1 || c > TTY_MAX_DIM || r < 1 || r > TTY_MAX_DIM)
+			goto bad_tty;
+		cfg.tty = 1;
+		cfg.tty_cols = (unsigned)c;
+		cfg.tty_rows = (unsigned)r;
+		return 0;
+bad_tty:
+		err("tsibox.tty: want COLSxROWS (each 1..%d), got \"%s\"", TTY_MAX_DIM, val);
+		return -1;
+	}
 	if (!strcmp(k, "poweroff")) {
 		if (!strcmp(val, "reboot")) cfg.poweroff = 0;
 		else if (!strcmp(val, "poweroff")) cfg.poweroff = 1;
@@ -812,7 +836,10 @@ static void child_main(int pipefd, const int stdio[3])
 		if (stdio[i] != i && dup2(stdio[i], i) < 0) child_fail(pipefd, ST_SETUP, errno, "dup2 stdio");
 	}
 	/* A terminal on stdin becomes the session's controlling terminal: Ctrl-C, job control. */
-	if (isatty(0) && ioctl(0, TIOCSCTTY, 1) == 0) tcsetpgrp(0, getpid());
+	if (isatty(0)) {
+		if (ioctl(0, TIOCSCTTY, 1) == 0) tcsetpgrp(0, getpid());
+		else if (cfg.tty) child_fail(pipefd, ST_SETUP, errno, "TIOCSCTTY (the terminal)");
+	}
 	for (int i = 0; i < 3; i++)
 		if (stdio[i] > 2) {
 			int dup = 0;
@@ -842,6 +869,11 @@ static void child_main(int pipefd, const int stdio[3])
 
 static int status_fd = -1;
 
+/* The workload's terminal (tsibox.tty): the master, kept by init for the relay's
+ * restarts and handed to the agent for WINSIZE; the ports the relay joins it to. */
+static int tty_master = -1;
+static int tty_in = -1, tty_out = -1;
+
 /* ---------- the exec agent (agent.c) ---------- */
 
 /* A crashing agent must not turn into a fork loop: a few restarts, then none. */
@@ -856,6 +888,7 @@ static void agent_start(void)
 	agent_cfg = (struct agent_config){
 		.env = cfg.env.v, .workdir = cfg.workdir, .have_user = cfg.have_user,
 		.uid = cfg.uid, .gid = cfg.gid, .rl = cfg.rl, .nrl = cfg.nrl,
+		.tty_fd = tty_master,
 	};
 	/* The agent must never hold the status port: only init writes it. */
 	agent_pid = agent_spawn(&agent_cfg, status_fd);
@@ -873,6 +906,76 @@ static void agent_ended(int ws)
 	agent_restarts++;
 	warn("exec agent ended (status %d); restarting it", status_of(ws));
 	agent_start();
+}
+
+/* ---------- the terminal relay (tty.c) ---------- */
+
+/* Like the agent: a relay killed (e.g. `kill -9 -1` in the workload) is restarted,
+ * a few times. What the workload wrote meanwhile waits in the terminal. */
+#define TTY_MAX_RESTARTS 3
+
+static pid_t tty_relay = -1;
+static int tty_restarts;
+
+/* @slave (or -1): init's copy of the terminal, which the relay must not hold (the
+ * master reads EIO only once nobody has the terminal open). */
+static void tty_relay_start(int slave)
+{
+	int close_fds[2] = { status_fd, slave };
+	tty_relay = tty_relay_spawn(tty_master, tty_in, tty_out, close_fds, 2);
+	if (tty_relay > 0) dbg("terminal relay %d", (int)tty_relay);
+}
+
+static void tty_relay_ended(int ws)
+{
+	tty_relay = -1;
+	if (tty_restarts >= TTY_MAX_RESTARTS) {
+		warn("terminal relay ended (status %d); not restarting it again", status_of(ws));
+		return;
+	}
+	tty_restarts++;
+	warn("terminal relay ended (status %d); restarting it", status_of(ws));
+	tty_relay_start(-1);
+}
+
+/* The terminal as the workload's stdin, stdout and stderr; the relay started. */
+static int tty_stdio(int stdio[3])
+{
+	const char *in = port_dev[P_STDIN] ? port_dev[P_STDIN] : "/dev/console";
+	const char *out = port_dev[P_STDOUT] ? port_dev[P_STDOUT] : "/dev/console";
+	tty_in = open(in, O_RDONLY | O_NOCTTY | O_CLOEXEC);
+	if (tty_in < 0) { err("open %s: %s", in, strerror(errno)); return -1; }
+	tty_out = open(out, O_WRONLY | O_NOCTTY | O_CLOEXEC);
+	if (tty_out < 0) { err("open %s: %s", out, strerror(errno)); return -1; }
+	int slave = tty_open_slave(tty_master);
+	if (slave < 0) return -1;
+	tty_relay_start(slave);
+	if (tty_relay < 0) { close(slave); return -1; }
+	stdio[0] = stdio[1] = stdio[2] = slave;
+	return 0;
+}
+
+/*
+ * The workload ended: the relay writes out what the terminal still holds, so its last
+ * output is not lost to finish()'s SIGKILL. Bounded (TTY_DRAIN_WAIT_MS); reaps
+ * whatever else ends meanwhile.
+ */
+static void tty_drain(void)
+{
+	if (tty_relay <= 0) return;
+	kill(tty_relay, TTY_DRAIN_SIGNAL);
+	long deadline = now_ms() + TTY_DRAIN_WAIT_MS;
+	for (;;) {
+		pid_t p = waitpid(-1, NULL, WNOHANG);
+		if (p == tty_relay) { tty_relay = -1; return; }
+		if (p > 0) continue;
+		if (p < 0 && errno != EINTR) return;
+		if (now_ms() >= deadline) {
+			warn("the terminal's last output was not relayed within %d ms", TTY_DRAIN_WAIT_MS);
+			return;
+		}
+		sleep_ms(2);
+	}
 }
 
 /*
@@ -933,9 +1036,10 @@ int status_of(int ws)
 
 static int run_workload(void)
 {
-	int stdio[3];
+	int stdio[3] = { -1, -1, -1 };
 	static const int modes[3] = { O_RDONLY, O_WRONLY, O_WRONLY };
-	for (int i = 0; i < 3; i++) {
+	if (cfg.tty && tty_stdio(stdio)) return ST_SETUP;
+	for (int i = 0; i < 3 && !cfg.tty; i++) {
 		const char *dev = port_dev[P_STDIN + i];
 		stdio[i] = -1;
 		if (dev) {
@@ -957,7 +1061,8 @@ static int run_workload(void)
 		child_main(pfd[1], stdio);
 	}
 	close(pfd[1]);
-	for (int i = 0; i < 3; i++) close(stdio[i]);
+	for (int i = 0; i < 3; i++)
+		if (i == 0 || stdio[i] != stdio[i - 1]) close(stdio[i]);
 
 	/* The pipe closes on a successful exec; a record arrives when setup or exec fails. */
 	struct exec_failure f;
@@ -977,9 +1082,11 @@ static int run_workload(void)
 			if (p == pid) {
 				int st = failed ? f.status : status_of(ws);
 				dbg("workload exited, status %d", st);
+				if (cfg.tty) tty_drain();
 				return st;
 			}
 			if (p == agent_pid) agent_ended(ws);
+			else if (p == tty_relay) tty_relay_ended(ws);
 		}
 		if (p < 0 && errno == ECHILD) return ST_SETUP; /* cannot happen */
 		siginfo_t si;
@@ -1034,6 +1141,7 @@ static int parse_mode(const char *cmdline)
 	if (cfg.have_user) printf("user %u %u\n", (unsigned)cfg.uid, (unsigned)cfg.gid);
 	net_print();
 	if (!cfg.agent) printf("agent 0\n");
+	if (cfg.tty) printf("tty %u %u\n", cfg.tty_cols, cfg.tty_rows);
 	return 0;
 }
 
@@ -1071,6 +1179,8 @@ int main(int argc, char **argv)
 	if (setup_loopback()) finish(ST_SETUP);
 	if (net_setup()) finish(ST_SETUP);
 	if (find_ports()) finish(ST_SETUP);
+	/* Before the agent, which sets the terminal's window size (WINSIZE). */
+	if (cfg.tty && (tty_master = tty_open_master(cfg.tty_cols, cfg.tty_rows)) < 0) finish(ST_SETUP);
 	/* Before the workload: once it runs, the host can already exec beside it. */
 	if (cfg.agent) agent_start();
 	if (port_dev[P_STATUS]) {

@@ -9,7 +9,7 @@ import { RateLimitedLog } from '../log-rate.js';
 import type { VsockDevice } from '../virtio/vsock/device.js';
 import { AGENT_PORT } from './protocol.js';
 import { ExecSession, type ExecHandle } from './session.js';
-import { signalMainWorkload } from './signal-main.js';
+import { resizeMainTerminal, signalMainWorkload } from './signal-main.js';
 
 export type { ExecExit, ExecHandle } from './session.js';
 
@@ -112,6 +112,17 @@ export class AgentClient {
   async signalMain(sig: NodeJS.Signals | number): Promise<void> {
     if (this.#closed) throw new TsiboxError('INVALID_STATE', 'the agent client is closed');
     await signalMainWorkload(this.#device, this.#port, sig, this.#connectTimeoutMs);
+  }
+
+  /**
+   * Sets the window size of the main workload's terminal (a sandbox started with
+   * `tty`); the guest kernel sends SIGWINCH to its foreground process group. Resolves
+   * once it is set. Rejects with INVALID_ARGUMENT (not 1..65535), AGENT_UNAVAILABLE,
+   * AGENT_PROTOCOL (e.g. the workload has no terminal), or INVALID_STATE after close().
+   */
+  async resizeMain(cols: number, rows: number): Promise<void> {
+    if (this.#closed) throw new TsiboxError('INVALID_STATE', 'the agent client is closed');
+    await resizeMainTerminal(this.#device, this.#port, cols, rows, this.#connectTimeoutMs);
   }
 
   /**

@@ -12,6 +12,7 @@
 // the payload is buffered. Decoders never throw on peer bytes: they return an
 // AgentProtocolError saying what was wrong. The C side is native/init/agent.c.
 import { TsiboxError } from '../errors.js';
+import { MAX_TERMINAL_DIM, checkTerminalSize } from '../guest/cmdline.js';
 
 export const AGENT_VERSION = 1;
 /** Guest vsock port the agent listens on (native/init/agent.h AGENT_PORT). */
@@ -41,6 +42,7 @@ export const MsgType = {
   STDIN: 2,
   STDIN_EOF: 3,
   SIGNAL: 4,
+  WINSIZE: 5,
   STARTED: 16,
   START_FAILED: 17,
   STDOUT: 18,
@@ -68,6 +70,7 @@ const LIMITS: Record<number, readonly [number, number]> = {
   [MsgType.STDIN]: [0, MAX_DATA],
   [MsgType.STDIN_EOF]: [0, 0],
   [MsgType.SIGNAL]: [4, 4],
+  [MsgType.WINSIZE]: [8, 8],
   [MsgType.STARTED]: [4, 4],
   [MsgType.START_FAILED]: [8, 8 + MAX_TEXT],
   [MsgType.STDOUT]: [1, MAX_DATA],
@@ -77,7 +80,7 @@ const LIMITS: Record<number, readonly [number, number]> = {
   [MsgType.ERROR]: [4, 4 + MAX_TEXT],
 };
 
-const HOST_TYPES: ReadonlySet<number> = new Set([MsgType.EXEC, MsgType.STDIN, MsgType.STDIN_EOF, MsgType.SIGNAL]);
+const HOST_TYPES: ReadonlySet<number> = new Set([MsgType.EXEC, MsgType.STDIN, MsgType.STDIN_EOF, MsgType.SIGNAL, MsgType.WINSIZE]);
 const GUEST_TYPES: ReadonlySet<number> = new Set([
   MsgType.STARTED, MsgType.START_FAILED, MsgType.STDOUT, MsgType.STDERR, MsgType.STDIN_ACK, MsgType.EXIT, MsgType.ERROR,
 ]);
@@ -263,12 +266,22 @@ export function encodeSignal(signo: number): Buffer {
   return frame(MsgType.SIGNAL, u32s(signo));
 }
 
+/**
+ * WINSIZE, the first and only frame of its connection: the main workload's terminal
+ * gets this window size. Throws INVALID_ARGUMENT unless both are integers 1..65535.
+ */
+export function encodeWinsize(cols: number, rows: number): Buffer {
+  checkTerminalSize({ cols, rows }, 'WINSIZE');
+  return frame(MsgType.WINSIZE, u32s(cols, rows));
+}
+
 /** A host message as the agent reads it (for simulators and tests). */
 export type HostMessage =
   | { type: 'exec'; argv: string[]; env: Array<[string, string]>; workdir: string; user?: { uid: number; gid: number } }
   | { type: 'stdin'; data: Buffer }
   | { type: 'stdin-eof' }
-  | { type: 'signal'; signo: number };
+  | { type: 'signal'; signo: number }
+  | { type: 'winsize'; cols: number; rows: number };
 
 /** Decodes one host frame the way agent.c does (same checks). */
 export function decodeHostMessage(f: Frame): HostMessage | AgentProtocolError {
@@ -319,6 +332,12 @@ export function decodeHostMessage(f: Frame): HostMessage | AgentProtocolError {
       const signo = p.readUInt32LE(0);
       if (signo < 1 || signo > 64) return new AgentProtocolError(`SIGNAL ${signo} out of range`);
       return { type: 'signal', signo };
+    }
+    case MsgType.WINSIZE: {
+      const cols = p.readUInt32LE(0);
+      const rows = p.readUInt32LE(4);
+      if (cols < 1 || cols > MAX_TERMINAL_DIM || rows < 1 || rows > MAX_TERMINAL_DIM) return new AgentProtocolError(`WINSIZE ${cols}x${rows} out of range`);
+      return { type: 'winsize', cols, rows };
     }
     default:
       return new AgentProtocolError(`unknown message type ${f.type}`);

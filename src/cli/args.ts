@@ -1,5 +1,6 @@
-// A small argument parser: `--name value`, `--name=value`, boolean `--flag`, `--` ends
-// options, everything else is positional. Mistakes throw UsageError (exit status 2).
+// A small argument parser: `--name value`, `--name=value`, boolean `--flag`, one-letter
+// aliases (`-t`; boolean ones group: `-ab`), `--` ends options, everything else is
+// positional. Mistakes throw UsageError (exit status 2).
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -22,6 +23,8 @@ export interface OptionSpec {
   choices?: readonly (string | number)[];
   /** The option may repeat ('string' only); its value is then a string[]. */
   repeatable?: boolean;
+  /** A one-letter alias: `-x` (`-x VALUE` for a non-boolean; boolean ones group: `-xy`). */
+  short?: string;
 }
 
 export type OptionSpecs = Record<string, OptionSpec>;
@@ -41,8 +44,30 @@ export function parseArgs(argv: readonly string[], specs: OptionSpecs): ParsedAr
       break;
     }
     if (!arg.startsWith('--') || arg === '-') {
-      if (arg.startsWith('-') && arg !== '-') throw new UsageError(`unknown option ${arg}`);
-      positionals.push(arg);
+      if (!arg.startsWith('-') || arg === '-') {
+        positionals.push(arg);
+        continue;
+      }
+      // -x, -xy (booleans), -x VALUE (the last letter may take a value)
+      const letters = arg.slice(1);
+      for (let j = 0; j < letters.length; j++) {
+        const entry = Object.entries(specs).find(([, s]) => s.short === letters[j]);
+        if (entry === undefined) throw new UsageError(letters.length === 1 ? `unknown option ${arg}` : `unknown option -${letters[j]!} in ${arg}`);
+        const [name, spec] = entry;
+        if (name in options && spec.repeatable !== true) throw new UsageError(`--${name} given twice`);
+        if (spec.type === 'boolean') {
+          options[name] = true;
+          continue;
+        }
+        const next = argv[i + 1];
+        if (j !== letters.length - 1 || next === undefined || next.startsWith('-')) throw new UsageError(`-${letters[j]!} (--${name}) needs a value`);
+        i++;
+        const value = convert(name, next, spec);
+        if (spec.repeatable === true) {
+          const list = options[name];
+          options[name] = [...(Array.isArray(list) ? list : []), String(value)];
+        } else options[name] = value;
+      }
       continue;
     }
     const eq = arg.indexOf('=');
@@ -90,7 +115,7 @@ function convert(name: string, raw: string, spec: OptionSpec): string | number {
 
 /** "  --name VALUE  description" lines for help texts. */
 export function describeOptions(specs: OptionSpecs): string[] {
-  const rows = Object.entries(specs).map(([name, s]) => [`--${name}${s.type === 'boolean' ? '' : ` ${s.value ?? 'VALUE'}`}`, s.description] as const);
+  const rows = Object.entries(specs).map(([name, s]) => [`${s.short !== undefined ? `-${s.short}, ` : ''}--${name}${s.type === 'boolean' ? '' : ` ${s.value ?? 'VALUE'}`}`, s.description] as const);
   const w = Math.max(0, ...rows.map(([l]) => l.length));
   return rows.map(([l, d]) => `  ${l.padEnd(w)}  ${d}`);
 }

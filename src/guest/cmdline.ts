@@ -66,11 +66,36 @@ export interface InitConfig {
    */
   agent?: boolean;
   /**
+   * Give the workload a terminal (`tsibox.tty=COLSxROWS`): init opens a pseudo-terminal
+   * of this window size, makes it the workload's stdin, stdout, stderr and controlling
+   * terminal, and relays it to the stdin and stdout ports (the stderr port stays
+   * empty). Each dimension 1..65535 (docs/guest-init.md "A terminal for the workload").
+   */
+  tty?: TerminalSize;
+  /**
    * Configure eth0 (virtio-net): address/prefix, default route via gateway,
    * /etc/resolv.conf; 'dhcp': init asks a DHCP server for all of them (`tsibox.net=dhcp`;
    * no answer within 10 s is an init failure, exit 125).
    */
   net?: GuestNetConfig | 'dhcp';
+}
+
+/** A terminal's window size in character cells. */
+export interface TerminalSize {
+  cols: number;
+  rows: number;
+}
+
+/** Largest terminal dimension (the kernel's struct winsize holds unsigned shorts). */
+export const MAX_TERMINAL_DIM = 65535;
+
+/** Throws INVALID_ARGUMENT unless cols and rows are integers 1..65535. */
+export function checkTerminalSize(size: TerminalSize, what = 'tty'): void {
+  const ok = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 1 && (n as number) <= MAX_TERMINAL_DIM;
+  if (typeof size !== 'object' || size === null || !ok(size.cols) || !ok(size.rows)) {
+    const shown = typeof size === 'object' && size !== null ? `${String(size.cols)}x${String(size.rows)}` : String(size);
+    throw new TsiboxError('INVALID_ARGUMENT', `${what}: cols and rows must be whole numbers 1..${MAX_TERMINAL_DIM}, got ${shown}`);
+  }
 }
 
 /** Static IPv4 setup of eth0 (the host chose it, and gave the same to passt). */
@@ -185,6 +210,10 @@ export function initTokens(cfg: InitConfig): string[] {
   if (cfg.poweroff !== undefined) t.push(`tsibox.poweroff=${cfg.poweroff}`);
   if (cfg.debug) t.push('tsibox.debug=1');
   if (cfg.agent === false) t.push('tsibox.agent=0');
+  if (cfg.tty !== undefined) {
+    checkTerminalSize(cfg.tty);
+    t.push(`tsibox.tty=${cfg.tty.cols}x${cfg.tty.rows}`);
+  }
   if (cfg.net === 'dhcp') t.push('tsibox.net=dhcp');
   else if (cfg.net !== undefined) t.push(netToken(cfg.net));
   return t;

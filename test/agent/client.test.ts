@@ -145,6 +145,33 @@ t.test('kill: queued while connecting, sent after EXEC; default SIGTERM; ignored
   t.same(agent.stats.signals, [9, 15]);
 });
 
+t.test('signalMain and resizeMain: one frame on a connection of its own; refusals are AGENT_PROTOCOL', async (t) => {
+  const g = guest(t);
+  const withTty = new FakeAgent(g, { handlers, terminal: true });
+  const c = client(t, g);
+  await c.signalMain('SIGINT');
+  await c.resizeMain(132, 43);
+  await c.resizeMain(80, 24);
+  t.same(withTty.stats.mainSignals, [2]);
+  t.same(withTty.stats.winsizes, [{ cols: 132, rows: 43 }, { cols: 80, rows: 24 }]);
+  t.equal(withTty.stats.badHostMessages, 0);
+  await t.rejects(c.resizeMain(0, 24), { code: 'INVALID_ARGUMENT' });
+  t.equal(withTty.stats.connections, 3, 'nothing sent for a bad size');
+  withTty.close();
+
+  const g2 = guest(t);
+  const noTty = new FakeAgent(g2, { handlers });
+  const c2 = client(t, g2);
+  await t.rejects(c2.resizeMain(100, 30), { code: 'AGENT_PROTOCOL', message: /could not set the terminal size: WINSIZE: the workload has no terminal/ });
+  t.same(noTty.stats.winsizes, []);
+  c2.close();
+  await t.rejects(c2.resizeMain(100, 30), { code: 'INVALID_STATE' });
+
+  const g3 = guest(t);
+  const c3 = client(t, g3, 200);
+  await t.rejects(c3.resizeMain(100, 30), { code: 'AGENT_UNAVAILABLE' }, 'no agent listening: retried until the connect timeout');
+});
+
 t.test('back-pressure: an unread stdout stops crediting the guest', async (t) => {
   const g = guest(t);
   let fx: FakeExec | null = null;

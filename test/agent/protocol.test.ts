@@ -6,7 +6,7 @@
 import t from 'tap';
 import {
   AGENT_PORT, AgentProtocolError, EXEC_FIXED, FrameDecoder, HEADER_SIZE, MAX_DATA, MAX_EXEC_PAYLOAD, MAX_TEXT, MsgType,
-  STDIN_WINDOW, decodeGuestMessage, decodeHostMessage, encodeExec, encodeSignal, encodeStdin, encodeStdinEof, guestFrames,
+  STDIN_WINDOW, decodeGuestMessage, decodeHostMessage, encodeExec, encodeSignal, encodeStdin, encodeStdinEof, encodeWinsize, guestFrames,
   signalName, signalNumber, type Frame,
 } from '../../src/agent/protocol.js';
 
@@ -89,6 +89,21 @@ t.test('malformed EXEC payloads decode to errors (the agent\'s checks)', async (
   for (const [what, p] of cases) t.type(exec(p), AgentProtocolError, what);
   t.type(decodeHostMessage({ type: MsgType.SIGNAL, payload: Buffer.from([0, 0, 0, 0]) }), AgentProtocolError, 'signal 0');
   t.type(decodeHostMessage({ type: MsgType.SIGNAL, payload: Buffer.from([65, 0, 0, 0]) }), AgentProtocolError, 'signal 65');
+});
+
+t.test('WINSIZE: cols and rows, u32 LE each, 1..65535', async (t) => {
+  t.same([...encodeWinsize(132, 43)], [0x45, 0x58, 1, MsgType.WINSIZE, 8, 0, 0, 0, 132, 0, 0, 0, 43, 0, 0, 0]);
+  t.same(decodeHostMessage(frameOf('host', encodeWinsize(65535, 1))), { type: 'winsize', cols: 65535, rows: 1 });
+  for (const [c, r] of [[0, 24], [80, 0], [65536, 24], [80, 65536], [1.5, 2], [Number.NaN, 2], [-1, 2]] as const) {
+    t.throws(() => encodeWinsize(c, r), { code: 'INVALID_ARGUMENT' }, `${c}x${r}`);
+  }
+  const raw = (c: number, r: number): Buffer => { const b = Buffer.alloc(8); b.writeUInt32LE(c, 0); b.writeUInt32LE(r, 4); return b; };
+  t.type(decodeHostMessage({ type: MsgType.WINSIZE, payload: raw(0, 24) }), AgentProtocolError, 'cols 0');
+  t.type(decodeHostMessage({ type: MsgType.WINSIZE, payload: raw(80, 65536) }), AgentProtocolError, 'rows 65536');
+  const short = one('host', Buffer.from([0x45, 0x58, 1, MsgType.WINSIZE, 4, 0, 0, 0, 80, 0, 0, 0]));
+  t.type(short, AgentProtocolError, 'a WINSIZE of 4 bytes is refused on its header');
+  t.match((short as AgentProtocolError).reason, /length 4 outside 8\.\.8/);
+  t.match((one('guest', encodeWinsize(80, 24)) as AgentProtocolError).reason, /unknown message type 5/, 'a host type from the guest');
 });
 
 t.test('guest messages round trip', async (t) => {

@@ -32,6 +32,14 @@ t.test('parseStatusMarker takes the last marker', async (t) => {
   t.equal(parseStatusMarker('tsibox: exit-status=1'), undefined, 'an unterminated line does not count');
 });
 
+t.test('tty: tsibox.tty=COLSxROWS, each 1..65535', async (t) => {
+  t.same(initTokens({ tty: { cols: 80, rows: 24 } }), ['tsibox.tty=80x24']);
+  t.same(initTokens({ tty: { cols: 65535, rows: 1 } }), ['tsibox.tty=65535x1']);
+  for (const tty of [{ cols: 0, rows: 24 }, { cols: 80, rows: 65536 }, { cols: 1.5, rows: 2 }, { cols: Number.NaN, rows: 2 }, { cols: -1, rows: 2 }, { cols: '80', rows: 24 }]) {
+    t.throws(() => initTokens({ tty: tty as { cols: number; rows: number } }), { code: 'INVALID_ARGUMENT' }, JSON.stringify(tty));
+  }
+});
+
 let init = '';
 let skip: string | false = false;
 try {
@@ -56,6 +64,7 @@ t.test('init parses what the encoder produces', { skip }, async (t) => {
     user: { uid: 1000, gid: 100 },
     ports: ['tsibox.status'],
     agent: false,
+    tty: { cols: 132, rows: 43 },
   };
   const lines = parse(buildCmdline('console=ttyS0 quiet', cfg) + ' -- tsibox.argv=ignored');
   t.same(lines, [
@@ -75,6 +84,7 @@ t.test('init parses what the encoder produces', { skip }, async (t) => {
     'rlimit 4 0 0',
     'user 1000 100',
     'agent 0',
+    'tty 132 43',
   ]);
   t.same(initTokens({}), [], 'no tokens for defaults');
   t.same(initTokens({ agent: true }), [], 'the agent is on by default: no token');
@@ -83,7 +93,14 @@ t.test('init parses what the encoder produces', { skip }, async (t) => {
 
   t.notOk(defaults.includes('agent 0'), 'the agent is on by default');
   t.ok(parse('tsibox.agent=0 tsibox.agent=1').every((l) => l !== 'agent 0'), 'a later tsibox.agent=1 turns it back on');
-  for (const bad of ['tsibox.argv=a%0', 'tsibox.argv=a%zz', 'tsibox.env=NOEQ', 'tsibox.rlimit=NOFILE:1', 'tsibox.user=x', 'tsibox.agent=no']) {
+  t.notOk(defaults.some((l) => l.startsWith('tty')), 'no terminal by default');
+  t.same(parse('tsibox.tty=1x1').filter((l) => l.startsWith('tty')), ['tty 1 1']);
+  t.same(parse('tsibox.tty=65535x65535 tsibox.tty=80x24').filter((l) => l.startsWith('tty')), ['tty 80 24'], 'a later tsibox.tty replaces an earlier one');
+  for (const bad of [
+    'tsibox.argv=a%0', 'tsibox.argv=a%zz', 'tsibox.env=NOEQ', 'tsibox.rlimit=NOFILE:1', 'tsibox.user=x', 'tsibox.agent=no',
+    'tsibox.tty', 'tsibox.tty=80', 'tsibox.tty=0x24', 'tsibox.tty=80x0', 'tsibox.tty=65536x24', 'tsibox.tty=80x24x1', 'tsibox.tty=x24',
+    'tsibox.tty=80x', 'tsibox.tty=-80x24', 'tsibox.tty=80X24',
+  ]) {
     const r = spawnSync(init, ['--parse', bad], { encoding: 'utf8' });
     t.equal(r.status, 125, bad);
     t.match(r.stderr, /tsibox-init: error: /, `${bad}: message`);

@@ -1,4 +1,5 @@
 import t from 'tap';
+import { PassThrough } from 'node:stream';
 import { runCli } from '../../src/cli/run.js';
 import { parseArgs, UsageError } from '../../src/cli/args.js';
 import { registerCommand } from '../../src/cli/registry.js';
@@ -82,6 +83,34 @@ t.test('parseArgs', async (t) => {
   t.throws(() => parseArgs(['-x'], specs), UsageError);
   t.throws(() => parseArgs(['--constructor', '1'], specs), /unknown option --constructor/);
   t.same(parseArgs(['-'], specs).positionals, ['-']);
+});
+
+t.test('parseArgs: one-letter aliases', async (t) => {
+  const specs = {
+    tty: { type: 'boolean', short: 't', description: '' },
+    interactive: { type: 'boolean', short: 'i', description: '' },
+    name: { type: 'string', short: 'n', description: '' },
+  } as const;
+  t.same(parseArgs(['-t', '--', 'sh'], specs), { positionals: ['sh'], options: { tty: true } });
+  t.same(parseArgs(['-it', 'x'], specs), { positionals: ['x'], options: { interactive: true, tty: true } }, 'boolean ones group');
+  t.same(parseArgs(['-tn', 'v', 'x'], specs), { positionals: ['x'], options: { tty: true, name: 'v' } }, 'the last one may take a value');
+  t.throws(() => parseArgs(['-x'], specs), /unknown option -x/);
+  t.throws(() => parseArgs(['-tx'], specs), /unknown option -x in -tx/);
+  t.throws(() => parseArgs(['-nt', 'v'], specs), /-n \(--name\) needs a value/);
+  t.throws(() => parseArgs(['-n'], specs), /-n \(--name\) needs a value/);
+  t.throws(() => parseArgs(['-t', '--tty'], specs), /--tty given twice/);
+});
+
+t.test('run -t needs a terminal on stdin (no VM is started)', async (t) => {
+  const stdout = capture();
+  const stderr = capture();
+  const code = await runCli(['run', '-t', '--', 'sh'], { stdout, stderr, stdin: new PassThrough() });
+  t.equal(code, 2);
+  t.match(stderr.text(), /^tsibox: -t: the input device is not a TTY/);
+  t.equal(stdout.text(), '');
+  const help = await cli('run', '--help');
+  t.match(help.out, /-t, --tty {2,}give CMD a terminal/);
+  t.match(help.out, /usage: tsibox run \[-i\] \[-t\]/);
 });
 
 t.test('the installed bin maps a usage error to exit status 2', async (t) => {

@@ -3,6 +3,7 @@
  * the package importing itself as 'tsibox'), and print what their comments promise.
  * Engine: 'auto', as a user gets it (QEMU here; KVM in the nested test host).
  */
+// tsibox-test-kvm: qemu-only (the examples' API paths run under kvm in sandbox-live and exec)
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';

@@ -18,7 +18,7 @@ import { cmdlineArchive } from '../../src/guest/index.js';
 import { AgentClient, type ExecHandle } from '../../src/agent/client.js';
 import {
   AGENT_PORT, AgentErrorCode, AgentProtocolError, FrameDecoder, MsgType, STDIN_WINDOW, decodeGuestMessage, encodeExec,
-  encodeSignal, encodeStdin, encodeStdinEof, guestFrames,
+  encodeSignal, encodeStdin, encodeStdinEof, encodeWinsize, guestFrames,
 } from '../../src/agent/protocol.js';
 import type { VsockDevice } from '../../src/virtio/vsock/device.js';
 import type { VsockConnection } from '../../src/virtio/vsock/connection.js';
@@ -225,6 +225,10 @@ t.test('exec through the guest agent', { skip }, async (t) => {
       ['version 2', (c) => { const f = encodeExec({ argv: ['true'] }); f[2] = 2; c.write(f); }, AgentErrorCode.BAD_MESSAGE],
       ['4 GiB EXEC', (c) => { c.write(Buffer.from([0x45, 0x58, 1, MsgType.EXEC, 0xff, 0xff, 0xff, 0xff])); }, AgentErrorCode.BAD_MESSAGE],
       ['STDIN before EXEC', (c) => { c.write(encodeStdin(Buffer.from('x'))); }, AgentErrorCode.BAD_MESSAGE],
+      ['WINSIZE for a workload without a terminal', (c) => { c.write(encodeWinsize(80, 24)); }, AgentErrorCode.BAD_MESSAGE],
+      ['WINSIZE after EXEC', (c) => { c.write(Buffer.concat([encodeExec({ argv: ['sleep', '30'] }), encodeWinsize(80, 24)])); }, AgentErrorCode.BAD_MESSAGE],
+      ['WINSIZE of 4 bytes', (c) => { c.write(Buffer.from([0x45, 0x58, 1, MsgType.WINSIZE, 4, 0, 0, 0, 80, 0, 0, 0])); }, AgentErrorCode.BAD_MESSAGE],
+      ['WINSIZE 0x24', (c) => { const f = encodeWinsize(80, 24); f.writeUInt32LE(0, 8); c.write(f); }, AgentErrorCode.BAD_MESSAGE],
       ['EXEC with argc 0', (c) => { const f = encodeExec({ argv: ['true'] }); f.writeUInt32LE(0, 8 + 12); c.write(f); }, AgentErrorCode.BAD_MESSAGE],
       ['EXEC with trailing bytes', (c) => {
         const f = encodeExec({ argv: ['true'] });

@@ -6,7 +6,7 @@ import t from 'tap';
 import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { PassThrough } from 'node:stream';
 import pino from 'pino';
 import { Sandbox, ensureInitramfs, ensureKernel } from '../../src/index.js';
@@ -14,9 +14,10 @@ import { POWEROFF_GRACE_MS } from '../../src/engine/guest-boot.js';
 import { runKvm } from '../../src/engine/kvm.js';
 import { runQemu } from '../../src/engine/qemu.js';
 import { qemuAccel } from '../../src/engine/select.js';
-import { PACKAGE_ROOT } from '../../src/paths.js';
 
-const BIN = join(PACKAGE_ROOT, 'bin', 'tsibox.js');
+// The CLI of this build (dist/ or wherever the tests were compiled to; bin/tsibox.js
+// runs dist/'s, and test/cli/usage.test.ts runs the bin itself).
+const BIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 
 const { skip } = await e2ePrerequisites(t);
 

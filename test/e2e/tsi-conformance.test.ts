@@ -19,7 +19,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
 import { KNOWN_DIFFERENCES } from './tsi-conformance-known.js';
-import { startProbeServers, type ProbeServers } from '../helpers/conformance-servers.js';
+import { startProbeServersBoth } from '../helpers/conformance-servers.js';
 import { ensureGuestTools, Sandbox } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
 
@@ -68,17 +68,7 @@ function expandKnown(families: string[]): Map<string, { item: string; reason: st
 
 t.test('socket conformance: the host stack vs the guest through TSI', { skip: KERNEL !== undefined && !existsSync(KERNEL) ? `TSIBOX_CONFORMANCE_KERNEL=${KERNEL} does not exist` : skip }, async (t) => {
   const probe = (await ensureGuestTools())['tsibox-sockprobe'];
-  const servers: ProbeServers[] = [];
-  t.teardown(async () => { await Promise.all(servers.map((s) => s.close())); });
-  const s4 = await startProbeServers('127.0.0.1', probe);
-  servers.push(s4);
-  let s6: ProbeServers | undefined;
-  try {
-    s6 = await startProbeServers('::1', probe);
-    servers.push(s6);
-  } catch (e) {
-    t.comment(`no IPv6 loopback on this host (${(e as Error).message}): IPv4 only`);
-  }
+  const { s4, s6 } = await startProbeServersBoth(t, probe);
   const families = s6 ? ['v4', 'v6'] : ['v4'];
   const hostArgs = [s4.target('127.0.0.1'), ...(s6 ? [s6.target('::1')] : [])];
   const guestArgs = [s4.target(ALIAS4), ...(s6 ? [s6.target(ALIAS6)] : [])];

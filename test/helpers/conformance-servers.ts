@@ -87,3 +87,22 @@ export async function startProbeServers(host: string, probe: string): Promise<Pr
     },
   };
 }
+
+/**
+ * The probe's servers on 127.0.0.1 and, where the host has IPv6 loopback, on ::1 (else
+ * a comment says so); closed at the test's teardown.
+ */
+export async function startProbeServersBoth(t: { teardown(fn: () => Promise<void>): void; comment(msg: string): void }, probe: string): Promise<{ s4: ProbeServers; s6: ProbeServers | undefined }> {
+  const servers: ProbeServers[] = [];
+  t.teardown(async () => { await Promise.all(servers.map((s) => s.close())); });
+  const s4 = await startProbeServers('127.0.0.1', probe);
+  servers.push(s4);
+  let s6: ProbeServers | undefined;
+  try {
+    s6 = await startProbeServers('::1', probe);
+    servers.push(s6);
+  } catch (e) {
+    t.comment(`no IPv6 loopback on this host (${(e as Error).message}): IPv4 only`);
+  }
+  return { s4, s6 };
+}

@@ -5,7 +5,7 @@
 // same rules as native/init/agent.c and records what it saw.
 import type { GuestSocket, GuestVsock } from '../../virtio/vsock/testing/guest.js';
 import {
-  AGENT_PORT, AgentProtocolError, FrameDecoder, STDIN_WINDOW, decodeHostMessage, guestFrames, type HostMessage,
+  AGENT_PORT, AgentErrorCode, AgentProtocolError, FrameDecoder, STDIN_WINDOW, decodeHostMessage, guestFrames, type HostMessage,
 } from '../protocol.js';
 
 /** One exec as the fake agent sees it; the handler drives it. */
@@ -46,24 +46,32 @@ export interface FakeAgentStats {
   /** Hosts that sent past the window (the connection was reset). */
   windowOverruns: number;
   signals: number[];
+  /** SIGNALs for the main workload (first frame of a connection). */
+  mainSignals: number[];
+  /** WINSIZEs for the main workload's terminal, in the order they arrived. */
+  winsizes: Array<{ cols: number; rows: number }>;
 }
 
 /**
  * Acknowledges stdin as it arrives unless `autoAck` is false. Without a handler for
- * argv[0] the exec gets START_FAILED 127 and EXIT 127.
+ * argv[0] the exec gets START_FAILED 127 and EXIT 127. A connection whose first frame
+ * is SIGNAL or WINSIZE is recorded and closed, as the real agent does; WINSIZE gets
+ * ERROR BAD_MESSAGE unless `terminal` is true (the workload has a terminal).
  */
 export class FakeAgent {
-  readonly stats: FakeAgentStats = { connections: 0, execs: 0, badHostMessages: 0, maxUnacked: 0, windowOverruns: 0, signals: [] };
+  readonly stats: FakeAgentStats = { connections: 0, execs: 0, badHostMessages: 0, maxUnacked: 0, windowOverruns: 0, signals: [], mainSignals: [], winsizes: [] };
   readonly #stop: () => void;
   readonly #handlers: Map<string, FakeHandler>;
   readonly #fallback: FakeHandler | undefined;
   readonly #autoAck: boolean;
+  readonly #terminal: boolean;
   readonly sockets = new Set<GuestSocket>();
 
-  constructor(guest: GuestVsock, opts: { port?: number; handlers?: Record<string, FakeHandler>; fallback?: FakeHandler; autoAck?: boolean } = {}) {
+  constructor(guest: GuestVsock, opts: { port?: number; handlers?: Record<string, FakeHandler>; fallback?: FakeHandler; autoAck?: boolean; terminal?: boolean } = {}) {
     this.#handlers = new Map(Object.entries(opts.handlers ?? {}));
     this.#fallback = opts.fallback;
     this.#autoAck = opts.autoAck ?? true;
+    this.#terminal = opts.terminal ?? false;
     this.#stop = guest.listen(opts.port ?? AGENT_PORT, (s) => { this.#serve(s); });
   }
 
@@ -84,6 +92,17 @@ export class FakeAgent {
         const f = dec.next();
         if (f === null) return;
         const m = f instanceof AgentProtocolError ? f : decodeHostMessage(f);
+        if (exec === null && !(m instanceof AgentProtocolError) && (m.type === 'signal' || m.type === 'winsize')) {
+          // About the main workload: done with this one frame.
+          if (m.type === 'signal') this.stats.mainSignals.push(m.signo);
+          else if (this.#terminal) this.stats.winsizes.push({ cols: m.cols, rows: m.rows });
+          else {
+            void s.write(guestFrames.error(AgentErrorCode.BAD_MESSAGE, 'WINSIZE: the workload has no terminal (tsibox.tty)')).catch(() => {}).then(() => { if (s.state !== 'closed') s.close(); });
+            return;
+          }
+          s.close();
+          return;
+        }
         if (m instanceof AgentProtocolError || (exec === null) !== (m.type === 'exec')) {
           this.stats.badHostMessages++;
           s.reset();
@@ -153,6 +172,7 @@ export class FakeAgent {
             x.onSignal?.(h.signo);
             return;
           case 'exec':
+          case 'winsize':
             stats.badHostMessages++;
             s.reset();
         }

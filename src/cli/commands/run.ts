@@ -1,5 +1,7 @@
 import { pino } from 'pino';
 import { isIPv4, isIPv6 } from 'node:net';
+import type { Readable, Writable } from 'node:stream';
+import type { ReadStream, WriteStream } from 'node:tty';
 import { Sandbox, type EngineChoice, type TsiNetwork } from '../../sandbox.js';
 import { Policy, type PolicyRule } from '../../policy/index.js';
 import { PortMap } from '../../portmap/index.js';
@@ -13,7 +15,7 @@ import { expectPositionals, type Command } from '../registry.js';
 export const runCommand: Command = {
   name: 'run',
   summary: 'run a program in a microVM (default root: busybox); exits with its status',
-  usage: 'run [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]... [--publish [ADDR:]HOST:GUEST[/udp]]... [--allow-unix PATH]... [--max-connections N] [--max-listeners N] [--max-udp-sockets N] [--connect-rate N] | --net passt [--allow CIDR[:PORTS]]... | --net gvproxy [--allow CIDR[:PORTS]]... [--publish [ADDR:]HOST:GUEST[/udp]]...] [--on-publish-error stop|warn] [--verbose] -- CMD [ARGS...]',
+  usage: 'run [-i] [-t] [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]... [--publish [ADDR:]HOST:GUEST[/udp]]... [--allow-unix PATH]... [--max-connections N] [--max-listeners N] [--max-udp-sockets N] [--connect-rate N] | --net passt [--allow CIDR[:PORTS]]... | --net gvproxy [--allow CIDR[:PORTS]]... [--publish [ADDR:]HOST:GUEST[/udp]]...] [--on-publish-error stop|warn] [--verbose] -- CMD [ARGS...]',
   options: {
     engine: { type: 'string', value: 'kvm|qemu|auto', choices: ['kvm', 'qemu', 'auto'], description: 'how to run the VM (default auto: KVM where guest ring 0 runs natively, else QEMU)' },
     cpus: { type: 'integer', value: 'N', min: 1, max: 16, description: 'vCPUs (default 1)' },
@@ -24,6 +26,8 @@ export const runCommand: Command = {
     workdir: { type: 'string', value: 'DIR', description: 'working directory in the guest (created when missing)' },
     timeout: { type: 'integer', value: 'SEC', min: 1, description: 'kill the VM after this many seconds' },
     verbose: { type: 'boolean', description: 'say on stderr which engine runs the VM, and why' },
+    interactive: { type: 'boolean', short: 'i', description: 'accepted for docker run -it habits; stdin is always passed to CMD' },
+    tty: { type: 'boolean', short: 't', description: 'give CMD a terminal, like docker run -it: stdin must be a terminal, which tsibox puts in raw mode (restored on exit); in the guest CMD runs on a pseudo-terminal of the host terminal\'s size (following its resizes), with line editing, and Ctrl-C, Ctrl-Z, Ctrl-\\ acting inside the guest (not on tsibox); stderr goes to the terminal too; TERM=xterm unless --env TERM=...' },
     net: { type: 'string', value: 'tsi|passt|gvproxy', choices: ['tsi', 'passt', 'gvproxy'], description: 'tsi: guest TCP connect() and UDP go out through tsibox (TSI); everything is denied unless --allow permits it. passt: a virtio-net NIC (eth0 10.0.2.15/24) wired to passt; 10.0.2.2 reaches the host\'s 127.0.0.1. gvproxy: the NIC wired to gvproxy, configured by DHCP (eth0 192.168.127.2/24, gateway and DNS 192.168.127.1, IPv4 only); 192.168.127.254 reaches the host\'s 127.0.0.1; --publish goes through gvproxy\'s API. passt and gvproxy frames are filtered by the same policy: everything is denied unless --allow permits it' },
     allow: { type: 'string', value: 'CIDR[:PORTS]', repeatable: true, description: 'allow TCP and UDP with CIDR (with --net tsi: outbound destinations, and clients of --publish ports; with --net passt / gvproxy: what the host connects to, so 10.0.2.2:PORT (passt) or 192.168.127.254:PORT (gvproxy) is --allow 127.0.0.1:PORT; gvproxy\'s own API at 192.168.127.1:80 only by --allow 192.168.127.1:80 itself) (e.g. 93.184.216.0/24:443, 127.0.0.1:8000-8100, [::1]:80, 0.0.0.0/0 for all IPv4, ::/0 for all IPv6)' },
     'allow-unix': { type: 'string', value: 'PATH', repeatable: true, description: 'with --net tsi: let the guest connect to the host unix socket PATH (or anything under PATH/ when it ends in /); a guest AF_UNIX stream connect() to that path is made on the host, judged on the canonical path (symlinks resolved); other guest unix sockets stay guest-local; off unless given' },
@@ -39,6 +43,12 @@ export const runCommand: Command = {
   async run(args, io) {
     expectPositionals(this, args, 1, Infinity);
     const o = args.options;
+    const stdin = io.stdin ?? process.stdin;
+    // -t: like docker run -it. stdin must be a terminal; it goes into raw mode once the
+    // VM is launched (until then Ctrl-C still stops tsibox, e.g. during a first kernel
+    // build), so every key reaches the guest's terminal as a byte: Ctrl-C is 0x03, which
+    // the guest's line discipline turns into SIGINT there, and no SIGINT reaches us.
+    const tty = o.tty === true ? hostTerminal(stdin, [io.stdout, io.stderr]) : null;
     const env: Record<string, string> = {};
     for (const kv of Array.isArray(o.env) ? o.env : []) {
       const eq = kv.indexOf('=');
@@ -73,7 +83,8 @@ export const runCommand: Command = {
     const verbose = o.verbose === true;
     // TSIBOX_LOG=info|debug: structured lines (tsi.connection, net.flow, tsi.limit) on stderr.
     const logger = pino({ name: 'tsibox', level: process.env['TSIBOX_LOG'] ?? 'silent' }, pino.destination(2));
-    const stdin = io.stdin ?? process.stdin;
+    let restoreTty = (): void => {};
+    let onResize: (() => void) | null = null;
     // Ctrl-C (SIGINT) or SIGTERM: the signal goes to the guest's program (its process
     // group), which ends as it would under a shell; if it has not within 10 s, or on a
     // second signal, the VM is stopped and tsibox exits 128+N. The VM, network helpers
@@ -107,6 +118,7 @@ export const runCommand: Command = {
         ...(typeof o.workdir === 'string' ? { workdir: o.workdir } : {}),
         ...(typeof o.timeout === 'number' ? { timeoutMs: o.timeout * 1000 } : {}),
         ...(network ? { network } : {}),
+        ...(tty !== null ? { tty: tty.size() } : {}),
         stdin,
         signal: stop.signal,
         stdout: io.stdout,
@@ -115,6 +127,16 @@ export const runCommand: Command = {
         logger: verbose ? engineLineLogger((line) => { io.stderr.write(`tsibox: ${line}\n`); }) : logger,
       });
       if (interrupted !== null) sandbox.stop({ timeoutMs: 0 }).catch(() => { /* the result is awaited below */ });
+      else if (tty !== null) {
+        restoreTty = tty.raw();
+        const sb = sandbox;
+        onResize = (): void => {
+          const size = tty.size();
+          sb.resize(size.cols, size.rows).catch(() => { /* the sandbox ended, or the guest is gone */ });
+        };
+        tty.sizeSource?.on('resize', onResize);
+        onResize(); // the window may have changed while the VM was launched
+      }
       const r = await sandbox.exited.catch((err: unknown) => {
         if (interrupted !== null) return null;
         throw err;
@@ -124,6 +146,8 @@ export const runCommand: Command = {
       if (interrupted !== null) return interrupted;
       throw err;
     } finally {
+      if (onResize !== null) tty?.sizeSource?.off('resize', onResize);
+      restoreTty();
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
       stdin.pause();
@@ -131,6 +155,48 @@ export const runCommand: Command = {
     }
   },
 };
+
+/** The host terminal behind `tsibox run -t`. */
+interface HostTerminal {
+  /** Where the window size comes from ('resize' events); null: none of our outputs is a terminal. */
+  sizeSource: WriteStream | null;
+  /** The window size now (80x24 when no output is a terminal). */
+  size(): { cols: number; rows: number };
+  /** Puts stdin in raw mode; returns what restores it (idempotent; also run at process exit). */
+  raw(): () => void;
+}
+
+/** -t: stdin must be a terminal (docker says "the input device is not a TTY"). */
+function hostTerminal(stdin: Readable, outputs: Writable[]): HostTerminal {
+  const input = stdin as ReadStream;
+  if (input.isTTY !== true || typeof input.setRawMode !== 'function') {
+    throw new UsageError('-t: the input device is not a TTY (run it from a terminal, or leave -t out to pipe stdin)');
+  }
+  const sizeSource = (outputs as WriteStream[]).find((s) => s.isTTY === true && typeof s.columns === 'number') ?? null;
+  const dim = (n: number | undefined, dflt: number): number => (n !== undefined && Number.isInteger(n) && n >= 1 && n <= 65535 ? n : dflt);
+  return {
+    sizeSource,
+    size: () => ({ cols: dim(sizeSource?.columns, 80), rows: dim(sizeSource?.rows, 24) }),
+    raw: () => {
+      const wasRaw = input.isRaw;
+      input.setRawMode(true);
+      let restored = false;
+      const restore = (): void => {
+        if (restored) return;
+        restored = true;
+        process.off('exit', restore);
+        try {
+          input.setRawMode(wasRaw);
+        } catch {
+          // the terminal is gone
+        }
+      };
+      // Any other way out (process.exit, an uncaught error) restores it too.
+      process.once('exit', restore);
+      return restore;
+    },
+  };
+}
 
 /** --on-publish-error warn at start: entries whose numbered host port cannot be bound now are reported and dropped. */
 async function dropUnpublishable(portMap: PortMap, print: (line: string) => void): Promise<void> {
