@@ -438,7 +438,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         network = { ...given, policy: this.#policy, portMap };
       }
     }
-    const ended = new Promise<void>((resolve) => { this.once('exit', () => { resolve(); }); this.#abort.signal.addEventListener('abort', () => { resolve(); }); });
+    // Settles when the VM ended, however (result, error, abort): run-time ports stop then.
+    let markEnded: () => void = () => { /* replaced below */ };
+    const ended = new Promise<void>((resolve) => { markEnded = resolve; this.#abort.signal.addEventListener('abort', () => { resolve(); }); });
     this.#ports = new SandboxPorts(portMap, given === undefined ? 'it has no network' : 'passt fixes its port forwards when it starts (use TSI or gvproxy to publish while running)', ended);
 
     // The devices are the same for both engines; each engine attaches them its own way
@@ -490,6 +492,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       }
     } catch (err) {
       this.#running = false;
+      markEnded();
       await cleanup();
       if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
         throw new TsiboxError('INVALID_ARGUMENT', `vsockPorts: a unix socket path is already in use: ${(err as Error).message}`, { cause: err });
@@ -507,6 +510,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         stopped = true;
       } finally {
         this.#running = false;
+        markEnded();
         await cleanup();
         for (const s of [this.#stdout, this.#stderr]) (s as PassThrough | null)?.end();
       }

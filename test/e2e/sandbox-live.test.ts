@@ -205,3 +205,12 @@ t.test('agent: false: exec and kill are NOT_SUPPORTED, stop() ends the VM at onc
   const r = await sb.stop();
   t.same([r.exitCode, r.stopped], [137, true]);
 });
+
+t.test('a sandbox that timed out: exited rejects with VM_TIMEOUT, and its ports refuse at once', { skip }, async (t) => {
+  const sb = await Sandbox.start({ engine: E2E_ENGINE, argv: ['sleep', '600'], timeoutMs: 3000, network: { mode: 'tsi', policy: Policy.denyAll() } });
+  await t.rejects(sb.exited, { code: 'VM_TIMEOUT' });
+  t.equal(sb.running, false);
+  const t0 = Date.now();
+  await t.rejects(sb.ports.publish({ guestPort: 80 }), { code: 'INVALID_STATE' }, 'not a 30 s wait for a listener that cannot come');
+  t.ok(Date.now() - t0 < 5000, `at once (${Date.now() - t0} ms)`);
+});
