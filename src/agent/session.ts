@@ -69,8 +69,9 @@ export interface SessionOptions {
 
 /** Connect close reasons that mean "nobody listening yet": retried until the deadline. */
 const RETRY_REASONS: ReadonlySet<CloseReason> = new Set(['refused', 'connect-timeout', 'device-reset', 'transport-reset']);
-const BACKOFF_FIRST_MS = 20;
-const BACKOFF_MAX_MS = 500;
+/** Connect retries while the agent is not listening yet: from 20 ms, doubling to 500 ms. */
+export const BACKOFF_FIRST_MS = 20;
+export const BACKOFF_MAX_MS = 500;
 /** After EXIT: how long the guest has to close before we reset. */
 const CLOSE_GRACE_MS = 2000;
 /** kill() calls remembered while connecting. */

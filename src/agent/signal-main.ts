@@ -8,10 +8,9 @@
 import { TsiboxError } from '../errors.js';
 import type { VsockConnection } from '../virtio/vsock/connection.js';
 import type { VsockDevice } from '../virtio/vsock/device.js';
+import { BACKOFF_FIRST_MS, BACKOFF_MAX_MS } from './session.js';
 import { AgentProtocolError, FrameDecoder, decodeGuestMessage, encodeSignal, encodeWinsize, signalNumber } from './protocol.js';
 
-const BACKOFF_FIRST_MS = 20;
-const BACKOFF_MAX_MS = 500;
 /** The agent answers at once; past this the guest is stuck or gone. */
 const ANSWER_TIMEOUT_MS = 10_000;
 

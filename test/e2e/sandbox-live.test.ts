@@ -6,25 +6,15 @@
  * on 127.0.0.1 only; the guest names them through the host-loopback alias.
  */
 import t from 'tap';
-import { get as httpGet } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
 import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
 import { Sandbox, type ConnectionEvent } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
+import { fetchPage } from '../helpers/http.js';
 
 const { skip, tools } = await e2ePrerequisites(t, { tools: true });
 const ALIAS4 = '10.0.2.2';
-
-/** GET http://127.0.0.1:port/ → the body, or 'error CODE'. Bounded: 5 s. */
-function fetchPage(port: number): Promise<string> {
-  return new Promise((resolve) => {
-    httpGet({ host: '127.0.0.1', port, path: '/', timeout: 5000 }, (res) => {
-      let b = '';
-      res.setEncoding('utf8').on('data', (d: string) => (b += d)).on('end', () => { resolve(b); });
-    }).on('error', (e: NodeJS.ErrnoException) => { resolve(`error ${e.code ?? e.message}`); }).on('timeout', function (this: { destroy(): void }) { this.destroy(); });
-  });
-}
 
 /** Lines of `stream`, awaited one at a time (bounded by `ms` each). */
 function lineReader(stream: Readable): (ms?: number) => Promise<string> {

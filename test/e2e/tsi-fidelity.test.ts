@@ -10,7 +10,6 @@ import { createSocket } from 'node:dgram';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { get as httpGet } from 'node:http';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import pino from 'pino';
 import { e2ePrerequisites, E2E_ENGINE } from './prerequisites.js';
@@ -18,6 +17,7 @@ import { Sandbox } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
 import { PortMap } from '../../src/portmap/index.js';
 import type { VsockDevice } from '../../src/virtio/vsock/device.js';
+import { fetchPage } from '../helpers/http.js';
 
 const { skip, tools } = await e2ePrerequisites(t, { tools: true });
 const ALIAS4 = '10.0.2.2';
@@ -120,16 +120,6 @@ t.test('a host reset after 6 bytes: the guest reads the 6 bytes, then ECONNRESET
   t.match(out, /^graceful=0$/m, 'a graceful end is still EOF');
   t.equal(graceful, 2);
 });
-
-/** GET http://127.0.0.1:port/ → the body, or the error code. */
-function fetchPage(port: number): Promise<string> {
-  return new Promise((resolve) => {
-    httpGet({ host: '127.0.0.1', port, path: '/', timeout: 5000 }, (res) => {
-      let b = '';
-      res.setEncoding('utf8').on('data', (d: string) => (b += d)).on('end', () => { resolve(b); });
-    }).on('error', (e: NodeJS.ErrnoException) => { resolve(`error ${e.code ?? e.message}`); }).on('timeout', function (this: { destroy(): void }) { this.destroy(); });
-  });
-}
 
 t.test('port mappings survive: 100 closed listeners, then a vsock transport reset', { skip }, async (t) => {
   const portMap = new PortMap(['127.0.0.1:0:8080', '127.0.0.1:0:8081']);
