@@ -39,26 +39,36 @@ w=/tmp/tsibox-kvm; mkdir -p "$w"
 for f in "$ROOT"/* "$ROOT"/.taprc; do [ -e "$f" ] && ln -sfn "$f" "$w/$(basename "$f")"; done
 rm -f "$w/package.json"; cp "$ROOT/package.json" "$w/package.json"
 cd "$w"
-exec node node_modules/.bin/tap --disable-coverage --timeout 600 "$@"'
+exec node node_modules/.bin/tap --disable-coverage --timeout "$TAP_TIMEOUT" "$@"'
 
-# One boot per test file, each bounded: a file that wedges the nested host (seen once:
-# the whole host stalled under TCG, cause unknown) costs one file's time, not the
-# run's. Such a file is tried once more, and says so; test failures are not retried.
+# One boot per test file, each bounded: a file that wedges the nested host (seen
+# twice: no output at all for 10 minutes, cause unknown) costs one file's time, not the
+# run's. Such a file, or one where tap had to end a hung test, is tried once more and
+# says so loudly; failed assertions are not retried.
 PER_FILE_TIMEOUT="${TSIBOX_KVM_TIMEOUT:-600}"
+# tap ends a test file a while before the host is killed, so that a hang inside a test
+# prints which test it was and what had passed, instead of nothing.
+TAP_TIMEOUT=$(( PER_FILE_TIMEOUT > 240 ? PER_FILE_TIMEOUT - 120 : PER_FILE_TIMEOUT * 3 / 4 ))
 EXTRA_ENV=()
 for kv in ${TSIBOX_KVM_ENV:-}; do EXTRA_ENV+=(--env "$kv"); done
 echo "test:kvm: ${#FILES[@]} test files under engine kvm, one nested-host boot each"
 failed=()
+OUTLOG="$(mktemp)"
+trap 'rm -f "$OUTLOG"' EXIT
 for f in "${FILES[@]}"; do
   started=$SECONDS
   for attempt in 1 2; do
     set +e
     bash scripts/svm-host.sh --timeout "$PER_FILE_TIMEOUT" --mem 3072 --cpus 2 \
-      --env TSIBOX_E2E_ENGINE=kvm --env ROOT="$ROOT" "${EXTRA_ENV[@]}" -- sh -c "$INNER" sh "$f"
-    rc=$?
+      --env TSIBOX_E2E_ENGINE=kvm --env ROOT="$ROOT" --env TAP_TIMEOUT="$TAP_TIMEOUT" "${EXTRA_ENV[@]}" -- sh -c "$INNER" sh "$f" \
+      | tee "$OUTLOG"
+    rc=${PIPESTATUS[0]}
     set -e
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 125 ]; then
       echo "test:kvm: $f: the nested host did not finish (exit $rc) on attempt $attempt" >&2
+      [ "$attempt" -eq 1 ] && continue
+    elif [ "$rc" -ne 0 ] && grep -q 'timeout!' "$OUTLOG"; then
+      echo "test:kvm: $f: HUNG: tap ended a test after ${TAP_TIMEOUT} s on attempt $attempt (output above)" >&2
       [ "$attempt" -eq 1 ] && continue
     fi
     break

@@ -4,6 +4,7 @@
 // the reason once through `onInvalid` (the transport then sets DEVICE_NEEDS_RESET).
 // Nothing here throws because of what the guest wrote.
 import { Desc, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY } from './constants.js';
+import { fullFence } from './fence.js';
 import type { VirtioMemory } from './memory.js';
 
 /** Guest-physical layout of one split ring, as the driver programmed it. */
@@ -144,6 +145,8 @@ export class Virtqueue {
     if (n === 0) {
       if (this.#broken !== null) return null;
       this.#armNotification();
+      // avail_event must be visible before we look at avail idx again (see fence.ts).
+      fullFence();
       n = this.pending();
       if (n === 0) return null;
     }
@@ -247,6 +250,9 @@ export class Virtqueue {
     const now = this.#usedIdx;
     this.#signalledUsed = now;
     if (old === now) return false;
+    // Our used idx must be visible before we read the driver's suppression field, or a
+    // driver re-enabling interrupts and a device reading its stale field both sleep.
+    fullFence();
     const mem = this.#memory;
     if (this.#features.eventIdx) {
       const usedEvent = mem.readU16(this.#layout.availAddr + 4 + 2 * this.size);

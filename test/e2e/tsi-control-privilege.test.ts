@@ -61,10 +61,14 @@ async function until<T>(f: () => T | undefined, ms: number): Promise<T | undefin
   return undefined;
 }
 
-/** Connects to 127.0.0.1:`port`, half-closes, returns what arrived before the peer closed. */
+/**
+ * Connects to 127.0.0.1:`port`, half-closes, returns what arrived before the peer closed
+ * (or after 60 s, what arrived by then: a stalled guest fails the test, never hangs it).
+ */
 function fetch(port: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const c = netConnect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    c.setTimeout(60_000, () => { c.destroy(); });
     const chunks: Buffer[] = [];
     c.on('connect', () => { c.end(); });
     c.on('data', (d: Buffer) => chunks.push(d));

@@ -185,7 +185,9 @@ t.test('tsibox run -t in a real terminal (tmux)', { skip: skip || tmuxAvailable(
     const status = join(tm.dir, 'status');
     const before = join(tm.dir, 'stty-before');
     const after = join(tm.dir, 'stty-after');
-    const cmd = `stty -g > ${before}; ${JSON.stringify(process.execPath)} ${JSON.stringify(MAIN)} run --engine ${E2E_ENGINE} -t -- sh; echo $? > ${status}; stty -g > ${after}`;
+    const cmd = `stty -g > ${before}; ${JSON.stringify(process.execPath)} ${JSON.stringify(MAIN)} run --engine ${E2E_ENGINE} -t -- sh; echo $? > ${status}; stty -g > ${after}.part; mv ${after}.part ${after}`;
+    // The mode is written to a side file and renamed: the shell creates `after` before stty
+    // writes it, and a slow host showed that empty file to the check below.
     tm.run('-f', '/dev/null', 'new-session', '-d', '-s', 'tty', '-x', '100', '-y', '30', cmd);
     const show = (): string => `screen:\n${tm.screen().filter((l) => l !== '').join('\n')}`;
     const first = tm.size();
