@@ -9,6 +9,8 @@
 #   --mem MiB        guest RAM (default 2048)
 #   --cpus N         guest vCPUs (default 2)
 #   --timeout SEC    kill the host after SEC seconds; exit 124
+#   --stall SEC      kill the host when its console has been silent for SEC seconds
+#                    (it prints a heartbeat every 10 s while alive); exit 124
 #   --env NAME=VAL   set NAME in CMD's environment (repeatable); --env NAME copies it
 #   --cwd DIR        directory CMD runs in (default: the current one). It must exist
 #                    on this machine: the host sees this machine's / read-only.
@@ -52,13 +54,14 @@ MODULES="virtio_pci virtio_console 9pnet_virtio 9p kvm-amd dummy"
 log() { printf 'svm-host: %s\n' "$*" >&2; }
 die() { printf 'svm-host: error: %s\n' "$*" >&2; exit 125; }
 
-MEM=2048 CPUS=2 TIMEOUT="" CWD="" CONSOLE=0 MODE=run KEEP=
+MEM=2048 CPUS=2 TIMEOUT="" STALL="" CWD="" CONSOLE=0 MODE=run KEEP=
 ENVS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --mem) MEM="${2:?--mem needs MiB}"; shift 2 ;;
     --cpus) CPUS="${2:?--cpus needs N}"; shift 2 ;;
     --timeout) TIMEOUT="${2:?--timeout needs seconds}"; shift 2 ;;
+    --stall) STALL="${2:?--stall needs seconds}"; shift 2 ;;
     --env) ENVS+=("${2:?--env needs NAME=VALUE}"); shift 2 ;;
     --cwd) CWD="${2:?--cwd needs a directory}"; shift 2 ;;
     --console) CONSOLE=1; shift ;;
@@ -70,7 +73,7 @@ while [ $# -gt 0 ]; do
     *) die "unknown option '$1' (usage: scripts/svm-host.sh [--mem MiB] [--cpus N] -- CMD...)" ;;
   esac
 done
-case "$MEM$CPUS${TIMEOUT:-0}" in *[!0-9]*) die "--mem, --cpus and --timeout take integers" ;; esac
+case "$MEM$CPUS${TIMEOUT:-0}${STALL:-0}" in *[!0-9]*) die "--mem, --cpus, --timeout and --stall take integers" ;; esac
 if [ "$MODE" = run ] && [ $# -eq 0 ]; then die "no command (usage: scripts/svm-host.sh [options] -- CMD...)"; fi
 if [ "$MODE" = run ]; then
   [ -n "$CWD" ] || CWD="$(pwd)"
@@ -268,6 +271,9 @@ cat >$R/run/svmhost-stage2.sh <<'STAGE2'
 { ip link add tsibox0 type dummy && ip addr add 10.200.0.2/24 dev tsibox0 \
   && ip link set tsibox0 up && ip route add default via 10.200.0.1 dev tsibox0; } \
   || echo "svm-host(init): no dummy interface (passt will not start)"
+# A heartbeat on the console: the caller's --stall watchdog tells a host that froze
+# (seen under TCG: no output at all, not even tap's own timeout) from a slow one.
+( while sleep 10; do echo "SVMHOST-ALIVE $(cut -d' ' -f1 /proc/uptime)"; done ) &
 echo "SVMHOST-START $(cut -d' ' -f1 /proc/uptime)"
 /bin/sh /run/svmhost/cmd.sh </dev/null >/dev/virtio-ports/svmhost.stdout 2>/dev/virtio-ports/svmhost.stderr
 rc=$?
@@ -393,6 +399,14 @@ else
   "$QEMU" "${QARGS[@]}" </dev/null 2>"$RUN/qemu.err" & QPID=$!
 fi
 [ "$BROKEN" = 0 ] || kill "$QPID" 2>/dev/null
+if [ -n "$STALL" ]; then
+  # Polls the console's age; the QEMU PID is this subshell's $QPID copy.
+  ( while kill -0 "$QPID" 2>/dev/null; do
+      sleep 5
+      age=$(( $(date +%s) - $(stat -c %Y "$RUN/console.log") ))
+      if [ "$age" -gt "$STALL" ]; then : >"$RUN/stalled"; kill "$QPID" 2>/dev/null; break; fi
+    done ) & PIDS+=($!)
+fi
 qrc=0; wait "$QPID" || qrc=$?
 while kill -0 "$QPID" 2>/dev/null; do qrc=0; wait "$QPID" || qrc=$?; done  # woken by USR1
 QPID=""
@@ -414,13 +428,18 @@ if [ "$BROKEN" = 1 ]; then exit 141; fi
 if [ -s "$RUN/status" ]; then
   exit "$(cat "$RUN/status")"
 fi
+if [ -e "$RUN/stalled" ]; then
+  log "the nested host stalled: its console was silent for over ${STALL}s; console (last 20 lines):"
+  grep -v '^SVMHOST-ALIVE' "$RUN/console.log" | tail -n 20 | sed 's/^/svm-host: | /' >&2
+  exit 124
+fi
 if [ -n "$TIMEOUT" ] && { [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; }; then
   log "timed out after ${TIMEOUT}s; console (last 20 lines):"
-  tail -n 20 "$RUN/console.log" | sed 's/^/svm-host: | /' >&2
+  grep -v '^SVMHOST-ALIVE' "$RUN/console.log" | tail -n 20 | sed 's/^/svm-host: | /' >&2
   exit 124
 fi
 log "the nested host stopped without a status (qemu exit $qrc)"
 [ -s "$RUN/qemu.err" ] && sed 's/^/svm-host: qemu: /' "$RUN/qemu.err" >&2
 log "console (last 40 lines):"
-tail -n 40 "$RUN/console.log" | sed 's/^/svm-host: | /' >&2
+grep -v '^SVMHOST-ALIVE' "$RUN/console.log" | tail -n 40 | sed 's/^/svm-host: | /' >&2
 exit 125
