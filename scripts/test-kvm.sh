@@ -43,8 +43,9 @@ exec node node_modules/.bin/tap --disable-coverage --timeout "$TAP_TIMEOUT" "$@"
 
 # One boot per test file, each bounded: a nested host that freezes (seen about once per
 # run under TCG, in different files: no output at all, not even its kernel's; cause
-# unknown) is killed after 90 s of console silence, not after the whole file's time. Such a file, or one where tap had to end a hung test, is tried once more and
-# says so loudly; failed assertions are not retried.
+# unknown) is killed after 90 s of console silence, not after the whole file's time.
+# Such a file, or one where tap had to end a hung test, is tried once more and says so
+# loudly; failed assertions are not retried.
 PER_FILE_TIMEOUT="${TSIBOX_KVM_TIMEOUT:-600}"
 # tap ends a test file a while before the host is killed, so that a hang inside a test
 # prints which test it was and what had passed, instead of nothing.
