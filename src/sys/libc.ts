@@ -10,6 +10,12 @@ export const MAP_SHARED = 0x01;
 export const MAP_PRIVATE = 0x02;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
+/** madvise(2) advice: drop private anonymous pages (they read back as zeros). */
+export const MADV_DONTNEED = 4;
+/** madvise(2) advice: punch a hole in a shared mapping's file (tmpfs/memfd), as fallocate(PUNCH_HOLE|KEEP_SIZE). */
+export const MADV_REMOVE = 9;
+export const EINVAL = 22;
+export const EACCES = 13;
 export const O_RDWR = 2;
 export const O_CLOEXEC = 0o2000000;
 export const EFD_CLOEXEC = 0o2000000;

@@ -2,7 +2,11 @@
 // Every access a device makes goes through the checked accessors below, so a guest
 // value can never make the VMM read or write outside guest RAM.
 import { TsiboxError } from '../errors.js';
-import { sys, view, syscallError, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE } from '../sys/libc.js';
+import {
+  sys, view, syscallError, closeFd, errno, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE,
+  EACCES, EINVAL, MADV_DONTNEED, MADV_REMOVE,
+} from '../sys/libc.js';
+import { memfdCreate, mmapShared } from '../sys/socket.js';
 
 /** Start of the MMIO hole below 4 GiB: device windows, IOAPIC, LAPIC. */
 export const MMIO_GAP_START = 0xd000_0000;
@@ -14,6 +18,17 @@ export interface MemoryRegion {
   readonly size: number;
   /** Host virtual address of the region's first byte (for KVM_SET_USER_MEMORY_REGION). */
   readonly hostAddress: bigint;
+}
+
+/**
+ * The file behind shareable guest RAM (GuestMemory.shared): what a vhost-user front
+ * end passes in SET_MEM_TABLE so a back-end process can map the same pages.
+ */
+export interface SharedBacking {
+  /** A memfd, sealed against shrinking and growing (F_SEAL_SHRINK|GROW|SEAL). Owned by the GuestMemory: closed by close(). */
+  readonly fd: number;
+  /** File offset (bytes) of each region's first byte, in `GuestMemory.regions` order. */
+  readonly fileOffsets: readonly number[];
 }
 
 interface MappedRegion extends MemoryRegion {
@@ -35,14 +50,21 @@ export class GuestMemory {
   #release: (() => void) | null;
   // Fast path: most accesses hit the first region.
   #r0: MappedRegion;
+  #backing: SharedBacking | null;
 
-  private constructor(regions: MappedRegion[], release: (() => void) | null) {
+  private constructor(regions: MappedRegion[], release: (() => void) | null, backing: SharedBacking | null = null) {
     if (regions.length === 0) throw new TsiboxError('INVALID_ARGUMENT', 'guest memory needs at least one region');
     this.#regions = regions;
     this.#r0 = regions[0]!;
     this.regions = regions.map(({ guestAddress, size, hostAddress }) => ({ guestAddress, size, hostAddress }));
     this.size = regions.reduce((n, r) => n + r.size, 0);
     this.#release = release;
+    this.#backing = backing;
+  }
+
+  /** The memfd behind this RAM when it was made by shared(); null for anonymous RAM or after close(). */
+  get backing(): SharedBacking | null {
+    return this.#backing;
   }
 
   /**
@@ -65,6 +87,40 @@ export class GuestMemory {
       return region;
     });
     return new GuestMemory(regions, () => { sys.munmap(base, size); });
+  }
+
+  /**
+   * Like anonymous(), but the RAM is one memfd mapped MAP_SHARED, so another process
+   * (a vhost-user back end) can map the same pages from the fd in `backing`. The memfd
+   * is sealed against shrinking and growing: a back end that maps it cannot be made to
+   * fault (SIGBUS) by a truncate, and our own back end (vhost-user/memory.ts) refuses
+   * memory without F_SEAL_SHRINK. Same layout as anonymous() (split around the MMIO
+   * hole). Throws INVALID_ARGUMENT on a bad size, SYSCALL when memfd_create/mmap fail.
+   */
+  static shared(size: number, name = 'tsibox-guest-ram'): GuestMemory {
+    if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE !== 0) {
+      throw new TsiboxError('INVALID_ARGUMENT', `guest memory size must be a positive multiple of ${PAGE}, got ${size}`);
+    }
+    const fd = memfdCreate(name, size, { sealed: true });
+    let base: bigint;
+    try {
+      base = mmapShared(fd, size);
+    } catch (err) {
+      closeFd(fd);
+      throw err;
+    }
+    const layout: Array<[number, number]> = size <= MMIO_GAP_START
+      ? [[0, size]]
+      : [[0, MMIO_GAP_START], [MMIO_GAP_END, size - MMIO_GAP_START]];
+    let offset = 0;
+    const fileOffsets: number[] = [];
+    const regions = layout.map(([gpa, len]) => {
+      const region = GuestMemory.#map(gpa, base + BigInt(offset), new Uint8Array(view(base + BigInt(offset), len)));
+      fileOffsets.push(offset);
+      offset += len;
+      return region;
+    });
+    return new GuestMemory(regions, () => { sys.munmap(base, size); closeFd(fd); }, { fd, fileOffsets });
   }
 
   /**
@@ -99,6 +155,7 @@ export class GuestMemory {
   close(): void {
     const release = this.#release;
     this.#release = null;
+    this.#backing = null;
     this.#regions = [];
     this.#r0 = CLOSED_REGION;
     if (release) release();
@@ -215,6 +272,40 @@ export class GuestMemory {
   writeU64(addr: number, value: bigint): void {
     const r = this.#region(addr, 8);
     r.data.setBigUint64(addr - r.guestAddress, value, true);
+  }
+
+  // MADV_REMOVE until the kernel says the mapping is not shared (EINVAL/EACCES), then MADV_DONTNEED.
+  #discardAdvice = MADV_REMOVE;
+
+  /**
+   * Gives the host pages behind guest RAM [addr, addr+len) back to the host kernel, for
+   * the virtio balloon (virtio 1.2 §5.5.6: inflated and reported pages). Afterwards the
+   * guest reads zeros there and the pages cost no host memory until touched again.
+   * Shared (memfd) RAM: MADV_REMOVE, which punches a hole in the file like
+   * fallocate(PUNCH_HOLE|KEEP_SIZE), so every process mapping it sees the zeros.
+   * Private anonymous RAM: MADV_DONTNEED. Regions wrapped without a host address
+   * (fromRegions test buffers) are zero-filled. `addr` and `len` must be multiples of
+   * 4096 (else INVALID_ARGUMENT) and the range inside one region (else
+   * GUEST_MEMORY_RANGE); a failing madvise throws SYSCALL.
+   */
+  discard(addr: number, len: number): void {
+    if (addr % PAGE !== 0 || len % PAGE !== 0) {
+      throw new TsiboxError('INVALID_ARGUMENT', `discard of 0x${addr.toString(16)}+${len} is not page-aligned`);
+    }
+    const r = this.#region(addr, len);
+    const off = addr - r.guestAddress;
+    if (r.hostAddress === 0n) {
+      r.bytes.fill(0, off, off + len);
+      return;
+    }
+    const host = r.hostAddress + BigInt(off);
+    if (this.#discardAdvice === MADV_REMOVE) {
+      if (sys.madvise(host, len, MADV_REMOVE) === 0) return;
+      const e = errno();
+      if (e !== EINVAL && e !== EACCES) throw syscallError(`madvise(MADV_REMOVE) of guest 0x${addr.toString(16)}+${len}`, e);
+      this.#discardAdvice = MADV_DONTNEED;
+    }
+    if (sys.madvise(host, len, MADV_DONTNEED) !== 0) throw syscallError(`madvise(MADV_DONTNEED) of guest 0x${addr.toString(16)}+${len}`);
   }
 }
 

@@ -93,11 +93,17 @@ export interface Message {
  * descriptor it still holds so the caller can close them.
  */
 export class MessageReader {
+  /** 'requests' (a back end's reader, the default) or 'replies' (a front end's). */
+  readonly accepts: 'requests' | 'replies';
   #buf: Buffer = Buffer.alloc(0);
   /** Stream offset of #buf[0]. */
   #base = 0;
   #pending: Array<{ offset: number; fd: number }> = [];
   #failed: string | null = null;
+
+  constructor(opts: { accepts?: 'requests' | 'replies' } = {}) {
+    this.accepts = opts.accepts ?? 'requests';
+  }
 
   feed(bytes: Uint8Array, fds: readonly number[] = []): Message[] {
     if (this.#failed !== null) throw new ProtocolError(`reader already failed: ${this.#failed}`);
@@ -114,7 +120,8 @@ export class MessageReader {
         if ((flags & FLAG_VERSION_MASK) !== VHOST_USER_VERSION) {
           throw new ProtocolError(`${requestName(request)}: unsupported version in flags 0x${flags.toString(16)}`);
         }
-        if ((flags & FLAG_REPLY) !== 0) throw new ProtocolError(`${requestName(request)}: a reply sent to the backend`);
+        if (this.accepts === 'requests' && (flags & FLAG_REPLY) !== 0) throw new ProtocolError(`${requestName(request)}: a reply sent to the backend`);
+        if (this.accepts === 'replies' && (flags & FLAG_REPLY) === 0) throw new ProtocolError(`${requestName(request)}: the back end sent a request on the main channel (flags 0x${flags.toString(16)})`);
         if (size > MAX_PAYLOAD) throw new ProtocolError(`${requestName(request)}: payload size ${size} exceeds ${MAX_PAYLOAD}`);
         const total = HEADER_SIZE + size;
         if (this.#buf.length < total) break;
@@ -232,6 +239,17 @@ export function decodeVringAddr(m: Message): VringAddr {
     avail: p.readBigUInt64LE(24),
     log: p.readBigUInt64LE(32),
   };
+}
+
+export function encodeVringAddr(a: VringAddr): Buffer {
+  const b = Buffer.alloc(40);
+  b.writeUInt32LE(a.index >>> 0, 0);
+  b.writeUInt32LE(a.flags >>> 0, 4);
+  b.writeBigUInt64LE(a.desc, 8);
+  b.writeBigUInt64LE(a.used, 16);
+  b.writeBigUInt64LE(a.avail, 24);
+  b.writeBigUInt64LE(a.log, 32);
+  return b;
 }
 
 export interface MemRegionDesc {
