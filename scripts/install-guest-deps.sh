@@ -9,7 +9,8 @@ die() { printf 'guest deps: error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=lib/debian.sh
 . "$HERE/scripts/lib/debian.sh"
 # tmux: test/e2e/tty.test.ts drives `tsibox run -t` through a real terminal with it.
-PACKAGES=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils busybox-static qemu-system-x86 passt iproute2 tmux)
+# debootstrap: scripts/build-test-root.sh makes the Debian test root (python3, curl, iperf3) with it.
+PACKAGES=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils busybox-static qemu-system-x86 passt iproute2 tmux debootstrap)
 # --check: exit 1 (naming them) when any is missing; installs nothing, needs no root.
 if [ "${1:-}" = --check ]; then
   missing=()
