@@ -4,7 +4,7 @@
 export {
   Sandbox, type SandboxOptions, type SandboxResult, type SandboxEvents, type VsockPort, type TsiNetwork, type PasstNetwork,
   type GvproxyNetwork, type EngineChoice, type EngineName, type ConnectionEvent, type PublishSpec, type PublishedPort,
-  type PublishOptions, type SandboxPorts, type TsiLimitOptions, type TerminalSize,
+  type PublishOptions, type SandboxPorts, type TsiLimitOptions, type TerminalSize, type DirectoryMount,
 } from './sandbox.js';
 export type { FinishedConnection, ConnectionRecord } from '../proxies/log.js';
 export type { FlowRecord } from './net/frame-flows.js';

@@ -22,6 +22,8 @@ import { Policy } from './policy/index.js';
 import { PortMap } from './portmap/index.js';
 import { SandboxPorts } from './sandbox-ports.js';
 import { AgentClient, type ExecHandle, type ExecOptions } from './agent/index.js';
+import { checkDirectoryShares, type DirectoryMount } from './engine/directory-share-options.js';
+import { startVirtiofsShares, type VirtiofsShares } from './engine/virtiofsd.js';
 
 export type { EngineChoice, EngineName } from './engine/select.js';
 export type { PasstNetwork } from './engine/network-passt.js';
@@ -32,6 +34,7 @@ export type { ConnectionEvent } from './engine/network.js';
 export type { PublishSpec, PublishedPort, PublishOptions, SandboxPorts } from './sandbox-ports.js';
 export type { ExecHandle, ExecOptions, ExecExit } from './agent/index.js';
 export type { TerminalSize } from './guest/index.js';
+export type { DirectoryMount } from './engine/directory-share-options.js';
 
 export interface SandboxOptions {
   /** The program and its arguments (argv[0] is looked up in PATH when it has no '/'). */
@@ -103,6 +106,31 @@ export interface SandboxOptions {
    * sandbox runs, the VM is stopped and run() rejects with NETWORK_ERROR.
    */
   network?: TsiNetwork | PasstNetwork | GvproxyNetwork;
+  /**
+   * The guest's root is this host directory (absolute path), shared over virtio-fs by a
+   * virtiofsd that tsibox starts and stops with the sandbox (QEMU engine only for now;
+   * needs root on the host). init still comes from the initramfs: it mounts the share,
+   * puts /proc, /sys, /dev, /dev/pts, /tmp and /run (tmpfs) and, with a network's DNS,
+   * /etc/resolv.conf (a bind mount, the host file is not written) inside it, and
+   * switches root before the workload and the exec agent start (docs/directory-root.md).
+   * Writes in the guest reach the host directory. INVALID_ARGUMENT for a relative,
+   * missing or non-directory path; NOT_SUPPORTED under the KVM engine or without root;
+   * ENGINE_UNAVAILABLE without virtiofsd; a virtiofsd that dies mid-run stops the
+   * sandbox with DEVICE_ERROR.
+   */
+  root?: string;
+  /**
+   * Mount `root` read-only in the guest: writes fail with EROFS. (Debian 12's virtiofsd
+   * has no read-only mode; the guest's read-only mount enforces it.) Needs `root`.
+   */
+  rootReadOnly?: boolean;
+  /**
+   * More host directories (absolute paths) at `guestPath` (absolute) in the guest, each
+   * through its own virtiofsd, read-only in the guest with `readOnly`. A missing mount
+   * point is created, except on a read-only root, where it is the workload's failure
+   * (exit status 125, the reason on stderr). At most 8. QEMU engine only for now.
+   */
+  mounts?: DirectoryMount[];
 }
 
 /**
@@ -419,6 +447,14 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const guestLog = new RateLimitedLog(log);
     const vsockPorts = opts.vsockPorts ?? [];
     checkVsockPorts(vsockPorts);
+    const shares = checkDirectoryShares(opts);
+    if (shares !== null) {
+      if (decision.engine === 'kvm') {
+        throw new TsiboxError('NOT_SUPPORTED', "root and mounts need engine 'qemu' for now: the KVM engine has no vhost-user front end for virtiofsd yet");
+      }
+      if (shares.root !== null) init.root = { tag: shares.root.tag, readOnly: shares.root.readOnly };
+      if (shares.mounts.length > 0) init.mounts = shares.mounts.map((m) => ({ tag: m.tag, path: m.guestPath, readOnly: m.readOnly }));
+    }
 
     const given = opts.network;
     if (given !== undefined && given.mode !== 'passt' && given.mode !== 'gvproxy') checkTsiNetwork(given);
@@ -448,6 +484,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const vsock = new VsockDevice({ guestCid: 3, queueSize: QEMU_RING_SIZE });
     const bridges: VsockBridge[] = [];
     let net: NetworkSetup | undefined;
+    let fs: VirtiofsShares | undefined;
     const abort = this.#abort;
     const onUserAbort = (): void => { abort.abort(opts.signal?.reason); };
     const onConnection = (ev: ConnectionEvent): void => { this.emit('connection', ev); };
@@ -456,6 +493,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       this.#agent?.close();
       opts.signal?.removeEventListener('abort', onUserAbort);
       await net?.close();
+      await fs?.close();
       await Promise.all(bridges.map((b) => b.close()));
       guestLog.flush();
     };
@@ -470,6 +508,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         if (net.guest !== undefined) init.net = net.guest;
         void net.failed?.then((err) => {
           log.warn({ event: 'net.failed', code: err.code }, err.message);
+          abort.abort(err);
+        });
+      }
+      if (shares !== null) {
+        fs = startVirtiofsShares(shares, log);
+        void fs.failed.then((err) => {
+          log.warn({ event: 'virtiofs.failed', code: err.code }, err.message);
           abort.abort(err);
         });
       }
@@ -488,6 +533,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
           ...common, accel, abort: abort.signal, devices: [...defaultQemuDevices(vsock), ...(net?.qemuDevices ?? [])],
           ...(net?.kernelArgs ? { kernelArgs: net.kernelArgs } : {}),
           ...(opts.onQemuStart ? { onStart: opts.onQemuStart } : {}),
+          ...(fs ? { extraArgs: fs.qemuArgs } : {}),
         });
       }
     } catch (err) {

@@ -51,6 +51,7 @@
 #include "agent.h"
 #include "dhcp.h"
 #include "init.h"
+#include "root.h"
 #include "tty.h"
 
 #define CMDLINE_FILE "/.tsibox/cmdline"
@@ -499,6 +500,33 @@ fail:
 	return -1;
 }
 
+/* tsibox.root=TAG,ro|rw and tsibox.mount=TAG,ro|rw,PATH (one token per mount; root.c). */
+static int share_token(const char *k, const char *val)
+{
+	struct strv l = { 0 };
+	int is_root = !strcmp(k, "root");
+	if (decode_list(val, k, &l)) return -1;
+	if (l.n != (is_root ? 2u : 3u) || !*l.v[0] || (strcmp(l.v[1], "ro") && strcmp(l.v[1], "rw"))
+	    || (!is_root && l.v[2][0] != '/')) {
+		err(is_root ? "tsibox.root: want TAG,ro|rw, got \"%s\"" : "tsibox.mount: want TAG,ro|rw,/PATH, got \"%s\"", val);
+		for (size_t i = 0; i < l.n; i++) free(l.v[i]);
+		free(l.v);
+		return -1;
+	}
+	int ro = !strcmp(l.v[1], "ro");
+	free(l.v[1]);
+	if (is_root) {
+		free(rootcfg.tag);
+		rootcfg.tag = l.v[0];
+		rootcfg.ro = ro;
+	} else {
+		rootcfg.mounts = xrealloc(rootcfg.mounts, (rootcfg.nmounts + 1) * sizeof *rootcfg.mounts);
+		rootcfg.mounts[rootcfg.nmounts++] = (struct share_mount){ l.v[0], l.v[2], ro };
+	}
+	free(l.v);
+	return 0;
+}
+
 /* One `tsibox.KEY=VALUE` token (without the "tsibox." prefix). */
 static int apply_token(const char *key, size_t klen, const char *val)
 {
@@ -523,6 +551,7 @@ static int apply_token(const char *key, size_t klen, const char *val)
 		return 0;
 	}
 	if (!strcmp(k, "ports")) return decode_list(val, k, &cfg.ports);
+	if (!strcmp(k, "root") || !strcmp(k, "mount")) return share_token(k, val);
 	if (!strcmp(k, "net")) return net_parse(val);
 	if (!strcmp(k, "rlimit")) {
 		struct strv l = { 0 };
@@ -689,8 +718,11 @@ static int setup_mounts(void)
 	const unsigned long nse = MS_NOSUID | MS_NODEV | MS_NOEXEC;
 	if (do_mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755", 1)) return -1;
 	/* From here on /dev/console exists even if the initramfs has no /dev/console. */
-	int c = open("/dev/console", O_RDWR | O_NOCTTY | O_CLOEXEC);
-	if (c >= 0) log_fd = c;
+	/* (Again inside a virtio-fs root, where messages go elsewhere for a while: root_setup.) */
+	if (log_fd == 2) {
+		int c = open("/dev/console", O_RDWR | O_NOCTTY | O_CLOEXEC);
+		if (c >= 0) log_fd = c;
+	}
 	if (do_mount("proc", "/proc", "proc", nse, NULL, 1)) return -1;
 	if (do_mount("sysfs", "/sys", "sysfs", nse, NULL, 1)) return -1;
 	do_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666", 0);
@@ -782,6 +814,35 @@ static int find_ports(void)
 	for (int i = 0; i < P_COUNT; i++)
 		dbg("port %s: %s", port_names[i], port_dev[i] ? port_dev[i] : "(console)");
 	return 0;
+}
+
+/* ---------- a virtio-fs root and mounts (root.c) ---------- */
+
+/*
+ * Switch to the virtio-fs root (with /proc, /sys, /dev, /tmp, /run and resolv.conf
+ * inside it) and mount the mounts. Messages go to the workload's stderr meanwhile: a
+ * bad root or mount point is the user's to fix, not only the console's.
+ */
+static int root_setup(void)
+{
+	int console = log_fd, rc = -1;
+	int errfd = port_dev[P_STDERR] ? open(port_dev[P_STDERR], O_WRONLY | O_NOCTTY | O_CLOEXEC) : -1;
+	if (errfd >= 0) log_fd = errfd;
+	if (rootcfg.tag) {
+		/* What net_setup wrote on the initramfs, shown inside the new root. */
+		int resolv = open("/etc/resolv.conf", O_RDONLY | O_CLOEXEC);
+		if (root_enter() || setup_mounts()) {
+			if (resolv >= 0) close(resolv);
+			goto out;
+		}
+		root_resolv(resolv);
+		dbg("switched to the virtio-fs root %s (%s)", rootcfg.tag, rootcfg.ro ? "read-only" : "read-write");
+	}
+	rc = root_mounts();
+out:
+	if (errfd >= 0) close(errfd);
+	log_fd = console;
+	return rc;
 }
 
 /* ---------- running the workload ---------- */
@@ -1142,6 +1203,12 @@ static int parse_mode(const char *cmdline)
 	net_print();
 	if (!cfg.agent) printf("agent 0\n");
 	if (cfg.tty) printf("tty %u %u\n", cfg.tty_cols, cfg.tty_rows);
+	if (rootcfg.tag) { put_hex("root", rootcfg.tag); printf("root_ro %d\n", rootcfg.ro); }
+	for (size_t i = 0; i < rootcfg.nmounts; i++) {
+		put_hex("mount", rootcfg.mounts[i].tag);
+		put_hex("mount_path", rootcfg.mounts[i].path);
+		printf("mount_ro %d\n", rootcfg.mounts[i].ro);
+	}
 	return 0;
 }
 
@@ -1179,6 +1246,8 @@ int main(int argc, char **argv)
 	if (setup_loopback()) finish(ST_SETUP);
 	if (net_setup()) finish(ST_SETUP);
 	if (find_ports()) finish(ST_SETUP);
+	/* After the ports (its errors go to stderr), before anything the workload sees. */
+	if ((rootcfg.tag || rootcfg.nmounts) && root_setup()) finish(ST_SETUP);
 	/* Before the agent, which sets the terminal's window size (WINSIZE). */
 	if (cfg.tty && (tty_master = tty_open_master(cfg.tty_cols, cfg.tty_rows)) < 0) finish(ST_SETUP);
 	/* Before the workload: once it runs, the host can already exec beside it. */

@@ -80,6 +80,8 @@ export interface QemuRunOptions {
   plain?: boolean;
   /** Ends the VM at once when aborted; runQemu then throws the signal's reason (e.g. NETWORK_ERROR). */
   abort?: AbortSignal;
+  /** More QEMU options, as they are (e.g. virtiofsd's `-chardev socket,path=` + `-device vhost-user-fs-device`). */
+  extraArgs?: readonly string[];
 }
 
 export interface QemuRunResult {
@@ -213,6 +215,7 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
       args.push('-initrd', `/dev/fd/${passFd(fd)}`);
     }
     args.push('-append', cmdline);
+    if (!plain) args.push(...(opts.extraArgs ?? []));
 
     const wrapper = parentDeathWrapper();
     if (wrapper === null) log.warn('setpriv --pdeathsig is not available: QEMU will not be killed if this process is SIGKILLed');

@@ -78,6 +78,14 @@ export interface InitConfig {
    * no answer within 10 s is an init failure, exit 125).
    */
   net?: GuestNetConfig | 'dhcp';
+  /**
+   * Switch to a virtio-fs root (`tsibox.root=TAG,ro|rw`): init mounts the tag, sets up
+   * /proc, /sys, /dev, /tmp, /run and /etc/resolv.conf inside it and switches root
+   * before the agent and the workload start (docs/directory-root.md).
+   */
+  root?: { tag: string; readOnly?: boolean };
+  /** virtio-fs tags mounted at `path` (in the new root, if any): `tsibox.mount=TAG,ro|rw,PATH`, one token each. */
+  mounts?: Array<{ tag: string; path: Bytes; readOnly?: boolean }>;
 }
 
 /** A terminal's window size in character cells. */
@@ -216,6 +224,8 @@ export function initTokens(cfg: InitConfig): string[] {
   }
   if (cfg.net === 'dhcp') t.push('tsibox.net=dhcp');
   else if (cfg.net !== undefined) t.push(netToken(cfg.net));
+  if (cfg.root !== undefined) t.push(`tsibox.root=${encodeValue(cfg.root.tag)},${cfg.root.readOnly === true ? 'ro' : 'rw'}`);
+  for (const m of cfg.mounts ?? []) t.push(`tsibox.mount=${encodeValue(m.tag)},${m.readOnly === true ? 'ro' : 'rw'},${encodeValue(m.path)}`);
   return t;
 }
 

@@ -31,24 +31,7 @@ export class UnixListener {
 
   /** Binds and listens on `path` (which must not exist). */
   static listen(path: string): UnixListener {
-    const bytes = Buffer.from(path, 'utf8');
-    if (bytes.length >= SUN_PATH_MAX) throw new TsiboxError('INVALID_ARGUMENT', `unix socket path is longer than ${SUN_PATH_MAX - 1} bytes: ${path}`);
-    const fd = fn.socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) as number;
-    if (fd < 0) throw syscallError('socket(AF_UNIX)');
-    const addr = Buffer.alloc(2 + SUN_PATH_MAX);
-    addr.writeUInt16LE(AF_UNIX, 0);
-    bytes.copy(addr, 2);
-    if ((fn.bind(fd, addr, 2 + bytes.length + 1) as number) !== 0) {
-      const err = syscallError(`bind(${path})`);
-      closeFd(fd);
-      throw err;
-    }
-    if ((fn.listen(fd, 4) as number) !== 0) {
-      const err = syscallError('listen');
-      closeFd(fd);
-      throw err;
-    }
-    return new UnixListener(path, fd);
+    return new UnixListener(path, bindListen(path, SOCK_NONBLOCK));
   }
 
   /** The first connection's fd (blocking mode, close-on-exec); the caller owns it. */
@@ -80,4 +63,34 @@ export class UnixListener {
     closeFd(this.#fd);
     this.#fd = -1;
   }
+}
+
+/**
+ * A blocking listening socket on `path` (which must not exist), for handing to another
+ * process that accepts on it (virtiofsd --fd=N); the caller owns the fd. Blocking,
+ * because a child's accept() on an O_NONBLOCK socket fails at once with EAGAIN.
+ */
+export function listeningSocketFd(path: string): number {
+  return bindListen(path, 0);
+}
+
+function bindListen(path: string, extraFlags: number): number {
+  const bytes = Buffer.from(path, 'utf8');
+  if (bytes.length >= SUN_PATH_MAX) throw new TsiboxError('INVALID_ARGUMENT', `unix socket path is longer than ${SUN_PATH_MAX - 1} bytes: ${path}`);
+  const fd = fn.socket(AF_UNIX, SOCK_STREAM | extraFlags | SOCK_CLOEXEC, 0) as number;
+  if (fd < 0) throw syscallError('socket(AF_UNIX)');
+  const addr = Buffer.alloc(2 + SUN_PATH_MAX);
+  addr.writeUInt16LE(AF_UNIX, 0);
+  bytes.copy(addr, 2);
+  if ((fn.bind(fd, addr, 2 + bytes.length + 1) as number) !== 0) {
+    const err = syscallError(`bind(${path})`);
+    closeFd(fd);
+    throw err;
+  }
+  if ((fn.listen(fd, 4) as number) !== 0) {
+    const err = syscallError('listen');
+    closeFd(fd);
+    throw err;
+  }
+  return fd;
 }

@@ -1,0 +1,122 @@
+// One virtiofsd (Debian 12: /usr/lib/qemu/virtiofsd, the C one from qemu-system-common)
+// per shared host directory, each a vhost-user-fs back end QEMU reaches through a unix
+// socket, and the QEMU options that attach them.
+//
+// We make the listening socket ourselves (blocking, in a private 0700 directory) and
+// hand it to virtiofsd as `--fd=3`: it is listening before QEMU starts, so there is no
+// race and nothing to probe (a probe would take virtiofsd's only accept()).
+// virtiofsd runs `-o sandbox=namespace` (its own mount/pid/net namespaces, pivoted into
+// the directory), which needs root; it serves the directory read-write (this version
+// has no read-only option): read-only is enforced by a read-only mount in the guest.
+//
+// Lifetime (proxies/helper-process.ts): virtiofsd exits when QEMU's connection ends;
+// it runs under the keeper that stops it and removes the directory (socket included)
+// when our pipe ends, even after a SIGKILL of Node, and under pdeathsig.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { HelperProcess, startHelper } from '../../proxies/helper-process.js';
+import { TsiboxError } from '../errors.js';
+import { findExecutable } from '../sys/helper-programs.js';
+import { listeningSocketFd } from '../sys/unix-listen.js';
+import type { DirectoryShares } from './directory-share-options.js';
+
+export const VIRTIOFSD_BINARY = 'virtiofsd';
+/** Where Debian 12 (and Fedora) install it: outside PATH. */
+export const VIRTIOFSD_PATHS = ['/usr/lib/qemu/virtiofsd', '/usr/libexec/virtiofsd'];
+export const VIRTIOFSD_DEBIAN_PACKAGE = 'qemu-system-common';
+
+/** The virtiofsd binary: $TSIBOX_VIRTIOFSD, else `virtiofsd` in PATH, else VIRTIOFSD_PATHS; undefined when none. */
+export function findVirtiofsd(): string | undefined {
+  return findExecutable(VIRTIOFSD_BINARY, 'TSIBOX_VIRTIOFSD')
+    ?? (process.env['TSIBOX_VIRTIOFSD'] ? undefined : VIRTIOFSD_PATHS.find((p) => findExecutable(VIRTIOFSD_BINARY, '', p) !== undefined));
+}
+
+/** virtiofsd's argv after the binary for `source`, the socket being fd 3. */
+export function virtiofsdArgs(source: string): string[] {
+  // Its -o parser splits at ',' and takes '\' as an escape.
+  const escaped = source.replace(/[\\,]/g, (c) => `\\${c}`);
+  return ['--fd=3', '-o', `source=${escaped}`, '-o', 'cache=auto', '-o', 'sandbox=namespace', '-o', 'log_level=warn'];
+}
+
+/** The running virtiofsd processes of one sandbox. */
+export interface VirtiofsShares {
+  /** QEMU options: one `-chardev socket,path=` and `-device vhost-user-fs-device` per share. */
+  qemuArgs: string[];
+  /** The virtiofsd processes (their keepers' pids), for tests and supervisors. */
+  pids: number[];
+  /** Resolves with a DEVICE_ERROR when a virtiofsd ends while the VM runs (the sandbox then stops). */
+  failed: Promise<TsiboxError>;
+  /** Stops every virtiofsd and removes its directory (idempotent). */
+  close(): Promise<void>;
+}
+
+interface Share {
+  what: string;
+  hostPath: string;
+  tag: string;
+}
+
+/**
+ * Starts one virtiofsd per share. Throws ENGINE_UNAVAILABLE when virtiofsd is missing,
+ * NOT_SUPPORTED when not running as root (virtiofsd's namespace sandbox and serving
+ * files of every owner need it); nothing is left running then.
+ */
+export function startVirtiofsShares(shares: DirectoryShares, log: Logger): VirtiofsShares {
+  const bin = findVirtiofsd();
+  if (bin === undefined) {
+    throw new TsiboxError('ENGINE_UNAVAILABLE',
+      `virtiofsd was not found (${VIRTIOFSD_PATHS.join(', ')} or PATH; or set TSIBOX_VIRTIOFSD); root and mounts need it (Debian: apt-get install ${VIRTIOFSD_DEBIAN_PACKAGE})`);
+  }
+  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+    throw new TsiboxError('NOT_SUPPORTED',
+      'root and mounts need root: virtiofsd (Debian 12) sets up its namespace sandbox and serves files of every owner with root\'s capabilities; run tsibox as root');
+  }
+  const list: Share[] = [
+    ...(shares.root ? [{ what: `root ${shares.root.hostPath}`, hostPath: shares.root.hostPath, tag: shares.root.tag }] : []),
+    ...shares.mounts.map((m) => ({ what: `mount ${m.hostPath} → ${m.guestPath}`, hostPath: m.hostPath, tag: m.tag })),
+  ];
+  const helpers: Array<{ share: Share; helper: HelperProcess }> = [];
+  // microvm's virtio-mmio transports default to legacy (version 1), which virtiofsd's
+  // libvhost-user refuses ("virtio legacy devices aren't supported"): modern for all.
+  const qemuArgs: string[] = ['-global', 'virtio-mmio.force-legacy=false'];
+  let closing = false;
+  const close = async (): Promise<void> => {
+    closing = true;
+    await Promise.all(helpers.map((h) => h.helper.close()));
+  };
+  try {
+    list.forEach((share, i) => {
+      const dir = mkdtempSync(join(tmpdir(), 'tsibox-virtiofsd-'));
+      const sock = join(dir, 'vhost-user-fs.sock');
+      let fd: number;
+      try {
+        fd = listeningSocketFd(sock);
+      } catch (err) {
+        rmSync(dir, { recursive: true, force: true });
+        throw err;
+      }
+      const helper = startHelper({ name: 'virtiofsd', argv: [bin, ...virtiofsdArgs(share.hostPath)], passFds: [fd], privateDir: dir, logger: log });
+      helpers.push({ share, helper });
+      qemuArgs.push('-chardev', `socket,id=fs${i},path=${sock}`, '-device', `vhost-user-fs-device,chardev=fs${i},tag=${share.tag}`);
+      log.debug({ pid: helper.pid, tag: share.tag, source: share.hostPath }, 'virtiofsd started');
+    });
+  } catch (err) {
+    void close();
+    throw err;
+  }
+  // An exit before close() other than status 0 (the end of QEMU's connection) is a failure.
+  const failed = new Promise<TsiboxError>((resolve) => {
+    for (const { share, helper } of helpers) {
+      void helper.exited.then((ex) => {
+        if (closing || (ex.code === 0 && ex.signal === null)) return;
+        const err = helper.stderr.split('\n').slice(-5).join('\n');
+        resolve(new TsiboxError('DEVICE_ERROR',
+          `virtiofsd for the ${share.what} (pid ${helper.pid}) ${HelperProcess.describe(ex)} while the sandbox ran; the sandbox was stopped${err ? `; its last lines:\n${err}` : ''}`));
+      });
+    }
+  });
+  let closed: Promise<void> | null = null;
+  return { qemuArgs, pids: helpers.map((h) => h.helper.pid), failed, close: () => (closed ??= close()) };
+}
