@@ -131,6 +131,16 @@ export interface SandboxOptions {
    * (exit status 125, the reason on stderr). At most 8. QEMU engine only for now.
    */
   mounts?: DirectoryMount[];
+  /**
+   * A virtio-balloon device with free page reporting (virtio 1.2 §5.5.6.7; Linux
+   * CONFIG_PAGE_REPORTING): the guest tells the host which RAM it freed, in chunks of
+   * 2 MiB or more a few seconds after freeing, and the host gives those pages back to
+   * its kernel, so the sandbox's resident memory falls after a large allocation is freed
+   * (docs/balloon.md). Under the KVM engine it is our own device (MADV_DONTNEED on
+   * private RAM, MADV_REMOVE on shared RAM); under QEMU it is QEMU's
+   * virtio-balloon-device with free-page-reporting=on. Default true; false leaves it out.
+   */
+  balloon?: boolean;
 }
 
 /**
@@ -525,6 +535,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       if (decision.engine === 'kvm') {
         launch = runKvm({
           ...common, abort: abort.signal, devices: [vsock, ...(net?.devices ?? [])], ...(net?.kernelArgs ? { kernelArgs: net.kernelArgs } : {}),
+          balloon: opts.balloon !== false,
         });
       } else {
         const accel = await qemuAccel();
@@ -533,7 +544,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
           ...common, accel, abort: abort.signal, devices: [...defaultQemuDevices(vsock), ...(net?.qemuDevices ?? [])],
           ...(net?.kernelArgs ? { kernelArgs: net.kernelArgs } : {}),
           ...(opts.onQemuStart ? { onStart: opts.onQemuStart } : {}),
-          ...(fs ? { extraArgs: fs.qemuArgs } : {}),
+          extraArgs: [...(fs?.qemuArgs ?? []), ...(opts.balloon !== false ? QEMU_BALLOON_ARGS : [])],
         });
       }
     } catch (err) {
@@ -613,6 +624,9 @@ async function checkKvmUsable(explicit: boolean, log: Logger): Promise<void> {
 const QEMU_RING_SIZE = 1024;
 
 /** Our devices every QEMU sandbox gets, served over vhost-user (`vsock`: the sandbox's own). */
+/** QEMU's own balloon with free page reporting (hw/virtio/virtio-balloon.c); see SandboxOptions.balloon. */
+const QEMU_BALLOON_ARGS = ['-device', 'virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on'];
+
 export function defaultQemuDevices(vsock: VsockDevice = new VsockDevice({ guestCid: 3, queueSize: QEMU_RING_SIZE })): VhostUserDeviceSpec[] {
   return [
     // QEMU's vhost-user-rng uses 1024-entry rings.

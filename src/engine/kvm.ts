@@ -14,6 +14,7 @@ import { attachVirtioMmio, VIRTIO_GSI_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE
 import { Vm } from '../vmm/vm.js';
 import { ConsoleDevice } from '../virtio/console/index.js';
 import { RngDevice } from '../virtio/rng.js';
+import { BalloonDevice } from '../virtio/balloon/index.js';
 import type { VirtioDevice } from '../virtio/device.js';
 
 export const KVM_SANDBOX_CMDLINE = [
@@ -39,6 +40,8 @@ export interface KvmRunOptions {
   devices?: readonly VirtioDevice[];
   /** Stops the VM when aborted; runKvm then throws the signal's reason (e.g. NETWORK_ERROR). */
   abort?: AbortSignal;
+  /** Adds a virtio-balloon with free page reporting after rng (SandboxOptions.balloon). */
+  balloon?: boolean;
 }
 
 export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; console: string }> {
@@ -55,7 +58,8 @@ export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; c
   });
   try {
     const consoleDev = new ConsoleDevice();
-    const devices: VirtioDevice[] = [consoleDev, new RngDevice(), ...(opts.devices ?? [])];
+    const balloon = opts.balloon === true ? [new BalloonDevice({ memory: vm.memory })] : [];
+    const devices: VirtioDevice[] = [consoleDev, new RngDevice(), ...balloon, ...(opts.devices ?? [])];
     const mmio = devices.map((d, index) => {
       attachVirtioMmio(vm, d, { index });
       return `virtio_mmio.device=4K@0x${(VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_STRIDE).toString(16)}:${VIRTIO_GSI_BASE + index}`;
