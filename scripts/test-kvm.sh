@@ -41,41 +41,48 @@ rm -f "$w/package.json"; cp "$ROOT/package.json" "$w/package.json"
 cd "$w"
 exec node node_modules/.bin/tap --disable-coverage --timeout "$TAP_TIMEOUT" "$@"'
 
-# One boot per test file, each bounded: a nested host that freezes (seen about once per
-# run under TCG, in different files: no output at all, not even its kernel's; cause
-# unknown) is killed after 90 s of console silence, not after the whole file's time.
-# Such a file, or one where tap had to end a hung test, is tried once more and says so
-# loudly; failed assertions are not retried.
+# Files run in groups, one nested-host boot per group (TSIBOX_KVM_GROUP files, default
+# 3: a boot costs about 30 s). Each group is bounded: a nested host that freezes (seen
+# about once per run under TCG, in different files: no output at all, not even its
+# kernel's; cause unknown) is killed after 90 s of console silence. Such a group, or
+# one where tap had to end a hung test, is tried once more and says so loudly; failed
+# assertions are not retried.
 PER_FILE_TIMEOUT="${TSIBOX_KVM_TIMEOUT:-600}"
+GROUP="${TSIBOX_KVM_GROUP:-3}"
 # tap ends a test file a while before the host is killed, so that a hang inside a test
 # prints which test it was and what had passed, instead of nothing.
 TAP_TIMEOUT=$(( PER_FILE_TIMEOUT > 240 ? PER_FILE_TIMEOUT - 120 : PER_FILE_TIMEOUT * 3 / 4 ))
 EXTRA_ENV=()
 for kv in ${TSIBOX_KVM_ENV:-}; do EXTRA_ENV+=(--env "$kv"); done
-echo "test:kvm: ${#FILES[@]} test files under engine kvm, one nested-host boot each"
+echo "test:kvm: ${#FILES[@]} test files under engine kvm, up to $GROUP per nested-host boot"
 failed=()
 OUTLOG="$(mktemp)"
 trap 'rm -f "$OUTLOG"' EXIT
-for f in "${FILES[@]}"; do
+for ((i = 0; i < ${#FILES[@]}; i += GROUP)); do
+  group=("${FILES[@]:i:GROUP}")
   started=$SECONDS
   for attempt in 1 2; do
     set +e
-    bash scripts/svm-host.sh --timeout "$PER_FILE_TIMEOUT" --stall 90 --mem 3072 --cpus 2 \
-      --env TSIBOX_E2E_ENGINE=kvm --env ROOT="$ROOT" --env TAP_TIMEOUT="$TAP_TIMEOUT" "${EXTRA_ENV[@]}" -- sh -c "$INNER" sh "$f" \
+    bash scripts/svm-host.sh --timeout $(( PER_FILE_TIMEOUT * ${#group[@]} )) --stall 90 --mem 3072 --cpus 2 \
+      --env TSIBOX_E2E_ENGINE=kvm --env ROOT="$ROOT" --env TAP_TIMEOUT="$TAP_TIMEOUT" "${EXTRA_ENV[@]}" -- sh -c "$INNER" sh "${group[@]}" \
       | tee "$OUTLOG"
     rc=${PIPESTATUS[0]}
     set -e
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 125 ]; then
-      echo "test:kvm: $f: the nested host did not finish (exit $rc) on attempt $attempt" >&2
+      echo "test:kvm: ${group[*]}: the nested host did not finish (exit $rc) on attempt $attempt" >&2
       [ "$attempt" -eq 1 ] && continue
     elif [ "$rc" -ne 0 ] && grep -q 'timeout!' "$OUTLOG"; then
-      echo "test:kvm: $f: HUNG: tap ended a test after ${TAP_TIMEOUT} s on attempt $attempt (output above)" >&2
+      echo "test:kvm: ${group[*]}: HUNG: tap ended a test after ${TAP_TIMEOUT} s on attempt $attempt (output above)" >&2
       [ "$attempt" -eq 1 ] && continue
     fi
     break
   done
-  echo "test:kvm: $f: exit $rc after $((SECONDS - started)) s (boot included)"
-  [ "$rc" -eq 0 ] || failed+=("$f (exit $rc)")
+  # tap's summary names each file; say which failed.
+  for f in "${group[@]}"; do
+    if [ "$rc" -ne 0 ] && grep -q "^not ok [0-9]* - $f" "$OUTLOG"; then failed+=("$f"); fi
+  done
+  echo "test:kvm: ${group[*]}: exit $rc after $((SECONDS - started)) s (boot included)"
+  if [ "$rc" -ne 0 ] && ! grep -q "^not ok [0-9]* - " "$OUTLOG"; then failed+=("${group[*]} (exit $rc)"); fi
 done
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "test:kvm: failed: ${failed[*]}" >&2
