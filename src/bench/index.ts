@@ -7,6 +7,8 @@ import { memoryBench } from './memory.js';
 import { virtqueueBench } from './virtqueue.js';
 import { tsiConnectBench, tsiStreamBench } from './tsi.js';
 import { netConnectBench, netStreamBench } from './net.js';
+import { iperfBench } from './iperf.js';
+import { fsBench } from './fs.js';
 
 registerBench(exitsBench);
 registerBench(ioeventfdBench);
@@ -17,5 +19,7 @@ registerBench(tsiStreamBench);
 registerBench(tsiConnectBench);
 registerBench(netStreamBench);
 registerBench(netConnectBench);
+registerBench(iperfBench);
+registerBench(fsBench);
 
 export { findBench, listBenches, registerBench, type BenchDefinition, type BenchOptions, type BenchResult } from './registry.js';
