@@ -10,7 +10,9 @@ die() { printf 'guest deps: error: %s\n' "$*" >&2; exit 1; }
 . "$HERE/scripts/lib/debian.sh"
 # tmux: test/e2e/tty.test.ts drives `tsibox run -t` through a real terminal with it.
 # debootstrap: scripts/build-test-root.sh makes the Debian test root (python3, curl, iperf3) with it.
-PACKAGES=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils busybox-static qemu-system-x86 passt iproute2 tmux debootstrap)
+# iperf3: the host-side server and baseline client of `tsibox bench iperf`.
+# qemu-utils: test/e2e/disks.test.ts makes and reads qcow2 images with qemu-img (qemu-storage-daemon itself is in qemu-system-common).
+PACKAGES=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils busybox-static qemu-system-x86 passt iproute2 tmux debootstrap iperf3 qemu-utils)
 # --check: exit 1 (naming them) when any is missing; installs nothing, needs no root.
 if [ "${1:-}" = --check ]; then
   missing=()

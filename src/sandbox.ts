@@ -24,6 +24,8 @@ import { SandboxPorts } from './sandbox-ports.js';
 import { AgentClient, type ExecHandle, type ExecOptions } from './agent/index.js';
 import { checkDirectoryShares, type DirectoryMount } from './engine/directory-share-options.js';
 import { startVirtiofsShares, type VirtiofsShares } from './engine/virtiofsd.js';
+import { checkDisks, type DiskImage, type RootDiskImage } from './engine/disk-options.js';
+import { qemuDiskArgs, startDiskBackends, type DiskBackends } from './engine/disks.js';
 
 export type { EngineChoice, EngineName } from './engine/select.js';
 export type { PasstNetwork } from './engine/network-passt.js';
@@ -35,6 +37,7 @@ export type { PublishSpec, PublishedPort, PublishOptions, SandboxPorts } from '.
 export type { ExecHandle, ExecOptions, ExecExit } from './agent/index.js';
 export type { TerminalSize } from './guest/index.js';
 export type { DirectoryMount } from './engine/directory-share-options.js';
+export type { DiskFormat, DiskImage, RootDiskFsType, RootDiskImage } from './engine/disk-options.js';
 
 export interface SandboxOptions {
   /** The program and its arguments (argv[0] is looked up in PATH when it has no '/'). */
@@ -108,13 +111,14 @@ export interface SandboxOptions {
   network?: TsiNetwork | PasstNetwork | GvproxyNetwork;
   /**
    * The guest's root is this host directory (absolute path), shared over virtio-fs by a
-   * virtiofsd that tsibox starts and stops with the sandbox (QEMU engine only for now;
-   * needs root on the host). init still comes from the initramfs: it mounts the share,
+   * virtiofsd that tsibox starts and stops with the sandbox (either engine: QEMU's
+   * vhost-user-fs-device, or the KVM engine's own vhost-user front end; needs root on
+   * the host). init still comes from the initramfs: it mounts the share,
    * puts /proc, /sys, /dev, /dev/pts, /tmp and /run (tmpfs) and, with a network's DNS,
    * /etc/resolv.conf (a bind mount, the host file is not written) inside it, and
    * switches root before the workload and the exec agent start (docs/directory-root.md).
    * Writes in the guest reach the host directory. INVALID_ARGUMENT for a relative,
-   * missing or non-directory path; NOT_SUPPORTED under the KVM engine or without root;
+   * missing or non-directory path; NOT_SUPPORTED without root;
    * ENGINE_UNAVAILABLE without virtiofsd; a virtiofsd that dies mid-run stops the
    * sandbox with DEVICE_ERROR.
    */
@@ -128,9 +132,30 @@ export interface SandboxOptions {
    * More host directories (absolute paths) at `guestPath` (absolute) in the guest, each
    * through its own virtiofsd, read-only in the guest with `readOnly`. A missing mount
    * point is created, except on a read-only root, where it is the workload's failure
-   * (exit status 125, the reason on stderr). At most 8. QEMU engine only for now.
+   * (exit status 125, the reason on stderr). At most 8.
    */
   mounts?: DirectoryMount[];
+  /**
+   * Host image files the guest sees as virtio-blk disks, each served by a
+   * qemu-storage-daemon that tsibox starts and stops with the sandbox (vhost-user-blk;
+   * QEMU engine only for now). The guest names them /dev/vda, /dev/vdb, ... in this
+   * order, after `rootDisk` (docs/disks.md). `format` 'raw' or 'qcow2'; `readOnly`: the
+   * guest sees a read-only disk. The guest's flush (fsync, sync) reaches the image file
+   * (fdatasync) and its discard (fstrim, blkdiscard) frees space in it. At most 8 disks
+   * with `rootDisk`. INVALID_ARGUMENT for a relative, missing or non-file path, a bad
+   * format or a path given twice; ENGINE_UNAVAILABLE without qemu-storage-daemon;
+   * DEVICE_ERROR when it cannot open an image, or dies mid-run (the sandbox stops);
+   * NOT_SUPPORTED under the KVM engine.
+   */
+  disks?: DiskImage[];
+  /**
+   * The guest's root is the file system (`fsType`, default ext4; ext2/ext3 too) on this
+   * whole disk image (no partition table), attached as /dev/vda like a `disks` entry.
+   * init (from the initramfs) mounts it, read-only with `readOnly`, and sets it up as
+   * for `root` (/proc, /sys, /dev, /tmp, /run, resolv.conf) before the workload starts.
+   * Not with `root` (INVALID_ARGUMENT). Make one with `mkfs.ext4 -d DIR IMAGE SIZE`.
+   */
+  rootDisk?: RootDiskImage;
   /**
    * A virtio-balloon device with free page reporting (virtio 1.2 §5.5.6.7; Linux
    * CONFIG_PAGE_REPORTING): the guest tells the host which RAM it freed, in chunks of
@@ -459,11 +484,16 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     checkVsockPorts(vsockPorts);
     const shares = checkDirectoryShares(opts);
     if (shares !== null) {
-      if (decision.engine === 'kvm') {
-        throw new TsiboxError('NOT_SUPPORTED', "root and mounts need engine 'qemu' for now: the KVM engine has no vhost-user front end for virtiofsd yet");
-      }
       if (shares.root !== null) init.root = { tag: shares.root.tag, readOnly: shares.root.readOnly };
       if (shares.mounts.length > 0) init.mounts = shares.mounts.map((m) => ({ tag: m.tag, path: m.guestPath, readOnly: m.readOnly }));
+    }
+    const disks = checkDisks(opts);
+    if (disks !== null) {
+      if (decision.engine === 'kvm') {
+        throw new TsiboxError('NOT_SUPPORTED', "disks and rootDisk need engine 'qemu' for now: the KVM engine does not attach vhost-user-blk back ends yet");
+      }
+      if (disks.root !== null && shares !== null && shares.root !== null) throw new TsiboxError('INVALID_ARGUMENT', 'root and rootDisk exclude each other: the guest has one root');
+      if (disks.root !== null) init.rootDisk = { device: `/dev/${disks.root.guestDevice}`, fsType: disks.root.fsType, readOnly: disks.root.readOnly };
     }
 
     const given = opts.network;
@@ -495,6 +525,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const bridges: VsockBridge[] = [];
     let net: NetworkSetup | undefined;
     let fs: VirtiofsShares | undefined;
+    let blk: DiskBackends | undefined;
     const abort = this.#abort;
     const onUserAbort = (): void => { abort.abort(opts.signal?.reason); };
     const onConnection = (ev: ConnectionEvent): void => { this.emit('connection', ev); };
@@ -504,6 +535,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       opts.signal?.removeEventListener('abort', onUserAbort);
       await net?.close();
       await fs?.close();
+      await blk?.close();
       await Promise.all(bridges.map((b) => b.close()));
       guestLog.flush();
     };
@@ -528,6 +560,13 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
           abort.abort(err);
         });
       }
+      if (disks !== null) {
+        blk = await startDiskBackends(disks.disks, log);
+        void blk.failed.then((err) => {
+          log.warn({ event: 'disk.failed', code: err.code }, err.message);
+          abort.abort(err);
+        });
+      }
       const connLog = new ConnectionLog(guestLog, (rec) => { onConnection(Object.assign({ event: 'tsi.connection' as const }, rec)); });
       for (const p of vsockPorts) bridges.push(addVsockPort(vsock, p.port, p.path, p.direction === 'host-to-guest', connLog));
       await Promise.all(bridges.map((b) => b.ready));
@@ -536,6 +575,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         launch = runKvm({
           ...common, abort: abort.signal, devices: [vsock, ...(net?.devices ?? [])], ...(net?.kernelArgs ? { kernelArgs: net.kernelArgs } : {}),
           balloon: opts.balloon !== false,
+          ...(fs ? { vhostUserDevices: fs.kvmDevices } : {}),
         });
       } else {
         const accel = await qemuAccel();
@@ -544,7 +584,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
           ...common, accel, abort: abort.signal, devices: [...defaultQemuDevices(vsock), ...(net?.qemuDevices ?? [])],
           ...(net?.kernelArgs ? { kernelArgs: net.kernelArgs } : {}),
           ...(opts.onQemuStart ? { onStart: opts.onQemuStart } : {}),
-          extraArgs: [...(fs?.qemuArgs ?? []), ...(opts.balloon !== false ? QEMU_BALLOON_ARGS : [])],
+          extraArgs: [...(fs?.qemuArgs ?? []), ...(opts.balloon !== false ? QEMU_BALLOON_ARGS : []), ...(blk ? qemuDiskArgs(blk.backends) : [])],
+          ...(fs || blk ? { modernVirtio: true } : {}),
         });
       }
     } catch (err) {

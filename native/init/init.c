@@ -527,6 +527,28 @@ static int share_token(const char *k, const char *val)
 	return 0;
 }
 
+/* tsibox.rootdisk=/dev/DEV,FSTYPE,ro|rw: the root is a block device (root.c). */
+static int rootdisk_token(const char *val)
+{
+	struct strv l = { 0 };
+	if (decode_list(val, "rootdisk", &l)) return -1;
+	if (l.n != 3 || strncmp(l.v[0], "/dev/", 5) || !l.v[0][5] || !*l.v[1]
+	    || (strcmp(l.v[2], "ro") && strcmp(l.v[2], "rw"))) {
+		err("tsibox.rootdisk: want /dev/DEV,FSTYPE,ro|rw, got \"%s\"", val);
+		for (size_t i = 0; i < l.n; i++) free(l.v[i]);
+		free(l.v);
+		return -1;
+	}
+	free(rootcfg.tag);
+	free(rootcfg.fstype);
+	rootcfg.tag = l.v[0];
+	rootcfg.fstype = l.v[1];
+	rootcfg.ro = !strcmp(l.v[2], "ro");
+	free(l.v[2]);
+	free(l.v);
+	return 0;
+}
+
 /* One `tsibox.KEY=VALUE` token (without the "tsibox." prefix). */
 static int apply_token(const char *key, size_t klen, const char *val)
 {
@@ -552,6 +574,7 @@ static int apply_token(const char *key, size_t klen, const char *val)
 	}
 	if (!strcmp(k, "ports")) return decode_list(val, k, &cfg.ports);
 	if (!strcmp(k, "root") || !strcmp(k, "mount")) return share_token(k, val);
+	if (!strcmp(k, "rootdisk")) return rootdisk_token(val);
 	if (!strcmp(k, "net")) return net_parse(val);
 	if (!strcmp(k, "rlimit")) {
 		struct strv l = { 0 };
@@ -836,7 +859,7 @@ static int root_setup(void)
 			goto out;
 		}
 		root_resolv(resolv);
-		dbg("switched to the virtio-fs root %s (%s)", rootcfg.tag, rootcfg.ro ? "read-only" : "read-write");
+		dbg("switched to the root %s (%s, %s)", rootcfg.tag, rootcfg.fstype ? rootcfg.fstype : "virtiofs", rootcfg.ro ? "read-only" : "read-write");
 	}
 	rc = root_mounts();
 out:
@@ -1047,7 +1070,13 @@ static void sync_bounded(long ms)
 {
 	pid_t p = fork();
 	if (p < 0) { sync(); return; }
-	if (p == 0) { sync(); _exit(0); }
+	if (p == 0) {
+		sync();
+		/* A disk root left mounted read-write needs a journal replay to be mounted again,
+		 * which a read-only disk cannot do: remount it read-only (clean) while bounded. */
+		if (rootcfg.fstype && !rootcfg.ro) mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
+		_exit(0);
+	}
 	long deadline = now_ms() + ms;
 	for (;;) {
 		pid_t w = waitpid(p, NULL, WNOHANG);
@@ -1204,6 +1233,7 @@ static int parse_mode(const char *cmdline)
 	if (!cfg.agent) printf("agent 0\n");
 	if (cfg.tty) printf("tty %u %u\n", cfg.tty_cols, cfg.tty_rows);
 	if (rootcfg.tag) { put_hex("root", rootcfg.tag); printf("root_ro %d\n", rootcfg.ro); }
+	if (rootcfg.fstype) put_hex("root_fstype", rootcfg.fstype);
 	for (size_t i = 0; i < rootcfg.nmounts; i++) {
 		put_hex("mount", rootcfg.mounts[i].tag);
 		put_hex("mount_path", rootcfg.mounts[i].path);

@@ -42,13 +42,20 @@ int root_enter(void)
 		return -1;
 	}
 	unsigned long flags = rootcfg.ro ? MS_RDONLY : 0;
-	if (mount(rootcfg.tag, NEWROOT, "virtiofs", flags, NULL) < 0) {
-		rerr("mount virtio-fs tag %s as the root: %s", rootcfg.tag, strerror(errno));
+	const char *type = rootcfg.fstype ? rootcfg.fstype : "virtiofs";
+	/* A disk's node is there once virtio-blk probed it (at boot, built in): a short grace. */
+	for (int i = 0; rootcfg.fstype && access(rootcfg.tag, F_OK) < 0 && i < 50; i++)
+		usleep(20000);
+	if (mount(rootcfg.tag, NEWROOT, type, flags, NULL) < 0) {
+		if (rootcfg.fstype)
+			rerr("mount the root disk %s (%s) as the root: %s", rootcfg.tag, type, strerror(errno));
+		else
+			rerr("mount virtio-fs tag %s as the root: %s", rootcfg.tag, strerror(errno));
 		return -1;
 	}
 	/* switch_root: the new root replaces / (MS_MOVE; rootfs cannot be pivoted away). */
 	if (chdir(NEWROOT) < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0) {
-		rerr("switching to the virtio-fs root: %s", strerror(errno));
+		rerr("switching to the new root: %s", strerror(errno));
 		return -1;
 	}
 	return 0;

@@ -17,13 +17,14 @@ struct share_mount {
 struct root_config {
 	char *tag;    /* NULL: stay on the initramfs */
 	int ro;
+	char *fstype; /* NULL: tag is a virtio-fs tag; else tag is a block device (tsibox.rootdisk) */
 	struct share_mount *mounts;
 	size_t nmounts;
 };
 
 extern struct root_config rootcfg;
 
-/* Mount the root tag at /newroot (read-only when asked) and switch into it:
+/* Mount the root tag (or the root disk, waiting up to 1 s for its node) at /newroot (read-only when asked) and switch into it:
  * afterwards "/" is the virtio-fs root. 0, or -1 with the reason logged. */
 int root_enter(void);
 

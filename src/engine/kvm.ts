@@ -1,7 +1,8 @@
 // The in-process KVM engine for a whole sandbox: our Linux loader (with an MP table for
 // N vCPUs), our virtio-console (stdio and status ports), virtio-rng and the sandbox's
 // own devices (vsock with TSI, virtio-net) over virtio-mmio with ioeventfd
-// notifications and irqfd interrupts, i8042 reset to end the VM. It needs KVM that runs
+// notifications and irqfd interrupts, external vhost-user back ends (virtiofsd: guest
+// RAM then a shared memfd), i8042 reset to end the VM. It needs KVM that runs
 // guest ring 0 natively; Sandbox checks that before calling.
 import { readFileSync } from 'node:fs';
 import { Writable, type Readable } from 'node:stream';
@@ -16,6 +17,7 @@ import { ConsoleDevice } from '../virtio/console/index.js';
 import { RngDevice } from '../virtio/rng.js';
 import { BalloonDevice } from '../virtio/balloon/index.js';
 import type { VirtioDevice } from '../virtio/device.js';
+import { attachVhostUserMmio, type VhostUserMmioDevice } from './vhost-user/kvm-attach.js';
 
 export const KVM_SANDBOX_CMDLINE = [
   'console=ttyS0', 'reboot=k', 'panic=-1', 'nomodule', 'quiet',
@@ -42,7 +44,16 @@ export interface KvmRunOptions {
   abort?: AbortSignal;
   /** Adds a virtio-balloon with free page reporting after rng (SandboxOptions.balloon). */
   balloon?: boolean;
+  /**
+   * External vhost-user back ends (virtiofsd) as virtio-mmio devices after all others;
+   * guest RAM is then a shared memfd. A back end that fails mid-run stops the VM after
+   * DEVICE_ERROR_GRACE_MS (unless `abort` names a reason first) and runKvm throws its DEVICE_ERROR.
+   */
+  vhostUserDevices?: readonly VhostUserMmioDevice[];
 }
+
+/** A failed vhost-user back end stops the VM this long after: the supervisor's reason (its exit status) wins. */
+const DEVICE_ERROR_GRACE_MS = 1000;
 
 export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; console: string }> {
   let consoleText = '';
@@ -55,7 +66,10 @@ export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; c
   const vm = Vm.create({
     memoryMiB: opts.memoryMiB ?? 256, vcpus: opts.cpus ?? 1, serial, serialIrq: true,
     unhandledPio: 'ignore', unhandledMmio: 'ignore', logger: opts.logger,
+    sharedMemory: (opts.vhostUserDevices?.length ?? 0) > 0,
   });
+  let deviceError: TsiboxError | null = null;
+  let deviceErrorTimer: NodeJS.Timeout | null = null;
   try {
     const consoleDev = new ConsoleDevice();
     const balloon = opts.balloon === true ? [new BalloonDevice({ memory: vm.memory })] : [];
@@ -64,6 +78,16 @@ export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; c
       attachVirtioMmio(vm, d, { index });
       return `virtio_mmio.device=4K@0x${(VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_STRIDE).toString(16)}:${VIRTIO_GSI_BASE + index}`;
     });
+    for (const [i, dev] of (opts.vhostUserDevices ?? []).entries()) {
+      const { base, gsi } = await attachVhostUserMmio(vm, dev, {
+        index: devices.length + i, logger: opts.logger,
+        onError: (err) => {
+          deviceError ??= err;
+          deviceErrorTimer ??= setTimeout(() => { void vm.stop(); }, DEVICE_ERROR_GRACE_MS);
+        },
+      });
+      mmio.push(`virtio_mmio.device=4K@0x${base.toString(16)}:${gsi}`);
+    }
     const init: InitConfig = { ...opts.init, ports: [PORT_STDIN, PORT_STDOUT, PORT_STDERR, PORT_STATUS] };
     const boot = bootArguments([KVM_SANDBOX_CMDLINE, ...mmio, ...(opts.kernelArgs ?? [])].join(' '), init, opts.initrd, opts.extraArchives);
     const cmdline = boot.cmdline;
@@ -100,6 +124,7 @@ export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; c
     }
     unpipeStdin();
     if (opts.abort?.aborted === true) throw opts.abort.reason;
+    if (deviceError !== null && exit.reason === 'stopped' && !poweroffForced) throw deviceError;
     if (exit.reason === 'timeout') throw new TsiboxError('VM_TIMEOUT', `the sandbox did not finish within ${opts.timeoutMs} ms`);
     const code = consoleDev.exitStatus ?? parseStatusMarker(consoleText);
     if (code === undefined) {
@@ -107,6 +132,7 @@ export async function runKvm(opts: KvmRunOptions): Promise<{ exitCode: number; c
     }
     return { exitCode: code, console: consoleText };
   } finally {
+    if (deviceErrorTimer !== null) clearTimeout(deviceErrorTimer);
     await vm.close();
   }
 }

@@ -82,6 +82,12 @@ export interface QemuRunOptions {
   abort?: AbortSignal;
   /** More QEMU options, as they are (e.g. virtiofsd's `-chardev socket,path=` + `-device vhost-user-fs-device`). */
   extraArgs?: readonly string[];
+  /**
+   * Modern (virtio 1.x) virtio-mmio transports for every device: microvm's default is
+   * legacy, which libvhost-user back ends (virtiofsd, qemu-storage-daemon) refuse
+   * ("virtio legacy devices aren't supported"). Set when any such back end is attached.
+   */
+  modernVirtio?: boolean;
 }
 
 export interface QemuRunResult {
@@ -216,6 +222,7 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
     }
     args.push('-append', cmdline);
     if (!plain) args.push(...(opts.extraArgs ?? []));
+    if (opts.modernVirtio === true) args.push('-global', 'virtio-mmio.force-legacy=false');
 
     const wrapper = parentDeathWrapper();
     if (wrapper === null) log.warn('setpriv --pdeathsig is not available: QEMU will not be killed if this process is SIGKILLed');

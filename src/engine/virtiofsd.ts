@@ -1,6 +1,7 @@
 // One virtiofsd (Debian 12: /usr/lib/qemu/virtiofsd, the C one from qemu-system-common)
-// per shared host directory, each a vhost-user-fs back end QEMU reaches through a unix
-// socket, and the QEMU options that attach them.
+// per shared host directory, each a vhost-user-fs back end QEMU (or the KVM engine's
+// vhost-user front end) reaches through a unix socket, and what attaches them: QEMU
+// options, or device descriptions for the KVM engine.
 //
 // We make the listening socket ourselves (blocking, in a private 0700 directory) and
 // hand it to virtiofsd as `--fd=3`: it is listening before QEMU starts, so there is no
@@ -21,6 +22,8 @@ import { TsiboxError } from '../errors.js';
 import { findExecutable } from '../sys/helper-programs.js';
 import { listeningSocketFd } from '../sys/unix-listen.js';
 import type { DirectoryShares } from './directory-share-options.js';
+import { virtioFsKind } from './vhost-user/mmio-device-kinds.js';
+import type { VhostUserMmioDevice } from './vhost-user/kvm-attach.js';
 
 export const VIRTIOFSD_BINARY = 'virtiofsd';
 /** Where Debian 12 (and Fedora) install it: outside PATH. */
@@ -44,6 +47,8 @@ export function virtiofsdArgs(source: string): string[] {
 export interface VirtiofsShares {
   /** QEMU options: one `-chardev socket,path=` and `-device vhost-user-fs-device` per share. */
   qemuArgs: string[];
+  /** For the KVM engine (KvmRunOptions.vhostUserDevices): one virtio-fs device per share, same order. */
+  kvmDevices: VhostUserMmioDevice[];
   /** The virtiofsd processes (their keepers' pids), for tests and supervisors. */
   pids: number[];
   /** Resolves with a DEVICE_ERROR when a virtiofsd ends while the VM runs (the sandbox then stops). */
@@ -78,9 +83,10 @@ export function startVirtiofsShares(shares: DirectoryShares, log: Logger): Virti
     ...shares.mounts.map((m) => ({ what: `mount ${m.hostPath} → ${m.guestPath}`, hostPath: m.hostPath, tag: m.tag })),
   ];
   const helpers: Array<{ share: Share; helper: HelperProcess }> = [];
-  // microvm's virtio-mmio transports default to legacy (version 1), which virtiofsd's
-  // libvhost-user refuses ("virtio legacy devices aren't supported"): modern for all.
-  const qemuArgs: string[] = ['-global', 'virtio-mmio.force-legacy=false'];
+  // virtiofsd's libvhost-user refuses legacy virtio-mmio: the caller runs QEMU with
+  // modernVirtio (qemu.ts).
+  const qemuArgs: string[] = [];
+  const kvmDevices: VhostUserMmioDevice[] = [];
   let closing = false;
   const close = async (): Promise<void> => {
     closing = true;
@@ -100,6 +106,7 @@ export function startVirtiofsShares(shares: DirectoryShares, log: Logger): Virti
       const helper = startHelper({ name: 'virtiofsd', argv: [bin, ...virtiofsdArgs(share.hostPath)], passFds: [fd], privateDir: dir, logger: log });
       helpers.push({ share, helper });
       qemuArgs.push('-chardev', `socket,id=fs${i},path=${sock}`, '-device', `vhost-user-fs-device,chardev=fs${i},tag=${share.tag}`);
+      kvmDevices.push({ socket: sock, kind: virtioFsKind(share.tag), name: `virtiofsd for the ${share.what}` });
       log.debug({ pid: helper.pid, tag: share.tag, source: share.hostPath }, 'virtiofsd started');
     });
   } catch (err) {
@@ -118,5 +125,5 @@ export function startVirtiofsShares(shares: DirectoryShares, log: Logger): Virti
     }
   });
   let closed: Promise<void> | null = null;
-  return { qemuArgs, pids: helpers.map((h) => h.helper.pid), failed, close: () => (closed ??= close()) };
+  return { qemuArgs, kvmDevices, pids: helpers.map((h) => h.helper.pid), failed, close: () => (closed ??= close()) };
 }

@@ -84,6 +84,11 @@ export interface InitConfig {
    * before the agent and the workload start (docs/directory-root.md).
    */
   root?: { tag: string; readOnly?: boolean };
+  /**
+   * Switch to a root file system on a whole block device instead
+   * (`tsibox.rootdisk=/dev/DEV,FSTYPE,ro|rw`), set up as for `root` (docs/disks.md).
+   */
+  rootDisk?: { device: string; fsType: string; readOnly?: boolean };
   /** virtio-fs tags mounted at `path` (in the new root, if any): `tsibox.mount=TAG,ro|rw,PATH`, one token each. */
   mounts?: Array<{ tag: string; path: Bytes; readOnly?: boolean }>;
 }
@@ -225,6 +230,7 @@ export function initTokens(cfg: InitConfig): string[] {
   if (cfg.net === 'dhcp') t.push('tsibox.net=dhcp');
   else if (cfg.net !== undefined) t.push(netToken(cfg.net));
   if (cfg.root !== undefined) t.push(`tsibox.root=${encodeValue(cfg.root.tag)},${cfg.root.readOnly === true ? 'ro' : 'rw'}`);
+  if (cfg.rootDisk !== undefined) t.push(`tsibox.rootdisk=${encodeValue(cfg.rootDisk.device)},${encodeValue(cfg.rootDisk.fsType)},${cfg.rootDisk.readOnly === true ? 'ro' : 'rw'}`);
   for (const m of cfg.mounts ?? []) t.push(`tsibox.mount=${encodeValue(m.tag)},${m.readOnly === true ? 'ro' : 'rw'},${encodeValue(m.path)}`);
   return t;
 }

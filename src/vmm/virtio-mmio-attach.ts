@@ -17,6 +17,17 @@ export const VIRTIO_GSI_BASE = 5;
 /** The in-kernel IOAPIC has 24 pins. */
 const MAX_DEVICES = 24 - VIRTIO_GSI_BASE;
 
+/**
+ * The window base and GSI of virtio-mmio slot `index` (0..18). Throws INVALID_ARGUMENT
+ * for any other index. For devices attached by other means (vhost-user back ends).
+ */
+export function virtioMmioSlot(index: number): { base: number; gsi: number } {
+  if (!Number.isInteger(index) || index < 0 || index >= MAX_DEVICES) {
+    throw new TsiboxError('INVALID_ARGUMENT', `virtio-mmio index must be 0..${MAX_DEVICES - 1}, got ${index}`);
+  }
+  return { base: VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_STRIDE, gsi: VIRTIO_GSI_BASE + index };
+}
+
 export interface VirtioMmioAttachOptions {
   /** Slot: window VIRTIO_MMIO_BASE + index * 0x1000, GSI VIRTIO_GSI_BASE + index. */
   index: number;
@@ -45,11 +56,7 @@ export interface VirtioMmioAttachment {
  */
 export function attachVirtioMmio(vm: Vm, device: VirtioDevice, opts: VirtioMmioAttachOptions): VirtioMmioAttachment {
   const { index } = opts;
-  if (!Number.isInteger(index) || index < 0 || index >= MAX_DEVICES) {
-    throw new TsiboxError('INVALID_ARGUMENT', `virtio-mmio index must be 0..${MAX_DEVICES - 1}, got ${index}`);
-  }
-  const base = VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_STRIDE;
-  const gsi = VIRTIO_GSI_BASE + index;
+  const { base, gsi } = virtioMmioSlot(index);
   const name = opts.name ?? `virtio-${device.deviceId}@${index}`;
   const irqfd = vm.addIrqFd(gsi);
   let interrupts = 0;

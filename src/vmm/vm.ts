@@ -34,6 +34,11 @@ export interface VmOptions {
   /** An access to a port / MMIO address no device claims: end the VM ('error', default) or ignore it. */
   unhandledPio?: 'error' | 'ignore';
   unhandledMmio?: 'error' | 'ignore';
+  /**
+   * Guest RAM is GuestMemory.shared() (a sealed memfd another process can map: vhost-user
+   * back ends) instead of anonymous(). Default false.
+   */
+  sharedMemory?: boolean;
   logger?: Logger;
 }
 
@@ -113,7 +118,7 @@ export class Vm {
       vmFd.setIdentityMapAddr(LAYOUT.KVM_IDENTITY_MAP);
       vmFd.createIrqchip();
       vmFd.createPit2();
-      const memory = GuestMemory.anonymous(memoryMiB * 1024 * 1024);
+      const memory = opts.sharedMemory === true ? GuestMemory.shared(memoryMiB * 1024 * 1024) : GuestMemory.anonymous(memoryMiB * 1024 * 1024);
       cleanup.push(() => memory.close());
       memory.regions.forEach((r, slot) => vmFd.setUserMemoryRegion(slot, r.guestAddress, r.size, r.hostAddress));
       const runSize = kvm.vcpuMmapSize();
@@ -152,6 +157,19 @@ export class Vm {
     this.#vmFd.ioeventfd(fd.fd, spec);
     const watcher = new EventFdWatcher(fd, onSignal);
     this.#watchers.push(watcher);
+    return fd;
+  }
+
+  /**
+   * Like addIoEventFd, but nothing in this process reads the eventfd: another process
+   * (a vhost-user back end, given `fd.fd` as its kick fd) does. A watcher here would
+   * consume its kicks. The fd is closed by close().
+   */
+  addUnwatchedIoEventFd(spec: IoEventFdSpec): EventFd {
+    this.#assertOpen();
+    const fd = new EventFd();
+    this.#eventFds.push(fd);
+    this.#vmFd.ioeventfd(fd.fd, spec);
     return fd;
   }
 

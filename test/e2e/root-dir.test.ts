@@ -3,9 +3,9 @@
  * `rootReadOnly`, `mounts`; docs/directory-root.md). The test root is the host's
  * static busybox with its applet links in a temporary directory; each sandbox has its
  * virtiofsd processes, whose sockets and private directories live under a TMPDIR of
- * this test's own, so "nothing is left" can be checked exactly.
+ * this test's own, so "nothing is left" can be checked exactly. Runs under either engine
+ * (TSIBOX_E2E_ENGINE; under KVM the devices are our vhost-user front end's).
  */
-// tsibox-test-kvm: qemu-only (the KVM engine refuses root and mounts until it has a vhost-user front end for virtiofsd)
 import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -18,7 +18,7 @@ import { Sandbox, TsiboxError } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
 import { findVirtiofsd } from '../../src/engine/virtiofsd.js';
 import { alive, descendants, processesMentioning, waitFor } from '../helpers/processes.js';
-import { e2ePrerequisites } from './prerequisites.js';
+import { E2E_ENGINE, e2ePrerequisites } from './prerequisites.js';
 
 const BUSYBOX = '/bin/busybox';
 const BIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
@@ -76,7 +76,7 @@ t.test('a host directory as the root, with rw and ro mounts', { skip }, async (t
   writeFileSync(join(data, 'in.txt'), 'host data\n');
   writeFileSync(join(ro, 'keep.txt'), 'keep\n');
   const r = await Sandbox.run({
-    engine: 'qemu', root, timeoutMs: 90_000,
+    engine: E2E_ENGINE, root, timeoutMs: 90_000,
     mounts: [{ hostPath: data, guestPath: '/data' }, { hostPath: ro, guestPath: '/srv/ro', readOnly: true }],
     argv: ['sh', '-c', [
       'echo 42',
@@ -108,7 +108,7 @@ t.test('rootReadOnly: EROFS in the guest, the host directory unchanged', { skip 
   const root = busyboxRoot('ro-root');
   const before = snapshot(root);
   const r = await Sandbox.run({
-    engine: 'qemu', root, rootReadOnly: true, timeoutMs: 90_000,
+    engine: E2E_ENGINE, root, rootReadOnly: true, timeoutMs: 90_000,
     argv: ['sh', '-c', 'echo 42; echo x > /etc/marker; echo y > /new.txt; mkdir /d; touch /tmp/ok && echo tmp-ok; exit 0'],
   });
   t.equal(r.exitCode, 0);
@@ -118,7 +118,7 @@ t.test('rootReadOnly: EROFS in the guest, the host directory unchanged', { skip 
 
   // A mount point the read-only root lacks: the workload fails (125), the reason on its stderr.
   const r2 = await Sandbox.run({
-    engine: 'qemu', root, rootReadOnly: true, timeoutMs: 90_000,
+    engine: E2E_ENGINE, root, rootReadOnly: true, timeoutMs: 90_000,
     mounts: [{ hostPath: work, guestPath: '/no/such/dir' }],
     argv: ['true'],
   });
@@ -135,7 +135,7 @@ t.test('TSI and exec with a directory root', { skip }, async (t) => {
   t.teardown(() => new Promise<void>((r) => { server.close(() => { r(); }); }));
   const port = (server.address() as AddressInfo).port;
   const sb = await Sandbox.start({
-    engine: 'qemu', root, timeoutMs: 90_000, stdin: 'pipe',
+    engine: E2E_ENGINE, root, timeoutMs: 90_000, stdin: 'pipe',
     network: { mode: 'tsi', hostLoopbackAlias: '10.0.2.2', policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', cidr: '127.0.0.1', ports: port }] }) },
     argv: ['sh', '-c', `wget -q -O- http://10.0.2.2:${port}/ && cat >/dev/null`],
   });
@@ -154,7 +154,7 @@ t.test('TSI and exec with a directory root', { skip }, async (t) => {
 
 t.test('a virtiofsd that dies mid-run ends the sandbox with DEVICE_ERROR', { skip }, async (t) => {
   const root = busyboxRoot('kill-root');
-  const sb = await Sandbox.start({ engine: 'qemu', root, timeoutMs: 90_000, argv: ['sh', '-c', 'echo ready; sleep 60'] });
+  const sb = await Sandbox.start({ engine: E2E_ENGINE, root, timeoutMs: 90_000, argv: ['sh', '-c', 'echo ready; sleep 60'] });
   let out = '';
   sb.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
   t.ok(await waitFor(() => out.includes('ready'), 60_000), 'the guest runs');
@@ -197,7 +197,7 @@ t.test('tsibox run --root --root-read-only --mount (a mount point under /tmp, a 
   const m = join(work, 'cli-mount');
   mkdirSync(m);
   writeFileSync(join(m, 'f'), 'mounted\n');
-  const r = spawnSync(process.execPath, [BIN, 'run', '--engine', 'qemu', '--root', root, '--root-read-only', '--mount', `${m}:/tmp/m:ro`, '--', 'sh', '-c', 'echo 42; cat /tmp/m/f; exit 3'], { encoding: 'utf8', timeout: 90_000 });
+  const r = spawnSync(process.execPath, [BIN, 'run', '--engine', E2E_ENGINE, '--root', root, '--root-read-only', '--mount', `${m}:/tmp/m:ro`, '--', 'sh', '-c', 'echo 42; cat /tmp/m/f; exit 3'], { encoding: 'utf8', timeout: 90_000 });
   t.equal(r.status, 3, `exit status passed through (stderr: ${r.stderr})`);
   t.equal(r.stdout, '42\nmounted\n');
   const bad = spawnSync(process.execPath, [BIN, 'run', '--root', join(work, 'missing'), '--', 'true'], { encoding: 'utf8', timeout: 30_000 });

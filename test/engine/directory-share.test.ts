@@ -74,11 +74,13 @@ t.test('CLI: --root, --root-read-only, --mount HOST:GUEST[:ro]', async (t) => {
   for (const bad of ['/h', '/h:/g:rx', ':/g', '/h:', '/a:/b:/c:ro']) t.throws(() => parseMount(bad), UsageError, bad);
 });
 
-t.test('the KVM engine refuses root and mounts before anything boots', async (t) => {
-  // Dummy kernel/initrd paths: the refusal comes before either is read.
+t.test('the KVM engine takes root and mounts (its vhost-user front end); a bad path is named first', async (t) => {
+  // Dummy kernel/initrd paths: these runs fail later (no usable KVM here, no kernel), never with a refusal of the options.
   const base = { argv: ['true'], engine: 'kvm' as const, kernel: join(dir, 'no-kernel'), initrd: join(dir, 'no-initrd') };
-  await t.rejects(Sandbox.run({ ...base, root: dir }), { code: 'NOT_SUPPORTED', message: /KVM engine has no vhost-user front end/ });
-  await t.rejects(Sandbox.run({ ...base, mounts: [{ hostPath: dir, guestPath: '/m' }] }), { code: 'NOT_SUPPORTED' });
+  for (const opts of [{ root: dir }, { mounts: [{ hostPath: dir, guestPath: '/m' }] }]) {
+    const err: unknown = await Sandbox.run({ ...base, ...opts }).then(() => null, (e: unknown) => e);
+    t.notMatch(String((err as Error | null)?.message), /need engine 'qemu'|no vhost-user front end/, `not refused: ${String(err)}`);
+  }
   await t.rejects(Sandbox.run({ ...base, root: join(dir, 'missing') }), { code: 'INVALID_ARGUMENT', message: /missing/ }, 'a bad path is named first');
 });
 

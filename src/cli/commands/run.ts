@@ -12,11 +12,12 @@ import { UsageError } from '../args.js';
 import { gvproxyNetworkOption, passtNetworkOption } from '../net-passt.js';
 import { expectPositionals, type Command } from '../registry.js';
 import { rootOptions } from '../root-flags.js';
+import { diskOptions } from '../disk-flags.js';
 
 export const runCommand: Command = {
   name: 'run',
   summary: 'run a program in a microVM (default root: busybox); exits with its status',
-  usage: 'run [-i] [-t] [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--root DIR [--root-read-only]] [--mount HOST:GUEST[:ro]]... [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]... [--publish [ADDR:]HOST:GUEST[/udp]]... [--allow-unix PATH]... [--max-connections N] [--max-listeners N] [--max-udp-sockets N] [--connect-rate N] | --net passt [--allow CIDR[:PORTS]]... | --net gvproxy [--allow CIDR[:PORTS]]... [--publish [ADDR:]HOST:GUEST[/udp]]...] [--on-publish-error stop|warn] [--verbose] -- CMD [ARGS...]',
+  usage: 'run [-i] [-t] [--engine kvm|qemu|auto] [--cpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--env K=V]... [--workdir DIR] [--timeout SEC] [--root DIR [--root-read-only]] [--mount HOST:GUEST[:ro]]... [--disk PATH[:raw|qcow2][:ro]]... [--root-disk PATH[:raw|qcow2][:ro]] [--net tsi [--allow CIDR[:PORTS]]... [--host-alias ADDR]... [--publish [ADDR:]HOST:GUEST[/udp]]... [--allow-unix PATH]... [--max-connections N] [--max-listeners N] [--max-udp-sockets N] [--connect-rate N] | --net passt [--allow CIDR[:PORTS]]... | --net gvproxy [--allow CIDR[:PORTS]]... [--publish [ADDR:]HOST:GUEST[/udp]]...] [--on-publish-error stop|warn] [--verbose] -- CMD [ARGS...]',
   options: {
     engine: { type: 'string', value: 'kvm|qemu|auto', choices: ['kvm', 'qemu', 'auto'], description: 'how to run the VM (default auto: KVM where guest ring 0 runs natively, else QEMU)' },
     cpus: { type: 'integer', value: 'N', min: 1, max: 16, description: 'vCPUs (default 1)' },
@@ -26,9 +27,11 @@ export const runCommand: Command = {
     env: { type: 'string', value: 'K=V', repeatable: true, description: 'environment variable for CMD (repeatable)' },
     workdir: { type: 'string', value: 'DIR', description: 'working directory in the guest (created when missing)' },
     timeout: { type: 'integer', value: 'SEC', min: 1, description: 'kill the VM after this many seconds' },
-    root: { type: 'string', value: 'DIR', description: 'the guest\'s root is this host directory (absolute), shared over virtio-fs by a virtiofsd tsibox runs with the sandbox; the guest\'s writes reach it; init puts /proc, /sys, /dev, /tmp and /run inside it. QEMU engine only (not --engine kvm yet); needs root on the host and virtiofsd (Debian: qemu-system-common)' },
+    root: { type: 'string', value: 'DIR', description: 'the guest\'s root is this host directory (absolute), shared over virtio-fs by a virtiofsd tsibox runs with the sandbox; the guest\'s writes reach it; init puts /proc, /sys, /dev, /tmp and /run inside it. Both engines; needs root on the host and virtiofsd (Debian: qemu-system-common)' },
     'root-read-only': { type: 'boolean', description: 'with --root: mount it read-only in the guest (writes fail with EROFS; the host directory is not changed)' },
-    mount: { type: 'string', value: 'HOST:GUEST[:ro]', repeatable: true, description: 'mount the host directory HOST at GUEST in the guest (absolute paths without \':\'; virtio-fs, one virtiofsd each; :ro read-only in the guest); GUEST is created when missing, except on a read-only root (then CMD fails with 125); at most 8; QEMU engine only' },
+    mount: { type: 'string', value: 'HOST:GUEST[:ro]', repeatable: true, description: 'mount the host directory HOST at GUEST in the guest (absolute paths without \':\'; virtio-fs, one virtiofsd each; :ro read-only in the guest); GUEST is created when missing, except on a read-only root (then CMD fails with 125); at most 8' },
+    disk: { type: 'string', value: 'PATH[:raw|qcow2][:ro]', repeatable: true, description: 'give the guest the host image file PATH (absolute, without \':\'; format raw unless :qcow2) as a virtio-blk disk, served by a qemu-storage-daemon tsibox runs with the sandbox; the guest sees them as /dev/vda, /dev/vdb, ... in order (after --root-disk); :ro read-only; at most 8; QEMU engine only; needs qemu-storage-daemon (Debian: qemu-system-common)' },
+    'root-disk': { type: 'string', value: 'PATH[:raw|qcow2][:ro]', description: 'the guest\'s root is the ext4 file system on this whole image (no partition table; e.g. made by mkfs.ext4 -d DIR PATH 64M), attached as /dev/vda; init sets up /proc, /sys, /dev, /tmp and /run inside it; not with --root; QEMU engine only' },
     verbose: { type: 'boolean', description: 'say on stderr which engine runs the VM, and why' },
     interactive: { type: 'boolean', short: 'i', description: 'accepted for docker run -it habits; stdin is always passed to CMD' },
     tty: { type: 'boolean', short: 't', description: 'give CMD a terminal, like docker run -it: stdin must be a terminal, which tsibox puts in raw mode (restored on exit); in the guest CMD runs on a pseudo-terminal of the host terminal\'s size (following its resizes), with line editing, and Ctrl-C, Ctrl-Z, Ctrl-\\ acting inside the guest (not on tsibox); stderr goes to the terminal too; TERM=xterm unless --env TERM=...' },
@@ -60,6 +63,7 @@ export const runCommand: Command = {
       env[kv.slice(0, eq)] = kv.slice(eq + 1);
     }
     const rootOpts = rootOptions(o);
+    const diskOpts = diskOptions(o);
     if (o.net === 'passt' && (o['host-alias'] !== undefined || o.publish !== undefined)) {
       throw new UsageError('--host-alias and --publish need --net tsi (passt has its own addressing: 10.0.2.2 is the host; see README)');
     }
@@ -123,6 +127,7 @@ export const runCommand: Command = {
         ...(typeof o.workdir === 'string' ? { workdir: o.workdir } : {}),
         ...(typeof o.timeout === 'number' ? { timeoutMs: o.timeout * 1000 } : {}),
         ...rootOpts,
+        ...diskOpts,
         ...(network ? { network } : {}),
         ...(tty !== null ? { tty: tty.size() } : {}),
         stdin,
