@@ -124,8 +124,9 @@ export interface SandboxOptions {
    */
   root?: string;
   /**
-   * Mount `root` read-only in the guest: writes fail with EROFS. (Debian 12's virtiofsd
-   * has no read-only mode; the guest's read-only mount enforces it.) Needs `root`.
+   * Serve `root` read-only: writes fail with EROFS, enforced on the host (virtiofsd runs
+   * in a mount namespace where the directory is bind-mounted read-only), so a guest that
+   * remounts read-write cannot write either. Needs `root`.
    */
   rootReadOnly?: boolean;
   /**

@@ -1,7 +1,7 @@
 // The options that share host directories with the guest over virtio-fs (`root`,
 // `rootReadOnly`, `mounts`), their checks, and the virtio-fs tags they get. Checked
 // before anything starts; the processes are in virtiofsd.ts.
-import { statSync } from 'node:fs';
+import { realpathSync, statSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
 import { TsiboxError } from '../errors.js';
 
@@ -68,7 +68,9 @@ function hostDirectory(what: string, p: unknown): string {
     throw new TsiboxError('INVALID_ARGUMENT', `${what}: ${p} cannot be used (${code === 'ENOENT' ? 'it does not exist' : code})`, { cause: err });
   }
   if (!isDir) throw new TsiboxError('INVALID_ARGUMENT', `${what}: ${p} is not a directory`);
-  return p;
+  // virtiofsd refuses a source that is a symlink ("source is not a directory", after the
+  // VM started): hand it the directory the path leads to.
+  return realpathSync(p);
 }
 
 /** A normalised absolute guest path other than "/", else INVALID_ARGUMENT. */

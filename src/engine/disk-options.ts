@@ -54,7 +54,8 @@ const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb]);
  * Checks `disks` and `rootDisk` and names each disk's guest device; null when there is
  * none. INVALID_ARGUMENT (naming the option and the path) for a relative, missing or
  * non-file path, a format other than 'raw'/'qcow2', a 'qcow2' file without the qcow2
- * header, an fsType other than ext4/ext3/ext2, the same path twice, more than MAX_DISKS.
+ * header or whose header names another host file (a backing file, an external data
+ * file), an fsType other than ext4/ext3/ext2, the same path twice, more than MAX_DISKS.
  */
 export function checkDisks(opts: { disks?: readonly DiskImage[]; rootDisk?: RootDiskImage }): CheckedDisks | null {
   const { disks, rootDisk } = opts;
@@ -73,7 +74,10 @@ export function checkDisks(opts: { disks?: readonly DiskImage[]; rootDisk?: Root
     if (format !== 'raw' && format !== 'qcow2') throw new TsiboxError('INVALID_ARGUMENT', `${what}.format must be 'raw' or 'qcow2', got ${JSON.stringify(format)}`);
     if (readOnly !== undefined && typeof readOnly !== 'boolean') throw new TsiboxError('INVALID_ARGUMENT', `${what}.readOnly must be a boolean`);
     const file = hostImage(`${what}.path`, path);
-    if (format === 'qcow2' && !hasQcow2Magic(file)) throw new TsiboxError('INVALID_ARGUMENT', `${what}: ${file} is not a qcow2 image (no qcow2 header); use format 'raw' for a plain image`);
+    if (format === 'qcow2') {
+      const why = qcow2Refusal(file);
+      if (why !== null) throw new TsiboxError('INVALID_ARGUMENT', `${what}: ${file} ${why}`);
+    }
     // Two writers of one image would corrupt it; qemu-storage-daemon's locks would refuse too, less clearly.
     const twice = seen.get(file);
     if (twice !== undefined) throw new TsiboxError('INVALID_ARGUMENT', `${what}: ${file} is already ${twice}`);
@@ -110,15 +114,34 @@ function hostImage(what: string, p: unknown): string {
   return p;
 }
 
-function hasQcow2Magic(file: string): boolean {
-  const head = Buffer.alloc(4);
+/**
+ * Why a 'qcow2' image is refused, or null. Besides the magic, the header must name no
+ * other host file: qemu-storage-daemon (running as the caller, often root) would open a
+ * backing file or an external data file named there (any path: /etc/shadow, /dev/sda)
+ * and serve it to the guest, for reading and (data file) writing. An image from
+ * somewhere else must not be able to do that; flatten it first.
+ */
+function qcow2Refusal(file: string): string | null {
+  const head = Buffer.alloc(80);
+  let got = 0;
   let fd: number | undefined;
   try {
     fd = openSync(file, 'r');
-    return readSync(fd, head, 0, 4, 0) === 4 && head.equals(QCOW2_MAGIC);
+    got = readSync(fd, head, 0, head.length, 0);
   } catch {
-    return false;
+    got = 0;
   } finally {
     if (fd !== undefined) closeSync(fd);
   }
+  if (got < 4 || !head.subarray(0, 4).equals(QCOW2_MAGIC)) return "is not a qcow2 image (no qcow2 header); use format 'raw' for a plain image";
+  if (got < 72) return 'has a truncated qcow2 header';
+  const version = head.readUInt32BE(4);
+  if (head.readBigUInt64BE(8) !== 0n) {
+    return 'has a backing file, which tsibox does not open (the header can name any host file); flatten it first: qemu-img convert -O qcow2 IMAGE FLAT.qcow2';
+  }
+  // Incompatible feature bit 2 (version 3+): the data lives in an external file the header names.
+  if (version >= 3 && got >= 80 && (head.readBigUInt64BE(72) & 4n) !== 0n) {
+    return 'keeps its data in an external data file, which tsibox does not open (the header can name any host file); convert it first: qemu-img convert -O qcow2 IMAGE FLAT.qcow2';
+  }
+  return null;
 }

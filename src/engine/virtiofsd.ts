@@ -7,8 +7,12 @@
 // hand it to virtiofsd as `--fd=3`: it is listening before QEMU starts, so there is no
 // race and nothing to probe (a probe would take virtiofsd's only accept()).
 // virtiofsd runs `-o sandbox=namespace` (its own mount/pid/net namespaces, pivoted into
-// the directory), which needs root; it serves the directory read-write (this version
-// has no read-only option): read-only is enforced by a read-only mount in the guest.
+// the directory), which needs root, and without CAP_MKNOD (`modcaps=-mknod`): a guest
+// must not leave device nodes in a host directory. This version has no read-only
+// option, and a read-only mount in the guest is no barrier (the workload is root there
+// and can remount): a read-only share's virtiofsd starts in a mount namespace of its
+// own where the directory and everything mounted under it are bind-mounted read-only,
+// so the host kernel refuses every write (EROFS).
 //
 // Lifetime (proxies/helper-process.ts): virtiofsd exits when QEMU's connection ends;
 // it runs under the keeper that stops it and removes the directory (socket included)
@@ -40,7 +44,27 @@ export function findVirtiofsd(): string | undefined {
 export function virtiofsdArgs(source: string): string[] {
   // Its -o parser splits at ',' and takes '\' as an escape.
   const escaped = source.replace(/[\\,]/g, (c) => `\\${c}`);
-  return ['--fd=3', '-o', `source=${escaped}`, '-o', 'cache=auto', '-o', 'sandbox=namespace', '-o', 'log_level=warn'];
+  return ['--fd=3', '-o', `source=${escaped}`, '-o', 'cache=auto', '-o', 'sandbox=namespace', '-o', 'modcaps=-mknod', '-o', 'log_level=warn'];
+}
+
+/**
+ * `bash -c READ_ONLY_SHARE NAME DIR CMD...` in a private mount namespace: bind DIR over
+ * itself with its submounts, remount each read-only, then exec CMD (virtiofsd). findmnt
+ * escapes odd characters in targets (\x20); bash's printf %b undoes that (dash's
+ * does not know \x).
+ */
+const READ_ONLY_SHARE = [
+  'd=$1; shift',
+  'mount --rbind -- "$d" "$d" || exit 1',
+  'findmnt -rn -o TARGET -R -- "$d" | while IFS= read -r m; do mount -o remount,bind,ro -- "$(printf %b "$m")" || exit 1; done || exit 1',
+  'exec "$@"',
+].join('\n');
+
+/** The whole argv for one share: virtiofsd itself, or for a read-only share wrapped as READ_ONLY_SHARE says. */
+export function virtiofsdArgv(bin: string, source: string, readOnly: boolean): string[] {
+  const direct = [bin, ...virtiofsdArgs(source)];
+  if (!readOnly) return direct;
+  return ['unshare', '--mount', '--propagation', 'private', '--', 'bash', '-c', READ_ONLY_SHARE, 'tsibox-read-only-share', source, ...direct];
 }
 
 /** The running virtiofsd processes of one sandbox. */
@@ -61,6 +85,7 @@ interface Share {
   what: string;
   hostPath: string;
   tag: string;
+  readOnly: boolean;
 }
 
 /**
@@ -79,8 +104,8 @@ export function startVirtiofsShares(shares: DirectoryShares, log: Logger): Virti
       'root and mounts need root: virtiofsd (Debian 12) sets up its namespace sandbox and serves files of every owner with root\'s capabilities; run tsibox as root');
   }
   const list: Share[] = [
-    ...(shares.root ? [{ what: `root ${shares.root.hostPath}`, hostPath: shares.root.hostPath, tag: shares.root.tag }] : []),
-    ...shares.mounts.map((m) => ({ what: `mount ${m.hostPath} → ${m.guestPath}`, hostPath: m.hostPath, tag: m.tag })),
+    ...(shares.root ? [{ what: `root ${shares.root.hostPath}`, hostPath: shares.root.hostPath, tag: shares.root.tag, readOnly: shares.root.readOnly }] : []),
+    ...shares.mounts.map((m) => ({ what: `mount ${m.hostPath} → ${m.guestPath}`, hostPath: m.hostPath, tag: m.tag, readOnly: m.readOnly })),
   ];
   const helpers: Array<{ share: Share; helper: HelperProcess }> = [];
   // virtiofsd's libvhost-user refuses legacy virtio-mmio: the caller runs QEMU with
@@ -103,7 +128,7 @@ export function startVirtiofsShares(shares: DirectoryShares, log: Logger): Virti
         rmSync(dir, { recursive: true, force: true });
         throw err;
       }
-      const helper = startHelper({ name: 'virtiofsd', argv: [bin, ...virtiofsdArgs(share.hostPath)], passFds: [fd], privateDir: dir, logger: log });
+      const helper = startHelper({ name: 'virtiofsd', argv: virtiofsdArgv(bin, share.hostPath, share.readOnly), passFds: [fd], privateDir: dir, logger: log });
       helpers.push({ share, helper });
       qemuArgs.push('-chardev', `socket,id=fs${i},path=${sock}`, '-device', `vhost-user-fs-device,chardev=fs${i},tag=${share.tag}`);
       kvmDevices.push({ socket: sock, kind: virtioFsKind(share.tag), name: `virtiofsd for the ${share.what}` });

@@ -128,6 +128,40 @@ t.test('rootReadOnly: EROFS in the guest, the host directory unchanged', { skip 
   t.ok(await waitFor(() => noneLeft(root), 5000), 'no virtiofsd, socket or directory left');
 });
 
+t.test('read-only is the host kernel\'s: root in the guest remounts rw and still cannot write; no device nodes on rw shares', { skip }, async (t) => {
+  const root = busyboxRoot('remount-root');
+  const ro = join(work, 'ro-remount');
+  const rw = join(work, 'rw-mknod');
+  mkdirSync(ro);
+  mkdirSync(rw);
+  writeFileSync(join(ro, 'keep.txt'), 'keep\n');
+  const before = snapshot(root);
+  const r = await Sandbox.run({
+    engine: E2E_ENGINE, root, rootReadOnly: true, timeoutMs: 90_000,
+    mounts: [{ hostPath: ro, guestPath: '/tmp/ro', readOnly: true }, { hostPath: rw, guestPath: '/tmp/rw' }],
+    argv: ['sh', '-c', [
+      // The workload is root in the guest: its own mount table is no barrier.
+      'mount -o remount,rw /tmp/ro && echo ro-remounted',
+      'echo pwned > /tmp/ro/keep.txt; echo new > /tmp/ro/new.txt',
+      'mount -o remount,rw / && echo root-remounted',
+      'echo pwned > /pwned.txt',
+      'mknod /tmp/rw/disk b 254 0 || echo mknod-refused',
+      'mkfifo /tmp/rw/fifo && echo fifo-ok',
+      'true',
+    ].join('; ')],
+  });
+  const out = text(r.stdout);
+  t.equal(r.exitCode, 0, `stderr: ${text(r.stderr)}`);
+  t.match(out, /ro-remounted\n/, 'the guest could remount the read-only mount read-write (its own kernel lets it)');
+  t.equal(readFileSync(join(ro, 'keep.txt'), 'utf8'), 'keep\n', 'but the host file is unchanged');
+  t.notOk(existsSync(join(ro, 'new.txt')), 'and no file was created in the host directory');
+  t.same(snapshot(root), before, 'the read-only root is unchanged after a remount in the guest');
+  t.match(out, /mknod-refused\n/, 'mknod of a block device on a writable share is refused');
+  t.notOk(existsSync(join(rw, 'disk')), 'no device node in the host directory');
+  t.match(out, /fifo-ok\n/, 'a fifo still works');
+  t.ok(await waitFor(() => noneLeft(root), 5000), 'no virtiofsd, socket or directory left');
+});
+
 t.test('TSI and exec with a directory root', { skip }, async (t) => {
   const root = busyboxRoot('net-root');
   const server: Server = createServer((_req, res) => { res.end('hello over TSI\n'); });

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { checkDirectoryShares, MAX_MOUNTS } from '../../src/engine/directory-share-options.js';
-import { virtiofsdArgs } from '../../src/engine/virtiofsd.js';
+import { virtiofsdArgs, virtiofsdArgv } from '../../src/engine/virtiofsd.js';
 import { buildCmdline, initTokens, type InitConfig } from '../../src/guest/cmdline.js';
 import { ensureInitramfs } from '../../src/guest/index.js';
 import { parseMount, rootOptions } from '../../src/cli/root-flags.js';
@@ -60,7 +60,11 @@ t.test("init's tokens: tsibox.root=TAG,ro|rw and one tsibox.mount=TAG,ro|rw,PATH
 });
 
 t.test('virtiofsd argv: the listening socket is fd 3, the source escaped for its -o parser', async (t) => {
-  t.same(virtiofsdArgs('/srv/root'), ['--fd=3', '-o', 'source=/srv/root', '-o', 'cache=auto', '-o', 'sandbox=namespace', '-o', 'log_level=warn']);
+  t.same(virtiofsdArgs('/srv/root'), ['--fd=3', '-o', 'source=/srv/root', '-o', 'cache=auto', '-o', 'sandbox=namespace', '-o', 'modcaps=-mknod', '-o', 'log_level=warn']);
+  t.same(virtiofsdArgv('/v', '/srv/root', false), ['/v', ...virtiofsdArgs('/srv/root')], 'a writable share: virtiofsd itself');
+  const ro = virtiofsdArgv('/v', '/srv/root', true);
+  t.same(ro.slice(0, 6), ['unshare', '--mount', '--propagation', 'private', '--', 'bash'], 'a read-only share: in a mount namespace of its own');
+  t.same(ro.slice(-9), ['/srv/root', '/v', ...virtiofsdArgs('/srv/root')].slice(-9));
   t.equal(virtiofsdArgs('/a,b\\c')[2], 'source=/a\\,b\\\\c');
 });
 

@@ -11,7 +11,7 @@ export const benchCommand: Command = {
     runs: { type: 'integer', value: 'R', min: 1, max: 1000, description: 'repetitions; the value is the median' },
     cpl: { type: 'integer', value: '0|3', choices: [0, 3], description: 'privilege level of the synthetic guest (default 3)' },
     engine: { type: 'string', value: 'qemu', choices: ['qemu', 'kvm'], description: 'engine for benches that run whole sandboxes (boot)' },
-    net: { type: 'string', value: 'passt|gvproxy', choices: ['passt', 'gvproxy'], description: 'network process for net-stream / net-connect (default gvproxy)' },
+    net: { type: 'string', value: 'passt|gvproxy', choices: ['passt', 'gvproxy'], description: 'network process: net-stream / net-connect (default gvproxy), iperf (besides TSI; default passt)' },
     quiet: { type: 'boolean', description: 'no progress notes on stderr' },
   },
   get help() {
