@@ -25,7 +25,7 @@ import { AgentClient, type ExecHandle, type ExecOptions } from './agent/index.js
 import { checkDirectoryShares, type DirectoryMount } from './engine/directory-share-options.js';
 import { startVirtiofsShares, type VirtiofsShares } from './engine/virtiofsd.js';
 import { checkDisks, type DiskImage, type RootDiskImage } from './engine/disk-options.js';
-import { qemuDiskArgs, startDiskBackends, type DiskBackends } from './engine/disks.js';
+import { kvmDiskDevices, qemuDiskArgs, startDiskBackends, type DiskBackends } from './engine/disks.js';
 
 export type { EngineChoice, EngineName } from './engine/select.js';
 export type { PasstNetwork } from './engine/network-passt.js';
@@ -138,15 +138,14 @@ export interface SandboxOptions {
   mounts?: DirectoryMount[];
   /**
    * Host image files the guest sees as virtio-blk disks, each served by a
-   * qemu-storage-daemon that tsibox starts and stops with the sandbox (vhost-user-blk;
-   * QEMU engine only for now). The guest names them /dev/vda, /dev/vdb, ... in this
+   * qemu-storage-daemon that tsibox starts and stops with the sandbox (vhost-user-blk,
+   * under either engine). The guest names them /dev/vda, /dev/vdb, ... in this
    * order, after `rootDisk` (docs/disks.md). `format` 'raw' or 'qcow2'; `readOnly`: the
    * guest sees a read-only disk. The guest's flush (fsync, sync) reaches the image file
    * (fdatasync) and its discard (fstrim, blkdiscard) frees space in it. At most 8 disks
    * with `rootDisk`. INVALID_ARGUMENT for a relative, missing or non-file path, a bad
    * format or a path given twice; ENGINE_UNAVAILABLE without qemu-storage-daemon;
-   * DEVICE_ERROR when it cannot open an image, or dies mid-run (the sandbox stops);
-   * NOT_SUPPORTED under the KVM engine.
+   * DEVICE_ERROR when it cannot open an image, or dies mid-run (the sandbox stops).
    */
   disks?: DiskImage[];
   /**
@@ -490,9 +489,6 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     }
     const disks = checkDisks(opts);
     if (disks !== null) {
-      if (decision.engine === 'kvm') {
-        throw new TsiboxError('NOT_SUPPORTED', "disks and rootDisk need engine 'qemu' for now: the KVM engine does not attach vhost-user-blk back ends yet");
-      }
       if (disks.root !== null && shares !== null && shares.root !== null) throw new TsiboxError('INVALID_ARGUMENT', 'root and rootDisk exclude each other: the guest has one root');
       if (disks.root !== null) init.rootDisk = { device: `/dev/${disks.root.guestDevice}`, fsType: disks.root.fsType, readOnly: disks.root.readOnly };
     }
@@ -576,7 +572,8 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
         launch = runKvm({
           ...common, abort: abort.signal, devices: [vsock, ...(net?.devices ?? [])], ...(net?.kernelArgs ? { kernelArgs: net.kernelArgs } : {}),
           balloon: opts.balloon !== false,
-          ...(fs ? { vhostUserDevices: fs.kvmDevices } : {}),
+          // Shares, then disks in guest order (vda first): virtio-fs takes no vdX name.
+          ...(fs || blk ? { vhostUserDevices: [...(fs?.kvmDevices ?? []), ...(blk ? kvmDiskDevices(blk.backends) : [])] } : {}),
         });
       } else {
         const accel = await qemuAccel();

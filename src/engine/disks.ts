@@ -1,6 +1,7 @@
 // One qemu-storage-daemon (Debian 12: /usr/bin/qemu-storage-daemon, QEMU 7.2, from
 // qemu-system-common) per disk, each exporting its image as a vhost-user-blk back end
-// on a unix socket, and the QEMU options that attach them.
+// on a unix socket, and what attaches them: QEMU options, or device descriptions for
+// the KVM engine's vhost-user front end.
 //
 // As for virtiofsd (virtiofsd.ts) we make the listening socket ourselves, in a private
 // 0700 directory, and hand it over as fd 3 (`addr.type=fd,addr.str=3`): it listens
@@ -12,7 +13,7 @@
 // (wce 0: Linux then sends no flushes, not even on fsync), so it runs `writethrough=on`:
 // each write is fdatasync'ed before it completes, which makes that promise true
 // (measured: 64 MiB dd ~25% slower than without; docs/disks.md).
-// The daemon serves until it is stopped: QEMU's disconnect does not end it.
+// The daemon serves until it is stopped: a front end's disconnect does not end it.
 //
 // Lifetime (proxies/helper-process.ts): the keeper stops it and removes the directory
 // (socket and pid file) when our pipe ends, even after a SIGKILL of Node; pdeathsig too.
@@ -25,6 +26,8 @@ import { TsiboxError } from '../errors.js';
 import { findExecutable } from '../sys/helper-programs.js';
 import { listeningSocketFd } from '../sys/unix-listen.js';
 import type { CheckedDisk } from './disk-options.js';
+import type { VhostUserMmioDevice } from './vhost-user/kvm-attach.js';
+import { vhostUserBlkKind } from './vhost-user/mmio-device-kinds.js';
 
 export const QSD_BINARY = 'qemu-storage-daemon';
 export const QSD_DEBIAN_PACKAGE = 'qemu-system-common';
@@ -82,6 +85,16 @@ export function storageDaemonArgs(disk: Pick<CheckedDisk, 'path' | 'format' | 'r
  */
 export function qemuDiskArgs(backends: readonly VhostUserBackend[]): string[] {
   return backends.flatMap((b, i) => ['-chardev', `socket,id=blk${i},path=${b.socketPath}`, '-device', `vhost-user-blk,chardev=blk${i},num-queues=1`]);
+}
+
+/**
+ * The KVM engine's devices for `backends` (KvmRunOptions.vhostUserDevices), in order.
+ * Linux numbers virtio-blk disks in probe order, which for virtio-mmio devices given
+ * on the command line is their order there (runKvm keeps this one): vda, vdb, ...
+ * Other kinds between them (virtio-fs) take no vdX name.
+ */
+export function kvmDiskDevices(backends: readonly VhostUserBackend[]): VhostUserMmioDevice[] {
+  return backends.map((b) => ({ socket: b.socketPath, kind: vhostUserBlkKind(), name: b.name }));
 }
 
 /**

@@ -1,8 +1,8 @@
 // The in-process KVM engine for a whole sandbox: our Linux loader (with an MP table for
 // N vCPUs), our virtio-console (stdio and status ports), virtio-rng and the sandbox's
 // own devices (vsock with TSI, virtio-net) over virtio-mmio with ioeventfd
-// notifications and irqfd interrupts, external vhost-user back ends (virtiofsd: guest
-// RAM then a shared memfd), i8042 reset to end the VM. It needs KVM that runs
+// notifications and irqfd interrupts, external vhost-user back ends (virtiofsd,
+// qemu-storage-daemon: guest RAM then a shared memfd), i8042 reset to end the VM. It needs KVM that runs
 // guest ring 0 natively; Sandbox checks that before calling.
 import { readFileSync } from 'node:fs';
 import { Writable, type Readable } from 'node:stream';
@@ -45,8 +45,10 @@ export interface KvmRunOptions {
   /** Adds a virtio-balloon with free page reporting after rng (SandboxOptions.balloon). */
   balloon?: boolean;
   /**
-   * External vhost-user back ends (virtiofsd) as virtio-mmio devices after all others;
-   * guest RAM is then a shared memfd. A back end that fails mid-run stops the VM after
+   * External vhost-user back ends (virtiofsd, qemu-storage-daemon) as virtio-mmio
+   * devices after all others, in this order (the kernel command line's order, which is
+   * Linux's probe order: virtio-blk disks are named vda, vdb, ... by it); guest RAM is
+   * then a shared memfd. A back end that fails mid-run stops the VM after
    * DEVICE_ERROR_GRACE_MS (unless `abort` names a reason first) and runKvm throws its DEVICE_ERROR.
    */
   vhostUserDevices?: readonly VhostUserMmioDevice[];

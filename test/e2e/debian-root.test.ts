@@ -9,10 +9,9 @@
  * This test does not build the root: that takes a minute or two, root, debootstrap and
  * the Debian archive, which a test run should not pull in behind the user's back;
  * .ci/run builds it before `npm test`, and without it the tests skip saying how to build
- * it. HOST SAFETY: the guest only targets the host-loopback alias / passt's gateway,
+ * it. Runs under either engine (TSIBOX_E2E_ENGINE). HOST SAFETY: the guest only targets the host-loopback alias / passt's gateway,
  * the servers listen on 127.0.0.1 only, and there is no DNS (IP addresses only).
  */
-// tsibox-test-kvm: qemu-only (directory roots under the KVM engine are being wired now, in another change; until then it refuses root and mounts with NOT_SUPPORTED)
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
@@ -25,7 +24,7 @@ import { Sandbox } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
 import { findVirtiofsd } from '../../src/engine/virtiofsd.js';
 import { testRootPath } from '../../src/guest/test-root.js';
-import { e2ePrerequisites } from './prerequisites.js';
+import { E2E_ENGINE, e2ePrerequisites } from './prerequisites.js';
 
 const BIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 const ALIAS = '10.0.2.2'; // TSI's host-loopback alias, and passt's gateway (→ host 127.0.0.1)
@@ -95,10 +94,10 @@ function pythonClient(okUrl: string, deniedHost: string, deniedPort: number): st
 }
 
 t.test('python3 from the Debian root: Sandbox.run and tsibox run', { skip }, async (t) => {
-  const r = await Sandbox.run({ engine: 'qemu', root: root!, rootReadOnly: true, argv: ['python3', '-c', 'print(42)'], timeoutMs: 120_000 });
+  const r = await Sandbox.run({ engine: E2E_ENGINE, root: root!, rootReadOnly: true, argv: ['python3', '-c', 'print(42)'], timeoutMs: 120_000 });
   t.equal(r.exitCode, 0, `exit 0 (stderr: ${text(r.stderr)})`);
   t.equal(text(r.stdout), '42\n');
-  const cli = spawnSync(process.execPath, [BIN, 'run', '--engine', 'qemu', '--root', root!, '--root-read-only', '--', 'python3', '-c', 'print(42)'], { encoding: 'utf8', timeout: 120_000 });
+  const cli = spawnSync(process.execPath, [BIN, 'run', '--engine', E2E_ENGINE, '--root', root!, '--root-read-only', '--', 'python3', '-c', 'print(42)'], { encoding: 'utf8', timeout: 120_000 });
   t.equal(cli.status, 0, `tsibox run exits 0 (stderr: ${cli.stderr})`);
   t.equal(cli.stdout, '42\n');
 });
@@ -107,7 +106,7 @@ t.test('guest writes reach a host directory; the read-only root refuses them wit
   const out = join(work, 'out');
   mkdirSync(out);
   const r = await Sandbox.run({
-    engine: 'qemu', root: root!, rootReadOnly: true, timeoutMs: 120_000,
+    engine: E2E_ENGINE, root: root!, rootReadOnly: true, timeoutMs: 120_000,
     mounts: [{ hostPath: out, guestPath: '/mnt' }],
     argv: ['python3', '-c', [
       'import os',
@@ -135,7 +134,7 @@ t.test('curl and urllib reach a host loopback server through TSI; the denied por
   const ok = await httpServer(servers);
   const denied = await countingServer(servers, sockets);
   const r = await Sandbox.run({
-    engine: 'qemu', root: root!, rootReadOnly: true, timeoutMs: 120_000,
+    engine: E2E_ENGINE, root: root!, rootReadOnly: true, timeoutMs: 120_000,
     network: {
       mode: 'tsi', hostLoopbackAlias: ALIAS,
       policy: new Policy({ default: 'deny', rules: [
@@ -169,7 +168,7 @@ t.test('urllib reaches a host loopback server through passt (virtio-net) with th
   const ok = await httpServer(servers);
   const denied = await countingServer(servers, sockets);
   const r = await Sandbox.run({
-    engine: 'qemu', root: root!, rootReadOnly: true, timeoutMs: 120_000,
+    engine: E2E_ENGINE, root: root!, rootReadOnly: true, timeoutMs: 120_000,
     network: { mode: 'passt', policy: new Policy({ default: 'deny', rules: [{ action: 'allow', protocol: 'tcp', cidr: '127.0.0.1', ports: ok.port }] }) },
     argv: ['python3', '-c', pythonClient(`http://${ALIAS}:${ok.port}/passt`, ALIAS, denied.port)],
   });

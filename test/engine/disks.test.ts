@@ -1,13 +1,14 @@
 // disks / rootDisk: option checks, guest device names, init's token, the CLI flags,
-// qemu-storage-daemon's argv, the QEMU options, and the KVM engine's refusal before
-// anything boots. No VM here (test/e2e/disks.test.ts boots them).
+// qemu-storage-daemon's argv, the QEMU options and the KVM engine's devices, and the
+// refusals before anything boots. No VM here (test/e2e/disks.test.ts boots them).
 import t from 'tap';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { checkDisks, guestDeviceName, MAX_DISKS, type DiskImage } from '../../src/engine/disk-options.js';
-import { qemuDiskArgs, storageDaemonArgs } from '../../src/engine/disks.js';
+import { kvmDiskDevices, qemuDiskArgs, storageDaemonArgs } from '../../src/engine/disks.js';
+import { VIRTIO_BLK_DEVICE_ID } from '../../src/engine/vhost-user/mmio-device-kinds.js';
 import { buildCmdline, initTokens } from '../../src/guest/cmdline.js';
 import { ensureInitramfs } from '../../src/guest/index.js';
 import { diskOptions, parseDisk } from '../../src/cli/disk-flags.js';
@@ -60,7 +61,7 @@ t.test('checkDisks refuses bad options with INVALID_ARGUMENT naming them', async
   for (const [opts, msg] of bad) t.throws(() => checkDisks(opts), { code: 'INVALID_ARGUMENT', message: msg }, String(msg));
 });
 
-t.test("qemu-storage-daemon's argv and QEMU's options", async (t) => {
+t.test("qemu-storage-daemon's argv, QEMU's options, the KVM engine's devices", async (t) => {
   t.same(storageDaemonArgs({ path: raw2, format: 'qcow2', readOnly: false }, '/run/x/qsd.pid'), [
     '--blockdev', `driver=file,node-name=file0,filename=${raw2.replace(',', ',,')},discard=unmap`,
     '--blockdev', 'driver=qcow2,node-name=fmt0,file=file0,discard=unmap',
@@ -75,6 +76,11 @@ t.test("qemu-storage-daemon's argv and QEMU's options", async (t) => {
     '-chardev', 'socket,id=blk0,path=/s/0.sock', '-device', 'vhost-user-blk,chardev=blk0,num-queues=1',
     '-chardev', 'socket,id=blk1,path=/s/1.sock', '-device', 'vhost-user-blk,chardev=blk1,num-queues=1',
   ]);
+  const kvm = kvmDiskDevices([{ kind: 'vhost-user-blk', socketPath: '/s/0.sock', name: 'a' }, { kind: 'vhost-user-blk', socketPath: '/s/1.sock', name: 'b' }]);
+  t.same(kvm.map((d) => ({ socket: d.socket, name: d.name, id: d.kind.deviceId, queueSize: d.kind.queueSize, wantsConfig: d.kind.wantsConfig })), [
+    { socket: '/s/0.sock', name: 'a', id: VIRTIO_BLK_DEVICE_ID, queueSize: 256, wantsConfig: true },
+    { socket: '/s/1.sock', name: 'b', id: VIRTIO_BLK_DEVICE_ID, queueSize: 256, wantsConfig: true },
+  ], 'KVM engine: one virtio-blk (device ID 2) per back end, in guest order, config from the back end');
 });
 
 t.test('the CLI flags', async (t) => {
@@ -107,11 +113,11 @@ t.test("init's tsibox.rootdisk token: encoded, parsed (init --parse), bad ones r
   }
 });
 
-t.test('the KVM engine refuses disks and rootDisk before anything boots; root and rootDisk exclude each other', async (t) => {
+t.test('under either engine, before anything boots: a bad path is named; root and rootDisk exclude each other', async (t) => {
   // Dummy kernel/initrd paths: the refusal comes before either is read.
   const base = { argv: ['true'], kernel: join(dir, 'no-kernel'), initrd: join(dir, 'no-initrd') };
-  await t.rejects(Sandbox.run({ ...base, engine: 'kvm', disks: [{ path: raw, format: 'raw' }] }), { code: 'NOT_SUPPORTED', message: /disks and rootDisk need engine 'qemu' for now/ });
-  await t.rejects(Sandbox.run({ ...base, engine: 'kvm', rootDisk: { path: raw, format: 'raw' } }), { code: 'NOT_SUPPORTED' });
-  await t.rejects(Sandbox.run({ ...base, engine: 'kvm', disks: [{ path: join(dir, 'missing'), format: 'raw' }] }), { code: 'INVALID_ARGUMENT', message: /missing/ }, 'a bad path is named first');
-  await t.rejects(Sandbox.run({ ...base, engine: 'qemu', root: dir, rootDisk: { path: raw, format: 'raw' } }), { code: 'INVALID_ARGUMENT', message: /root and rootDisk exclude each other/ });
+  for (const engine of ['kvm', 'qemu'] as const) {
+    await t.rejects(Sandbox.run({ ...base, engine, disks: [{ path: join(dir, 'missing'), format: 'raw' }] }), { code: 'INVALID_ARGUMENT', message: /missing/ }, engine);
+    await t.rejects(Sandbox.run({ ...base, engine, root: dir, rootDisk: { path: raw, format: 'raw' } }), { code: 'INVALID_ARGUMENT', message: /root and rootDisk exclude each other/ }, engine);
+  }
 });

@@ -1,13 +1,19 @@
 // VhostUserMmioTransport with no guest and no KVM: our SoftwareDriver plays Linux's
 // virtio_mmio driver on the registers, our own vhost-user back end (the rng device over
-// a socketpair) plays virtiofsd. A kick is a write to the queue's kick eventfd (what
+// a socketpair) plays virtiofsd; qemu-storage-daemon serves the virtio-blk kind. A kick is a write to the queue's kick eventfd (what
 // KVM's ioeventfd does); the call fd is an eventfd we watch (what KVM's irqfd injects).
 import t, { type Test } from 'tap';
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { pino } from 'pino';
 import { VhostUserConnection } from '../../src/engine/vhost-user/connection.js';
 import { VhostUserFrontend } from '../../src/engine/vhost-user/frontend.js';
 import { VhostUserMmioTransport, type VhostUserMmioOptions } from '../../src/engine/vhost-user/mmio-transport.js';
-import { virtioFsKind, VIRTIO_FS_DEVICE_ID } from '../../src/engine/vhost-user/mmio-device-kinds.js';
+import {
+  BLK_CONFIG_SIZE, BLK_CONFIG_WRITEBACK, BlkFeature, vhostUserBlkKind, virtioFsKind, VIRTIO_BLK_DEVICE_ID, VIRTIO_FS_DEVICE_ID,
+} from '../../src/engine/vhost-user/mmio-device-kinds.js';
+import { ProtocolFeature } from '../../src/engine/vhost-user/protocol.js';
 import { TsiboxError } from '../../src/errors.js';
 import { Feature, Interrupt, Reg, Status } from '../../src/virtio/constants.js';
 import { RngDevice } from '../../src/virtio/rng.js';
@@ -15,6 +21,7 @@ import { SoftwareDriver } from '../../src/virtio/testing/driver.js';
 import { EventFd, EventFdWatcher } from '../../src/vmm/eventfd.js';
 import { GuestMemory } from '../../src/vmm/memory.js';
 import { socketPair } from '../../src/sys/socket.js';
+import { missing, QSD, startBackend } from './backends.js';
 
 const RAM = 16 << 20;
 const WAIT_MS = 5000;
@@ -170,4 +177,73 @@ t.test('virtio-fs kind: config space is tag[36] + num_request_queues; no VERSION
     frontend: {} as VhostUserFrontend, memory: r.memory, deviceId: 26, backendFeatures: Feature.RING_EVENT_IDX, queueSize: 128,
     kickFds: [0], callFd: 0, interrupt: { trigger: () => undefined }, config: cfg, name: 'old', logger,
   }), { code: 'DEVICE_ERROR', message: /VERSION_1/ });
+});
+
+t.test('vhost-user-blk kind against qemu-storage-daemon: its config, our feature mask, writeback through SET_CONFIG', { skip: missing(QSD) ?? false }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsibox-vhublk-'));
+  const img = join(dir, 'disk.img');
+  const sock = join(dir, 'blk.sock');
+  writeFileSync(img, '');
+  truncateSync(img, 4 << 20);
+  const proc = startBackend(QSD, [
+    '--blockdev', `driver=file,node-name=f,filename=${img},discard=unmap`,
+    '--blockdev', 'driver=raw,node-name=r,file=f,discard=unmap',
+    '--export', `type=vhost-user-blk,id=e,node-name=r,addr.type=unix,addr.path=${sock},writable=on,writethrough=on`,
+  ]);
+  const memory = GuestMemory.shared(RAM);
+  const kick = new EventFd();
+  const call = new EventFd();
+  let frontend: VhostUserFrontend | null = null;
+  t.teardown(async () => { frontend?.close(); await proc.stop(); kick.close(); call.close(); memory.close(); rmSync(dir, { recursive: true, force: true }); });
+  frontend = await VhostUserFrontend.connect(sock, { logger, name: 'qsd', replyTimeoutMs: WAIT_MS, connectTimeoutMs: WAIT_MS });
+  const kind = vhostUserBlkKind();
+  const hs = await frontend.handshake({ protocolFeatures: ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK | (kind.wantsConfig ? ProtocolFeature.CONFIG : 0n) });
+  t.equal(kind.queues(hs), 1);
+  const config = await kind.config(frontend, hs);
+  t.equal(config.length, BLK_CONFIG_SIZE, 'GET_CONFIG of the 60 bytes every back end has');
+  const errors: TsiboxError[] = [];
+  const transport = new VhostUserMmioTransport({
+    frontend, memory, deviceId: kind.deviceId, backendFeatures: hs.features, deviceFeatureMask: kind.deviceFeatureMask!, queueSize: kind.queueSize,
+    kickFds: [kick.fd], callFd: call.fd, interrupt: { trigger: () => undefined }, config, configWritable: kind.configWritable!,
+    name: 'blk', logger, onError: (e) => { errors.push(e); },
+  });
+  const driver = new SoftwareDriver({ read: (o, d) => { transport.read(o, d); }, write: (o, d) => { transport.write(o, d); }, notify: () => { kick.signal(); } }, memory, { kick: 'direct' });
+  t.equal(driver.readReg(Reg.DeviceId), VIRTIO_BLK_DEVICE_ID);
+  t.equal(driver.readReg(Reg.QueueNumMax), 256);
+  const offered = driver.deviceFeatures();
+  for (const [name, bit] of [['FLUSH', BlkFeature.FLUSH], ['CONFIG_WCE', BlkFeature.CONFIG_WCE], ['DISCARD', BlkFeature.DISCARD], ['WRITE_ZEROES', BlkFeature.WRITE_ZEROES], ['SEG_MAX', BlkFeature.SEG_MAX], ['BLK_SIZE', BlkFeature.BLK_SIZE], ['TOPOLOGY', BlkFeature.TOPOLOGY]] as const) {
+    t.not(offered & bit, 0n, `${name} passed through`);
+  }
+  t.equal(offered & BlkFeature.MQ, 0n, 'MQ is not (one request queue)');
+  t.equal(offered & BlkFeature.RO, 0n, 'a writable export is not RO');
+  t.equal(offered & (1n << 30n), 0n, 'PROTOCOL_FEATURES is not shown');
+  const cfg = (o: number, n: number): Buffer => Buffer.from(driver.readConfig(o, n));
+  t.equal(cfg(0, 8).readBigUInt64LE(0), BigInt((4 << 20) / 512), 'capacity in sectors, as the back end states it');
+  t.equal(cfg(20, 4).readUInt32LE(0), 512, 'blk_size');
+  t.equal(cfg(BLK_CONFIG_WRITEBACK, 1)[0], 0, 'writeback 0: the export is write-through');
+  const gen0 = driver.readReg(Reg.ConfigGeneration);
+
+  transport.write(Reg.Config + BLK_CONFIG_WRITEBACK, Uint8Array.of(1));
+  t.equal(cfg(BLK_CONFIG_WRITEBACK, 1)[0], 0, 'before FEATURES_OK a write is ignored');
+  driver.negotiate(Feature.VERSION_1 | BlkFeature.FLUSH | BlkFeature.CONFIG_WCE);
+  transport.write(Reg.Config + BLK_CONFIG_WRITEBACK, Uint8Array.of(1));
+  t.equal(cfg(BLK_CONFIG_WRITEBACK, 1)[0], 1, 'with CONFIG_WCE the driver reads its write back at once');
+  t.not(driver.readReg(Reg.ConfigGeneration), gen0, 'and the config generation changed');
+  await transport.settled();
+  // Read from 0: libvhost-user ignores GET_CONFIG's offset (it copies from the start).
+  t.equal((await frontend.getConfig(0, BLK_CONFIG_SIZE))[BLK_CONFIG_WRITEBACK], 1, 'SET_CONFIG reached the back end: it is write-back now');
+  transport.write(Reg.Config, Uint8Array.of(0xff, 0xff, 0xff, 0xff));
+  t.equal(cfg(0, 8).readBigUInt64LE(0), BigInt((4 << 20) / 512), 'capacity is not writable (nothing sent: qemu-storage-daemon would drop the connection)');
+  await transport.settled();
+  t.equal((await frontend.getConfig(0, 8)).readBigUInt64LE(0), BigInt((4 << 20) / 512));
+  t.same(errors, [], 'the back end is still fine');
+
+  const noWce = new VhostUserMmioTransport({
+    frontend, memory, deviceId: kind.deviceId, backendFeatures: hs.features, deviceFeatureMask: kind.deviceFeatureMask!, queueSize: kind.queueSize,
+    kickFds: [kick.fd], callFd: call.fd, interrupt: { trigger: () => undefined }, config, configWritable: kind.configWritable!, name: 'blk2', logger,
+  });
+  const d2 = new SoftwareDriver({ read: (o, d) => { noWce.read(o, d); }, write: (o, d) => { noWce.write(o, d); }, notify: () => undefined }, memory, { kick: 'direct' });
+  d2.negotiate(Feature.VERSION_1 | BlkFeature.FLUSH);
+  noWce.write(Reg.Config + BLK_CONFIG_WRITEBACK, Uint8Array.of(1));
+  t.equal(Buffer.from(d2.readConfig(BLK_CONFIG_WRITEBACK, 1))[0], 0, 'without CONFIG_WCE negotiated writeback is read-only');
 });

@@ -349,6 +349,20 @@ export class VhostUserFrontend extends EventEmitter<FrontendEvents> {
     return c.data;
   }
 
+  /**
+   * SET_CONFIG (needs the CONFIG protocol feature): writes `data` into the device's
+   * config space at `offset`, as the driver did (flags 0: VHOST_SET_CONFIG_TYPE_FRONTEND).
+   * With REPLY_ACK a refusal (QEMU's vhost-user-blk export accepts only the 1-byte
+   * `writeback` field) is a DEVICE_ERROR and the connection stays usable.
+   */
+  async setConfig(offset: number, data: Uint8Array): Promise<void> {
+    if ((this.#protocol & ProtocolFeature.CONFIG) === 0n) throw new TsiboxError('INVALID_STATE', 'SET_CONFIG without the CONFIG protocol feature');
+    if (!Number.isInteger(offset) || offset < 0 || data.length < 1 || offset + data.length > MAX_CONFIG_SIZE) {
+      throw new TsiboxError('INVALID_ARGUMENT', `config range ${offset}+${data.length} is outside ${MAX_CONFIG_SIZE} bytes`);
+    }
+    await this.#request(Req.SET_CONFIG, 'none', encodeConfig({ offset, size: data.length, flags: 0, data: Buffer.from(data) }));
+  }
+
   async #vringFd(request: number, index: number, fd: number): Promise<void> {
     checkIndex(index);
     const payload = u64Payload(BigInt(index) | (fd < 0 ? VRING_NOFD_MASK : 0n));

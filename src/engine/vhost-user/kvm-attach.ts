@@ -73,6 +73,7 @@ export async function attachVhostUserMmio(vm: Vm, dev: VhostUserMmioDevice, opts
     const transport = new VhostUserMmioTransport({
       frontend, memory: vm.memory, deviceId: dev.kind.deviceId, backendFeatures: hs.features, queueSize: dev.kind.queueSize,
       ...(dev.kind.deviceFeatureMask !== undefined ? { deviceFeatureMask: dev.kind.deviceFeatureMask } : {}),
+      ...(dev.kind.configWritable !== undefined ? { configWritable: dev.kind.configWritable } : {}),
       kickFds, callFd: irqfd.fd, config, name: dev.name, logger: opts.logger,
       interrupt: { trigger: () => { if (!irqfd.closed) irqfd.signal(); } },
       ...(opts.onError ? { onError: opts.onError } : {}),

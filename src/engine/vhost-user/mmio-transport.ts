@@ -5,6 +5,13 @@
 // call fd is the device's irqfd. On DRIVER_OK the negotiated features, the memory
 // table and the rings go to the back end; on reset the rings are stopped.
 //
+// Config space is a copy read from the back end once (GET_CONFIG) or made by us; the
+// driver reads it here. A driver write to a field the kind declares writable (virtio-blk
+// `writeback`) changes the copy at once (Linux reads it back right after writing) and
+// goes to the back end as SET_CONFIG; a refusal restores the old bytes. Each change
+// bumps ConfigGeneration. The back end cannot announce config changes (that needs the
+// back-end request channel, not negotiated), so the copy is otherwise fixed.
+//
 // InterruptStatus: the back end's interrupts reach the guest through the irqfd without
 // this process seeing them, yet Linux's vm_interrupt (drivers/virtio/virtio_mmio.c,
 // 6.1) only walks the virtqueues when the VRING bit is set. So while DRIVER_OK is set
@@ -52,14 +59,23 @@ export interface VhostUserMmioOptions {
   callFd: number;
   /** Raises the device's interrupt (config change, DEVICE_NEEDS_RESET). */
   interrupt: { trigger(): void };
-  /** Config space bytes as the driver reads them (writes are ignored). */
+  /** Config space bytes as the driver reads them (copied; see configWritable for writes). */
   config: Uint8Array;
+  /**
+   * Config fields the driver may write, each only once it negotiated `feature` (e.g.
+   * virtio-blk `writeback`, 1 byte at 32, with CONFIG_WCE); written bytes go to the back
+   * end as SET_CONFIG. Writes anywhere else are ignored. Default none.
+   */
+  configWritable?: readonly ConfigField[];
   /** Names the device in log lines and errors. */
   name: string;
   logger: Logger;
   /** The back end refused a request or went away (always DEVICE_ERROR); the device is DEVICE_NEEDS_RESET. */
   onError?: (err: TsiboxError) => void;
 }
+
+/** A byte range of config space (offset and size in bytes) tied to a feature bit. */
+export interface ConfigField { offset: number; size: number; feature: bigint }
 
 interface QueueRegs { size: number; ready: boolean; desc: number; avail: number; used: number }
 
@@ -74,6 +90,8 @@ export class VhostUserMmioTransport implements BusDevice {
   #queueSel = 0;
   #queues: QueueRegs[];
   #configPending = 0;
+  readonly #config: Uint8Array;
+  #configGeneration = 0;
   /** Rings handed to the back end in this session (stopped on reset). */
   #started = new Set<number>();
   /** Back-end work in order: a reset's stops run after the starts it follows. */
@@ -92,6 +110,7 @@ export class VhostUserMmioTransport implements BusDevice {
     if ((this.#offered & Feature.VERSION_1) === 0n) {
       throw new TsiboxError('DEVICE_ERROR', `${opts.name}: the back end does not offer VERSION_1 (legacy devices are not supported)`);
     }
+    this.#config = Uint8Array.from(opts.config);
     this.#queues = opts.kickFds.map(() => emptyQueue());
     opts.frontend.on('close', (err) => { if (err !== null) this.#fail(err); });
   }
@@ -115,7 +134,7 @@ export class VhostUserMmioTransport implements BusDevice {
     data.fill(0);
     if (offset >= Reg.Config) {
       const from = offset - Reg.Config;
-      if (from < this.#o.config.length) data.set(this.#o.config.subarray(from, from + data.length));
+      if (from < this.#config.length) data.set(this.#config.subarray(from, from + data.length));
       return;
     }
     if (data.length !== 4 || offset % 4 !== 0) return;
@@ -123,7 +142,11 @@ export class VhostUserMmioTransport implements BusDevice {
   }
 
   write(offset: number, data: Uint8Array): void {
-    if (offset >= Reg.Config || data.length !== 4 || offset % 4 !== 0) return;
+    if (offset >= Reg.Config) {
+      this.#writeConfig(offset - Reg.Config, data);
+      return;
+    }
+    if (data.length !== 4 || offset % 4 !== 0) return;
     const v = new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true);
     const q = this.#queues[this.#queueSel];
     // Ring registers may change only between FEATURES_OK and DRIVER_OK, ring not ready.
@@ -169,7 +192,7 @@ export class VhostUserMmioTransport implements BusDevice {
       // Sticky VRING while DRIVER_OK: see the comment at the top of this file.
       case Reg.InterruptStatus: return ((this.#status & Status.DRIVER_OK) !== 0 ? Interrupt.USED_BUFFER : 0) | this.#configPending;
       case Reg.Status: return this.#status;
-      case Reg.ConfigGeneration: return 0;
+      case Reg.ConfigGeneration: return this.#configGeneration;
       case Reg.ShmLenLow: case Reg.ShmLenHigh: case Reg.ShmBaseLow: case Reg.ShmBaseHigh:
         return 0xffff_ffff; // no shared memory regions (virtio-fs DAX window: not offered)
       default: return 0;
@@ -180,6 +203,34 @@ export class VhostUserMmioTransport implements BusDevice {
     if ((this.#status & (Status.FEATURES_OK | Status.DRIVER_OK)) !== 0 || this.#drvFeatSel > 1) return;
     const shift = BigInt(32 * this.#drvFeatSel);
     this.#driverFeatures = (this.#driverFeatures & ~(0xffff_ffffn << shift)) | (BigInt(v >>> 0) << shift);
+  }
+
+  /** A driver write into config space: applied and sent on when it lies inside a negotiated writable field. */
+  #writeConfig(from: number, data: Uint8Array): void {
+    const negotiated = (this.#status & Status.FEATURES_OK) !== 0;
+    const field = this.#o.configWritable?.find((f) => from >= f.offset && from + data.length <= f.offset + f.size);
+    if (field === undefined || !negotiated || (this.#driverFeatures & field.feature) === 0n || from + data.length > this.#config.length) {
+      this.#log.debug({ offset: from, size: data.length }, 'config write ignored');
+      return;
+    }
+    const wrote = Uint8Array.from(data);
+    const old = this.#config.slice(from, from + wrote.length);
+    this.#config.set(wrote, from);
+    this.#configGeneration++;
+    const f = this.#o.frontend;
+    this.#enqueue(async () => {
+      try {
+        await f.setConfig(from, wrote);
+      } catch (err) {
+        if (f.closed) throw err;
+        // Refused, the connection fine: the field keeps its old value (unless written again since).
+        this.#log.warn({ offset: from, size: wrote.length, reason: err instanceof Error ? err.message : String(err) }, 'the back end refused a config write');
+        if (this.#config.subarray(from, from + wrote.length).every((b, i) => b === wrote[i])) {
+          this.#config.set(old, from);
+          this.#configGeneration++;
+        }
+      }
+    });
   }
 
   #writeQueueReady(q: QueueRegs | undefined, v: number): void {
