@@ -23,7 +23,8 @@ import { PortMap } from './portmap/index.js';
 import { SandboxPorts } from './sandbox-ports.js';
 import { AgentClient, type ExecHandle, type ExecOptions } from './agent/index.js';
 import { checkDirectoryShares, type DirectoryMount } from './engine/directory-share-options.js';
-import { startVirtiofsShares, type VirtiofsShares } from './engine/virtiofsd.js';
+import { checkVirtiofsdUsable, startVirtiofsShares, type VirtiofsShares } from './engine/virtiofsd.js';
+import { checkDeviceSlots } from './engine/device-slots.js';
 import { checkDisks, type DiskImage, type RootDiskImage } from './engine/disk-options.js';
 import { kvmDiskDevices, qemuDiskArgs, startDiskBackends, type DiskBackends } from './engine/disks.js';
 
@@ -438,6 +439,18 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     this.#engine = decision.engine;
     log.info({ engine: decision.engine, reason: decision.reason }, `engine ${decision.engine}: ${decision.reason}`);
 
+    // Shares and disks are checked before a kernel is built or anything starts.
+    const shares = checkDirectoryShares(opts);
+    const disks = checkDisks(opts);
+    if (disks?.root && shares?.root) throw new TsiboxError('INVALID_ARGUMENT', 'root and rootDisk exclude each other: the guest has one root');
+    if (shares !== null) checkVirtiofsdUsable();
+    checkDeviceSlots(decision.engine, {
+      shares: shares === null ? 0 : (shares.root === null ? 0 : 1) + shares.mounts.length,
+      disks: disks === null ? 0 : disks.disks.length,
+      balloon: opts.balloon !== false,
+      net: opts.network?.mode === 'passt' || opts.network?.mode === 'gvproxy',
+    });
+
     const kernel = opts.kernel ?? (await ensureKernel({ onProgress: (l) => { log.info(l); } })).bzImage;
     const initrd = opts.initrd ?? await ensureInitramfs({ onProgress: (l) => { log.info(l); } });
     if (opts.agent !== undefined && typeof opts.agent !== 'boolean') throw new TsiboxError('INVALID_ARGUMENT', 'agent must be a boolean');
@@ -482,14 +495,11 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     const guestLog = new RateLimitedLog(log);
     const vsockPorts = opts.vsockPorts ?? [];
     checkVsockPorts(vsockPorts);
-    const shares = checkDirectoryShares(opts);
     if (shares !== null) {
       if (shares.root !== null) init.root = { tag: shares.root.tag, readOnly: shares.root.readOnly };
       if (shares.mounts.length > 0) init.mounts = shares.mounts.map((m) => ({ tag: m.tag, path: m.guestPath, readOnly: m.readOnly }));
     }
-    const disks = checkDisks(opts);
     if (disks !== null) {
-      if (disks.root !== null && shares !== null && shares.root !== null) throw new TsiboxError('INVALID_ARGUMENT', 'root and rootDisk exclude each other: the guest has one root');
       if (disks.root !== null) init.rootDisk = { device: `/dev/${disks.root.guestDevice}`, fsType: disks.root.fsType, readOnly: disks.root.readOnly };
     }
 

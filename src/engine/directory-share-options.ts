@@ -73,12 +73,16 @@ function hostDirectory(what: string, p: unknown): string {
   return realpathSync(p);
 }
 
-/** A normalised absolute guest path other than "/", else INVALID_ARGUMENT. */
+/** A normalised absolute guest path other than "/" and outside /proc, /sys, /dev, else INVALID_ARGUMENT. */
 function guestDirectory(what: string, p: unknown): string {
   if (typeof p !== 'string' || !p.startsWith('/')) throw new TsiboxError('INVALID_ARGUMENT', `${what} must be an absolute guest path, got ${JSON.stringify(p)}`);
   if (p.includes('\0')) throw new TsiboxError('INVALID_ARGUMENT', `${what} contains a NUL byte`);
   const parts = p.split('/').filter((s) => s !== '' && s !== '.');
   if (parts.includes('..')) throw new TsiboxError('INVALID_ARGUMENT', `${what} must not contain "..", got ${JSON.stringify(p)}`);
   if (parts.length === 0) throw new TsiboxError('INVALID_ARGUMENT', `${what} cannot be "/" (use root for the guest's root)`);
+  // init mounts these itself; a share over them hides /proc/mounts, /dev/null and the like.
+  if (['proc', 'sys', 'dev'].includes(parts[0]!)) {
+    throw new TsiboxError('INVALID_ARGUMENT', `${what} cannot be /${parts[0]} or under it (init mounts proc, sysfs and devtmpfs there), got ${JSON.stringify(p)}`);
+  }
   return `/${parts.join('/')}`;
 }

@@ -89,11 +89,11 @@ interface Share {
 }
 
 /**
- * Starts one virtiofsd per share. Throws ENGINE_UNAVAILABLE when virtiofsd is missing,
- * NOT_SUPPORTED when not running as root (virtiofsd's namespace sandbox and serving
- * files of every owner need it); nothing is left running then.
+ * The virtiofsd binary, when shares can be served here: ENGINE_UNAVAILABLE without
+ * virtiofsd, NOT_SUPPORTED when not running as root. Cheap; Sandbox calls it before
+ * building or starting anything.
  */
-export function startVirtiofsShares(shares: DirectoryShares, log: Logger): VirtiofsShares {
+export function checkVirtiofsdUsable(): string {
   const bin = findVirtiofsd();
   if (bin === undefined) {
     throw new TsiboxError('ENGINE_UNAVAILABLE',
@@ -103,6 +103,16 @@ export function startVirtiofsShares(shares: DirectoryShares, log: Logger): Virti
     throw new TsiboxError('NOT_SUPPORTED',
       'root and mounts need root: virtiofsd (Debian 12) sets up its namespace sandbox and serves files of every owner with root\'s capabilities; run tsibox as root');
   }
+  return bin;
+}
+
+/**
+ * Starts one virtiofsd per share. Throws ENGINE_UNAVAILABLE when virtiofsd is missing,
+ * NOT_SUPPORTED when not running as root (virtiofsd's namespace sandbox and serving
+ * files of every owner need it); nothing is left running then.
+ */
+export function startVirtiofsShares(shares: DirectoryShares, log: Logger): VirtiofsShares {
+  const bin = checkVirtiofsdUsable();
   const list: Share[] = [
     ...(shares.root ? [{ what: `root ${shares.root.hostPath}`, hostPath: shares.root.hostPath, tag: shares.root.tag, readOnly: shares.root.readOnly }] : []),
     ...shares.mounts.map((m) => ({ what: `mount ${m.hostPath} → ${m.guestPath}`, hostPath: m.hostPath, tag: m.tag, readOnly: m.readOnly })),

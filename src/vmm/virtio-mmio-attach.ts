@@ -14,8 +14,9 @@ export const VIRTIO_MMIO_BASE = 0xd000_0000;
 export const VIRTIO_MMIO_STRIDE = 0x1000;
 /** GSI of device 0; device i uses VIRTIO_GSI_BASE + i (IOAPIC pins 5..23). */
 export const VIRTIO_GSI_BASE = 5;
-/** The in-kernel IOAPIC has 24 pins. */
-const MAX_DEVICES = 24 - VIRTIO_GSI_BASE;
+/** The in-kernel IOAPIC has 24 pins: virtio-mmio devices the KVM engine can attach. */
+export const VIRTIO_MMIO_SLOTS = 24 - VIRTIO_GSI_BASE;
+const MAX_DEVICES = VIRTIO_MMIO_SLOTS;
 
 /**
  * The window base and GSI of virtio-mmio slot `index` (0..18). Throws INVALID_ARGUMENT

@@ -179,8 +179,9 @@ t.test('bad images are named; a daemon that dies mid-run ends the sandbox with D
     { code: 'INVALID_ARGUMENT', message: /disks\[0\]\.path: .*missing\.raw cannot be used \(it does not exist\)/ });
   // A qcow2 header followed by garbage: qemu-storage-daemon refuses it before the VM starts.
   const broken = join(work, 'broken.qcow2');
-  // A qcow2 magic and version, no backing file (bytes 8-15 zero: that check is ours), then noise for qemu-storage-daemon to refuse.
-  writeFileSync(broken, Buffer.concat([Buffer.from([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]), Buffer.alloc(8), randomBytes(4096)]));
+  // A qcow2 magic and version, then a zeroed header (no backing or data file: those checks
+  // are ours, before the daemon), then noise for qemu-storage-daemon to refuse.
+  writeFileSync(broken, Buffer.concat([Buffer.from([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]), Buffer.alloc(96), randomBytes(4096)]));
   await t.rejects(Sandbox.run({ engine: E2E_ENGINE, disks: [{ path: broken, format: 'qcow2' }], argv: ['true'] }),
     { code: 'DEVICE_ERROR', message: /qemu-storage-daemon for disks\[0\] \(.*broken\.qcow2, qcow2\) exited with status 1: .*qcow2/ });
   t.ok(noneLeft(broken), 'nothing is left after a failed start');

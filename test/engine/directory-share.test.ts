@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { checkDirectoryShares, MAX_MOUNTS } from '../../src/engine/directory-share-options.js';
 import { virtiofsdArgs, virtiofsdArgv } from '../../src/engine/virtiofsd.js';
+import { checkDeviceSlots } from '../../src/engine/device-slots.js';
 import { buildCmdline, initTokens, type InitConfig } from '../../src/guest/cmdline.js';
 import { ensureInitramfs } from '../../src/guest/index.js';
 import { parseMount, rootOptions } from '../../src/cli/root-flags.js';
@@ -102,4 +103,24 @@ t.test('init parses tsibox.root and tsibox.mount as the encoder writes them (ini
     t.equal(r.status, 125, bad);
     t.match(r.stderr, /tsibox\.(root|mount): want/, bad);
   }
+});
+
+t.test('guest paths that init mounts itself are refused', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsibox-share-'));
+  t.teardown(() => { rmSync(dir, { recursive: true, force: true }); });
+  for (const guestPath of ['/proc', '/sys/kernel', '/dev', '/dev/shm', '//proc/']) {
+    t.throws(() => checkDirectoryShares({ mounts: [{ hostPath: dir, guestPath }] }), { code: 'INVALID_ARGUMENT', message: /init mounts proc/ }, guestPath);
+  }
+  t.ok(checkDirectoryShares({ mounts: [{ hostPath: dir, guestPath: '/devices' }] }), '/devices is fine');
+  t.end();
+});
+
+t.test('device slots: past the machine\'s virtio-mmio transports, INVALID_ARGUMENT with the numbers', (t) => {
+  t.doesNotThrow(() => { checkDeviceSlots('qemu', { shares: 4, disks: 0, balloon: true, net: false }); }, '4 shares fit QEMU with the balloon');
+  t.throws(() => { checkDeviceSlots('qemu', { shares: 4, disks: 1, balloon: true, net: false }); }, { code: 'INVALID_ARGUMENT', message: /8 virtio-mmio slots.*take 4, leaving 4.*balloon: false frees one slot/ });
+  t.doesNotThrow(() => { checkDeviceSlots('qemu', { shares: 4, disks: 1, balloon: false, net: false }); }, 'without the balloon one more fits');
+  t.throws(() => { checkDeviceSlots('qemu', { shares: 2, disks: 2, balloon: true, net: true }); }, { code: 'INVALID_ARGUMENT', message: /virtio-net/ });
+  t.doesNotThrow(() => { checkDeviceSlots('kvm', { shares: 9, disks: 5, balloon: true, net: true }); }, 'the KVM engine has 19 slots');
+  t.throws(() => { checkDeviceSlots('kvm', { shares: 9, disks: 6, balloon: true, net: true }); }, { code: 'INVALID_ARGUMENT', message: /19 virtio-mmio slots/ });
+  t.end();
 });

@@ -96,6 +96,8 @@ export class VhostUserMmioTransport implements BusDevice {
   #started = new Set<number>();
   /** Back-end work in order: a reset's stops run after the starts it follows. */
   #ops: Promise<void> = Promise.resolve();
+  /** Requests queued for the back end and not finished yet (bounded: MAX_PENDING_OPS). */
+  #pending = 0;
   #error: TsiboxError | null = null;
   #closed = false;
 
@@ -224,7 +226,8 @@ export class VhostUserMmioTransport implements BusDevice {
       } catch (err) {
         if (f.closed) throw err;
         // Refused, the connection fine: the field keeps its old value (unless written again since).
-        this.#log.warn({ offset: from, size: wrote.length, reason: err instanceof Error ? err.message : String(err) }, 'the back end refused a config write');
+        // debug, not warn: the guest can repeat this at will.
+        this.#log.debug({ offset: from, size: wrote.length, reason: err instanceof Error ? err.message : String(err) }, 'the back end refused a config write');
         if (this.#config.subarray(from, from + wrote.length).every((b, i) => b === wrote[i])) {
           this.#config.set(old, from);
           this.#configGeneration++;
@@ -298,9 +301,17 @@ export class VhostUserMmioTransport implements BusDevice {
   }
 
   #enqueue(work: () => Promise<void>): void {
+    // The guest drives this queue (resets, DRIVER_OK, config writes) faster than a slow
+    // back end may answer: past the bound the device fails instead of growing memory.
+    if (this.#pending >= MAX_PENDING_OPS) {
+      this.#fail(new TsiboxError('DEVICE_ERROR',
+        `${this.#o.name}: the guest queued more than ${MAX_PENDING_OPS} requests for the vhost-user back end (resets or config writes faster than it answers)`));
+      return;
+    }
+    this.#pending++;
     this.#ops = this.#ops.then(work).catch((err: unknown) => {
       if (!this.#closed) this.#fail(err);
-    });
+    }).finally(() => { this.#pending--; });
   }
 
   /** The back end failed: DEVICE_NEEDS_RESET, a config interrupt, and onError once. */
@@ -324,6 +335,9 @@ export class VhostUserMmioTransport implements BusDevice {
     }
   }
 }
+
+/** Back-end requests a guest may have outstanding at once (each reset or DRIVER_OK is one). */
+export const MAX_PENDING_OPS = 64;
 
 function emptyQueue(): QueueRegs {
   return { size: 0, ready: false, desc: 0, avail: 0, used: 0 };
