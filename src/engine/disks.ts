@@ -17,14 +17,13 @@
 //
 // Lifetime (proxies/helper-process.ts): the keeper stops it and removes the directory
 // (socket and pid file) when our pipe ends, even after a SIGKILL of Node; pdeathsig too.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { HelperProcess, startHelper } from '../../proxies/helper-process.js';
 import { TsiboxError } from '../errors.js';
 import { findExecutable } from '../sys/helper-programs.js';
-import { listeningSocketFd } from '../sys/unix-listen.js';
+import { firstUnexpectedExit, privateListeningSocket } from './backend-process.js';
 import type { CheckedDisk } from './disk-options.js';
 import type { VhostUserMmioDevice } from './vhost-user/kvm-attach.js';
 import { vhostUserBlkKind } from './vhost-user/mmio-device-kinds.js';
@@ -117,16 +116,8 @@ export async function startDiskBackends(disks: readonly CheckedDisk[], log: Logg
   };
   try {
     for (const disk of disks) {
-      const dir = mkdtempSync(join(tmpdir(), 'tsibox-qsd-'));
-      const sock = join(dir, 'vhost-user-blk.sock');
+      const { dir, sock, fd } = privateListeningSocket('tsibox-qsd-', 'vhost-user-blk.sock');
       const pidFile = join(dir, 'qsd.pid');
-      let fd: number;
-      try {
-        fd = listeningSocketFd(sock);
-      } catch (err) {
-        rmSync(dir, { recursive: true, force: true });
-        throw err;
-      }
       const helper = startHelper({ name: QSD_BINARY, argv: [bin, ...storageDaemonArgs(disk, pidFile)], passFds: [fd], privateDir: dir, logger: log });
       const backend: VhostUserBackend = { kind: 'vhost-user-blk', socketPath: sock, name: `disk ${disk.guestDevice} (${disk.path})` };
       started.push({ disk, helper, pidFile, backend });
@@ -143,16 +134,7 @@ export async function startDiskBackends(disks: readonly CheckedDisk[], log: Logg
     throw err;
   }
   // Before close() every exit is a failure: the daemon serves until stopped.
-  const failed = new Promise<TsiboxError>((resolve) => {
-    for (const { disk, helper } of started) {
-      void helper.exited.then((ex) => {
-        if (closing) return;
-        const err = helper.stderr.split('\n').slice(-5).join('\n');
-        resolve(new TsiboxError('DEVICE_ERROR',
-          `${QSD_BINARY} for ${disk.what} ${disk.path} (pid ${helper.pid}) ${HelperProcess.describe(ex)} while the sandbox ran; the sandbox was stopped${err ? `; its last lines:\n${err}` : ''}`));
-      });
-    }
-  });
+  const failed = firstUnexpectedExit(started.map(({ disk, helper }) => ({ label: `${QSD_BINARY} for ${disk.what} ${disk.path}`, helper })), () => closing);
   let closed: Promise<void> | null = null;
   return { backends: started.map((s) => s.backend), pids: started.map((s) => s.helper.pid), failed, close: () => (closed ??= close()) };
 }

@@ -17,14 +17,11 @@
 // Lifetime (proxies/helper-process.ts): virtiofsd exits when QEMU's connection ends;
 // it runs under the keeper that stops it and removes the directory (socket included)
 // when our pipe ends, even after a SIGKILL of Node, and under pdeathsig.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { HelperProcess, startHelper } from '../../proxies/helper-process.js';
 import { TsiboxError } from '../errors.js';
 import { findExecutable } from '../sys/helper-programs.js';
-import { listeningSocketFd } from '../sys/unix-listen.js';
+import { firstUnexpectedExit, privateListeningSocket } from './backend-process.js';
 import type { DirectoryShares } from './directory-share-options.js';
 import { virtioFsKind } from './vhost-user/mmio-device-kinds.js';
 import type { VhostUserMmioDevice } from './vhost-user/kvm-attach.js';
@@ -129,15 +126,7 @@ export function startVirtiofsShares(shares: DirectoryShares, log: Logger): Virti
   };
   try {
     list.forEach((share, i) => {
-      const dir = mkdtempSync(join(tmpdir(), 'tsibox-virtiofsd-'));
-      const sock = join(dir, 'vhost-user-fs.sock');
-      let fd: number;
-      try {
-        fd = listeningSocketFd(sock);
-      } catch (err) {
-        rmSync(dir, { recursive: true, force: true });
-        throw err;
-      }
+      const { dir, sock, fd } = privateListeningSocket('tsibox-virtiofsd-', 'vhost-user-fs.sock');
       const helper = startHelper({ name: 'virtiofsd', argv: virtiofsdArgv(bin, share.hostPath, share.readOnly), passFds: [fd], privateDir: dir, logger: log });
       helpers.push({ share, helper });
       qemuArgs.push('-chardev', `socket,id=fs${i},path=${sock}`, '-device', `vhost-user-fs-device,chardev=fs${i},tag=${share.tag}`);
@@ -149,16 +138,8 @@ export function startVirtiofsShares(shares: DirectoryShares, log: Logger): Virti
     throw err;
   }
   // An exit before close() other than status 0 (the end of QEMU's connection) is a failure.
-  const failed = new Promise<TsiboxError>((resolve) => {
-    for (const { share, helper } of helpers) {
-      void helper.exited.then((ex) => {
-        if (closing || (ex.code === 0 && ex.signal === null)) return;
-        const err = helper.stderr.split('\n').slice(-5).join('\n');
-        resolve(new TsiboxError('DEVICE_ERROR',
-          `virtiofsd for the ${share.what} (pid ${helper.pid}) ${HelperProcess.describe(ex)} while the sandbox ran; the sandbox was stopped${err ? `; its last lines:\n${err}` : ''}`));
-      });
-    }
-  });
+  const failed = firstUnexpectedExit(helpers.map(({ share, helper }) => ({ label: `virtiofsd for the ${share.what}`, helper })),
+    () => closing, (ex) => ex.code === 0 && ex.signal === null);
   let closed: Promise<void> | null = null;
   return { qemuArgs, kvmDevices, pids: helpers.map((h) => h.helper.pid), failed, close: () => (closed ??= close()) };
 }

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Sandbox, TsiboxError } from '../../src/index.js';
 import { findStorageDaemon } from '../../src/engine/disks.js';
-import { alive, descendants, processesMentioning, waitFor } from '../helpers/processes.js';
+import { alive, descendants, killAll, processesMentioning, waitFor } from '../helpers/processes.js';
 import { E2E_ENGINE, e2ePrerequisites } from './prerequisites.js';
 
 const BUSYBOX = '/bin/busybox';
@@ -193,14 +193,7 @@ t.test('bad images are named; a daemon that dies mid-run ends the sandbox with D
   t.ok(await waitFor(() => out.includes('ready'), 60_000), 'the guest runs');
   const ours = processesMentioning(`filename=${image}`);
   t.ok(ours.length > 0, 'qemu-storage-daemon runs');
-  for (const p of ours) {
-    try {
-      process.kill(p, 'SIGKILL');
-    } catch (e) {
-      // The keeper went first and the daemon followed by its pdeathsig.
-      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
-    }
-  }
+  killAll(ours);
   const err = await sb.exited.then(() => null, (e: unknown) => e);
   t.ok(err instanceof TsiboxError && err.code === 'DEVICE_ERROR', `DEVICE_ERROR (${String(err)})`);
   t.match((err as Error).message, /qemu-storage-daemon for disks\[0\] .*kill\.raw .*(was killed by SIGKILL|exited with status) while the sandbox ran/);

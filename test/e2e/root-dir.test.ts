@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { Sandbox, TsiboxError } from '../../src/index.js';
 import { Policy } from '../../src/policy/index.js';
 import { findVirtiofsd } from '../../src/engine/virtiofsd.js';
-import { alive, descendants, processesMentioning, waitFor } from '../helpers/processes.js';
+import { alive, descendants, killAll, processesMentioning, waitFor } from '../helpers/processes.js';
 import { E2E_ENGINE, e2ePrerequisites } from './prerequisites.js';
 
 const BUSYBOX = '/bin/busybox';
@@ -195,14 +195,7 @@ t.test('a virtiofsd that dies mid-run ends the sandbox with DEVICE_ERROR', { ski
   // The virtiofsd processes this sandbox started (serving our own temporary root).
   const ours = processesMentioning(`source=${root}`);
   t.ok(ours.length > 0, 'virtiofsd runs');
-  for (const p of ours) {
-    try {
-      process.kill(p, 'SIGKILL');
-    } catch (e) {
-      // The keeper went first and virtiofsd followed by its pdeathsig.
-      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
-    }
-  }
+  killAll(ours);
   const err = await sb.exited.then(() => null, (e: unknown) => e);
   t.ok(err instanceof TsiboxError && err.code === 'DEVICE_ERROR', `DEVICE_ERROR (${String(err)})`);
   t.match((err as Error).message, /virtiofsd for the root .*kill-root .*(was killed by SIGKILL|exited with status) while the sandbox ran/);

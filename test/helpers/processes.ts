@@ -69,3 +69,17 @@ export async function waitFor(cond: () => boolean, ms: number): Promise<boolean>
   }
   return cond();
 }
+
+/**
+ * SIGKILLs each of `pids`; one already gone is fine (a keeper killed first takes its
+ * helper with it through pdeathsig).
+ */
+export function killAll(pids: readonly number[]): void {
+  for (const p of pids) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+    }
+  }
+}
