@@ -14,3 +14,4 @@ export * from './packet.js';
 export * from './replies.js';
 export * from './reassembly.js';
 export * from './fragment.js';
+export type { FrameBackend, FramePort } from './frame-port.js';

@@ -2,15 +2,15 @@
 import type { Logger } from 'pino';
 import type { Policy } from '../src/policy/index.js';
 import type { PortMap } from '../src/portmap/index.js';
-import type { VsockDevice } from '../src/virtio/vsock/device.js';
-import type { ConnectionLog } from './log.js';
+import type { GuestStreamPorts } from '../src/guest-stream.js';
+import type { ConnectionLog } from './connection-log.js';
 import type { RateLimitedLog } from '../src/log-rate.js';
 import type { TsiLimits } from './limits.js';
 import { TsiboxError } from '../src/errors.js';
-import { canonicalAddress } from '../src/net/address.js';
+import { canonicalAddress } from '../netstack/address.js';
 
 export interface TsiContext {
-  readonly device: VsockDevice;
+  readonly device: GuestStreamPorts;
   readonly policy: Policy;
   readonly portMap: PortMap;
   readonly connections: ConnectionLog;
@@ -58,5 +58,11 @@ export class HostAliases {
   resolve(address: string): string | undefined {
     const c = canonicalAddress(address);
     return c === null ? undefined : this.#map.get(c.address);
+  }
+
+  /** The host endpoint a guest target stands for (same port, the mapped address), or undefined when it is no alias. */
+  resolveEndpoint(target: { address: string; port: number }): { family: 'ipv4' | 'ipv6'; address: string; port: number } | undefined {
+    const real = this.resolve(target.address);
+    return real === undefined ? undefined : { family: real.includes(':') ? 'ipv6' : 'ipv4', address: real, port: target.port };
   }
 }

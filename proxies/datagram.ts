@@ -12,17 +12,20 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { bindFailure, type PortMapping } from '../src/portmap/index.js';
 import type { Decision } from '../src/policy/index.js';
-import type { VsockConnection } from '../src/virtio/vsock/connection.js';
+import type { GuestStream } from '../src/guest-stream.js';
 import type { TsiContext } from './context.js';
-import type { TrackedConnection } from './log.js';
+import { checkTransition, type LegalMoves } from './flow-state.js';
+import type { TrackedConnection } from './connection-log.js';
 import { endThenReset, serveRequests } from './pipe.js';
 import {
-  DgramFlag, Errno, MAX_DGRAM_PAYLOAD_V4, FrameReader, MAX_PRIVILEGED_GUEST_PORT, TsiError, canonicalAddress, decodeDgram, decodeDgramOpen, encodeDgram, encodeDgramError,
+  DgramFlag, Errno, MAX_DGRAM_PAYLOAD_V4, MessageReader, MAX_PRIVILEGED_GUEST_PORT, GuestErrno, canonicalAddress, decodeDgram, decodeDgramOpen, encodeDgram, encodeDgramError,
   encodeDgramOpenResult, errnoName, errnoOf, formatAddr, sockAddrOf, type SockAddr,
 } from './protocol.js';
 
 /** Peers remembered per socket for replies, and policy decisions cached per socket. */
 const MAX_PEERS = 1024;
+/** How long a closed socket waits for its datagrams in flight before it closes anyway. */
+const DRAIN_MS = 1000;
 
 export class DatagramProxy {
   readonly #ctx: TsiContext;
@@ -52,15 +55,15 @@ export class DatagramProxy {
     this.#sockets.clear();
   }
 
-  handle(conn: VsockConnection): void {
-    const reader = new FrameReader();
-    let flow: Flow | null = null;
+  handle(conn: GuestStream): void {
+    const reader = new MessageReader();
+    let flow: UdpFlow | null = null;
     const timer = setTimeout(() => { if (flow === null) conn.destroy('no DGRAM_OPEN in time'); }, this.#ctx.timeoutMs);
     conn.once('close', () => { clearTimeout(timer); });
     // Requests wait (uncredited) while our replies are above the high-water mark, and
     // until the host socket is bound.
     const pump = serveRequests(conn, reader, (f) => {
-      if (f instanceof TsiError) {
+      if (f instanceof GuestErrno) {
         conn.write(encodeDgramError(-f.errno, { family: 'none' }));
         endThenReset(conn, f.reason);
         conn.consumed(conn.unconsumed);
@@ -73,7 +76,7 @@ export class DatagramProxy {
       clearTimeout(timer);
       conn.consumed(f.bytes.length);
       const bind = decodeDgramOpen(f);
-      if (bind instanceof TsiError) {
+      if (bind instanceof GuestErrno) {
         conn.write(encodeDgramOpenResult(-bind.errno, 0, { family: 'none' }));
         endThenReset(conn, bind.reason);
         return;
@@ -86,9 +89,9 @@ export class DatagramProxy {
         return;
       }
       conn.once('close', slot.release);
-      flow = new Flow(this.#ctx, conn, bind, this.#sockets, this.#exposed, () => { pump(); });
+      flow = new UdpFlow(this.#ctx, conn, bind, this.#sockets, this.#exposed, () => { pump(); });
     },
-    () => flow !== null && !flow.ready,
+    () => flow !== null && flow.state === 'binding',
     // Once open, a UDP socket's sends do not wait for the guest to read: datagrams for
     // the guest and send errors are dropped when its queue is full, as UDP drops.
     () => flow === null);
@@ -100,31 +103,71 @@ function peerKey(address: string, port: number): string {
   return `${canonicalAddress(address)?.address ?? address}|${port}`;
 }
 
-class Flow {
+/**
+ * A UDP flow's lifecycle. `inFlight` counts datagrams handed to the host socket and not
+ * yet sent; a flow that ends with some in flight drains them before its socket closes.
+ */
+type UdpFlowState =
+  | { readonly name: 'binding' }
+  | { readonly name: 'open'; inFlight: number }
+  | { readonly name: 'draining'; inFlight: number }
+  | { readonly name: 'closed' };
+
+type UdpFlowStateName = UdpFlowState['name'];
+
+const UDP_FLOW_MOVES: LegalMoves<UdpFlowStateName> = {
+  binding: ['open', 'closed'],
+  open: ['draining', 'closed'],
+  draining: ['closed'],
+  closed: [],
+};
+
+/**
+ * One guest UDP socket ↔ one host dgram socket.
+ *
+ *   binding ─► open ─► (draining ─►) closed
+ *
+ *   binding ─── bound ──────────────────────────► open       DGRAM_OPEN_RESULT 0
+ *   binding ─── bind failed ────────────────────► closed     DGRAM_OPEN_RESULT -errno
+ *   binding ─── guest gone ─────────────────────► closed
+ *   open ────── guest gone, nothing in flight ──► closed
+ *   open ────── guest gone, sends in flight ────► draining
+ *   draining ── last send done, or DRAIN_MS ────► closed
+ *
+ * "guest gone": its vsock connection closed (guest close or reset, host shutdown). The
+ * record is written when the flow ends (bind failed, guest gone), whatever is still in
+ * flight. The host socket leaves the proxy's open set on ending and is closed on
+ * entering closed. Guest datagrams are read only while open; datagrams for the guest
+ * are delivered while binding or open.
+ */
+class UdpFlow {
   readonly #ctx: TsiContext;
-  readonly #conn: VsockConnection;
+  readonly #conn: GuestStream;
   readonly #socket: UdpSocket;
   readonly #family: 'ipv4' | 'ipv6';
   readonly #rec: TrackedConnection;
   readonly #peers = new Map<string, Decision>();
   /** Host-alias replies: real "address|port" → the alias address the guest sent to. */
   readonly #aliased = new Map<string, string>();
+  /** The published port this socket binds, if any (fixed when the flow is made). */
+  readonly #published: PortMapping | null;
+  /** Who may send to it unasked: the published port until the map entry is removed. */
   #mapping: PortMapping | null;
-  #ready = false;
-  #closed = false;
-  /** Datagrams handed to the host socket and not yet sent. */
-  #inFlight = 0;
-  /** The proxy's set of open host sockets (this one leaves it when closed). */
-  #sockets: Set<UdpSocket>;
+  #state: UdpFlowState = { name: 'binding' };
+  /** The proxy's set of open host sockets (this one leaves it when the flow ends). */
+  readonly #sockets: Set<UdpSocket>;
+  /** Lets the guest's datagrams waiting in the reader through. */
+  readonly #onOpen: () => void;
   datagramsIn = 0;
   datagramsOut = 0;
   dropped = 0;
   denied = 0;
 
-  constructor(ctx: TsiContext, conn: VsockConnection, bind: SockAddr & { family: 'ipv4' | 'ipv6' } | SockAddr, sockets: Set<UdpSocket>,
-    exposed: Map<number, { mapping: PortMapping; unexpose: () => void }>, onReady: () => void) {
+  constructor(ctx: TsiContext, conn: GuestStream, bind: SockAddr & { family: 'ipv4' | 'ipv6' } | SockAddr, sockets: Set<UdpSocket>,
+    exposed: Map<number, { mapping: PortMapping; unexpose: () => void }>, onOpen: () => void) {
     this.#ctx = ctx;
     this.#conn = conn;
+    this.#onOpen = onOpen;
     const b = bind as { family: 'ipv4' | 'ipv6'; address: string; port: number };
     this.#family = b.family;
     this.#mapping = b.port !== 0 ? ctx.portMap.lookupGuest('udp', b.port) ?? null : null;
@@ -137,6 +180,7 @@ class Flow {
       this.#mapping = null;
     }
     const mapping = this.#mapping;
+    this.#published = mapping;
     this.#rec = ctx.connections.open({ kind: 'datagram', protocol: 'udp', direction: mapping ? 'inbound' : 'outbound', decision: 'allow', guestPort: conn.guestPort });
     const socket = createSocket({ type: b.family === 'ipv6' ? 'udp6' : 'udp4', reuseAddr: false });
     this.#socket = socket;
@@ -144,7 +188,7 @@ class Flow {
     this.#sockets = sockets;
     socket.on('message', (msg, rinfo) => { this.#receive(msg, rinfo); });
     socket.on('error', (err) => {
-      if (!this.#ready) {
+      if (this.#state.name === 'binding') {
         // The errno must reach the guest: end (the result goes out first), reset later.
         conn.write(encodeDgramOpenResult(-errnoOf(err), 0, { family: 'none' }));
         endThenReset(conn, 'bind failed');
@@ -173,41 +217,70 @@ class Flow {
     }
     const address = mapping !== null ? mapping.hostAddress : b.family === 'ipv6' ? '::' : '0.0.0.0';
     socket.bind({ address, port: mapping !== null ? mapping.hostPort : 0, exclusive: true }, () => {
-      if (this.#closed) return;
-      this.#ready = true;
-      // Multicast the guest sends must not loop back to the host's own sockets.
-      try { socket.setMulticastLoopback(false); } catch { /* not supported: the policy judges multicast as loopback anyway */ }
-      const local = sockAddrOf(socket.address());
-      if (mapping !== null) mapping.boundPort = local.family === 'none' || local.family === 'unix' ? null : local.port;
-      this.#rec.rec.src = formatAddr(local);
-      conn.write(encodeDgramOpenResult(0, mapping !== null ? DgramFlag.EXPOSED : 0, local));
-      onReady();
+      // Ended while binding: the socket is closed already.
+      if (this.#state.name !== 'binding') return;
+      this.#enter({ name: 'open', inFlight: 0 });
     });
   }
 
-  /** Whether the host socket is bound (guest datagrams wait in the reader until then). */
-  get ready(): boolean {
-    return this.#ready;
+  /** Where the flow is in its lifecycle (guest datagrams wait in the reader while binding). */
+  get state(): UdpFlowStateName {
+    return this.#state.name;
   }
 
-  /** One guest datagram (frame of `frameLen` bytes); only once ready. */
+  /** The one place the state changes: checks the move, then does what entering `next` takes. */
+  #enter(next: UdpFlowState): void {
+    checkTransition('udp', UDP_FLOW_MOVES, this.#conn.guestPort, this.#state.name, next.name);
+    this.#state = next;
+    switch (next.name) {
+      case 'binding':
+        return;
+      case 'open': {
+        const socket = this.#socket;
+        const mapping = this.#published;
+        // Multicast the guest sends must not loop back to the host's own sockets.
+        try { socket.setMulticastLoopback(false); } catch { /* not supported: the policy judges multicast as loopback anyway */ }
+        const local = sockAddrOf(socket.address());
+        if (mapping !== null) mapping.boundPort = local.family === 'none' || local.family === 'unix' ? null : local.port;
+        this.#rec.rec.src = formatAddr(local);
+        this.#conn.write(encodeDgramOpenResult(0, mapping !== null ? DgramFlag.EXPOSED : 0, local));
+        this.#onOpen();
+        return;
+      }
+      case 'draining': {
+        // Ended now, whenever its 'close' event comes: it no longer counts as open.
+        this.#sockets.delete(this.#socket);
+        // A guest that sends and closes at once (a reply, then exit) still gets its
+        // datagrams out; one whose sends never complete does not keep the socket.
+        setTimeout(() => { if (this.#state === next) this.#enter({ name: 'closed' }); }, DRAIN_MS).unref();
+        return;
+      }
+      case 'closed':
+        this.#sockets.delete(this.#socket);
+        try { this.#socket.close(); } catch { /* already closed */ }
+        return;
+    }
+  }
+
+  /** One guest datagram (frame of `frameLen` bytes); only while open. */
   send(frameLen: number, d: ReturnType<typeof decodeDgram>): void {
-    if (this.#closed) return;
+    const state = this.#state;
+    if (state.name !== 'open') return;
     const conn = this.#conn;
     const reject = (errno: number, addr: SockAddr): void => {
       conn.consumed(frameLen);
       this.#error(errno, addr);
     };
-    if (d instanceof TsiError) return reject(d.errno, { family: 'none' });
+    if (d instanceof GuestErrno) return reject(d.errno, { family: 'none' });
     const { payload } = d;
     let addr = d.addr;
     // Host aliases first (docs/tsi-protocol.md §4.1): the policy judges the real destination.
-    const real = this.#ctx.aliases?.resolve(addr.address);
+    const real = this.#ctx.aliases?.resolveEndpoint(addr);
     if (real !== undefined) {
-      const k = peerKey(real, addr.port);
+      const k = peerKey(real.address, real.port);
       if (this.#aliased.size >= MAX_PEERS && !this.#aliased.has(k)) this.#aliased.delete(this.#aliased.keys().next().value as string);
       this.#aliased.set(k, addr.address);
-      addr = { family: real.includes(':') ? 'ipv6' : 'ipv4', address: real, port: addr.port };
+      addr = real;
     }
     if (addr.family !== this.#family) return reject(Errno.EAFNOSUPPORT, addr);
     if (addr.port === 0) return reject(Errno.EINVAL, addr);
@@ -231,16 +304,23 @@ class Flow {
     }
     this.datagramsOut++;
     this.#rec.bytesFromGuest += payload.length;
-    this.#inFlight++;
+    state.inFlight++;
     this.#socket.send(payload, addr.port, addr.scopeId ? `${addr.address}%${addr.scopeId}` : addr.address, (err) => {
       conn.consumed(frameLen);
       if (err) this.#error(errnoOf(err), addr);
-      if (--this.#inFlight === 0 && this.#closed) this.#closeSocket();
+      this.#sent();
     });
   }
 
+  /** A send completed: the last one a draining flow waited for closes it. */
+  #sent(): void {
+    const state = this.#state;
+    if (state.name !== 'open' && state.name !== 'draining') return;
+    if (--state.inFlight === 0 && state.name === 'draining') this.#enter({ name: 'closed' });
+  }
+
   #receive(msg: Buffer, rinfo: { address: string; port: number; family: string }): void {
-    if (this.#closed) return;
+    if (this.#state.name === 'draining' || this.#state.name === 'closed') return;
     const src = sockAddrOf(rinfo);
     if (src.family !== 'ipv4' && src.family !== 'ipv6') return;
     const key = peerKey(src.address, src.port);
@@ -281,19 +361,11 @@ class Flow {
     this.#conn.write(encodeDgramError(-errno, addr));
   }
 
-  #closeSocket(): void {
-    try { this.#socket.close(); } catch { /* already closed */ }
-  }
-
+  /** The flow ended (guest gone, or bind failed): drain or close, then write the record. */
   #finish(reason: string, reset = true): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    // Closed now, whenever its 'close' event comes: it no longer counts as open.
-    this.#sockets.delete(this.#socket);
-    // A guest that sends and closes at once (a reply, then exit) still gets its
-    // datagrams out: the host socket closes once the sends in flight are done.
-    if (this.#inFlight === 0) this.#closeSocket();
-    else setTimeout(() => { this.#closeSocket(); }, 1000).unref();
+    const state = this.#state;
+    if (state.name === 'draining' || state.name === 'closed') return;
+    this.#enter(state.name === 'open' && state.inFlight > 0 ? { name: 'draining', inFlight: state.inFlight } : { name: 'closed' });
     if (reset && this.#conn.state !== 'closed') this.#conn.destroy('udp socket closed');
     this.#rec.finish(`${reason} (datagrams out ${this.datagramsOut}, in ${this.datagramsIn}, dropped ${this.dropped}, denied ${this.denied})`);
   }

@@ -6,7 +6,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { ArpOp, encodeArp, encodeEthernet, EtherType, ipv4FromString, macFromString } from '../netstack/index.js';
 import { TsiboxError } from '../src/errors.js';
-import type { FrameBackend, FramePort } from '../src/virtio/net/backend.js';
+import type { FrameBackend, FramePort } from '../netstack/frame-port.js';
 import { encodeFrame, FrameReader, FramingError } from './frame-stream.js';
 
 /** FrameBackend over a connected stream socket carrying length-prefixed Ethernet frames. */

@@ -22,7 +22,7 @@ import { findExecutable } from '../src/sys/helper-programs.js';
 import { FrameSocketBackend, macBytes, probeArp } from './frame-socket.js';
 import { FrameReader } from './frame-stream.js';
 import { GvproxyApi } from './gvproxy-api.js';
-import { startHelper, type HelperExit, type HelperProcess } from './helper-process.js';
+import { startHelper, type HelperExit, type HelperProcess } from '../src/sys/helper-process.js';
 
 export const GVPROXY_BINARY = 'gvproxy';
 export const GVPROXY_DEBIAN_PACKAGE = 'gvproxy (Debian 13 "trixie"; scripts/install-guest-deps.sh pins it in on Debian 12)';

@@ -12,12 +12,13 @@
 // listener's vsock port, sends ACCEPT (the client's real address) and pipes.
 import { createServer, type Server, type Socket } from 'node:net';
 import { bindFailure, type PortMapping } from '../src/portmap/index.js';
-import type { VsockConnection } from '../src/virtio/vsock/connection.js';
+import type { GuestStream } from '../src/guest-stream.js';
 import type { TsiContext } from './context.js';
-import { endThenReset, pipeSocket, serveRequests } from './pipe.js';
+import { endThenReset, serveRequests } from './pipe.js';
+import { joinClientToGuest } from './inbound.js';
 import {
-  Errno, FrameReader, MAX_PRIVILEGED_GUEST_PORT, TSI_VERSION, TsiError, TsiOp, checkSize, decodeListen, encodeAccept, encodeHelloResult,
-  encodeListenResult, encodeSeqResult, errnoName, errnoOf, formatAddr, sockAddrOf, type Frame, type SockAddr,
+  Errno, MessageReader, MAX_PRIVILEGED_GUEST_PORT, TSI_VERSION, GuestErrno, TsiOp, checkSize, decodeListen, encodeAccept, encodeHelloResult,
+  encodeListenResult, encodeSeqResult, errnoName, errnoOf, formatAddr, sockAddrOf, type TsiMessage, type SockAddr,
 } from './protocol.js';
 
 /** Control requests are small; anything longer is a protocol error. */
@@ -43,7 +44,7 @@ interface GuestListener {
 }
 
 interface ControlSession {
-  conn: VsockConnection;
+  conn: GuestStream;
   hello: boolean;
   listeners: Set<GuestListener>;
 }
@@ -85,7 +86,7 @@ export class ListenerProxy {
   }
 
   /** A guest connection to the control port. */
-  handle(conn: VsockConnection): void {
+  handle(conn: GuestStream): void {
     if (conn.guestPort > MAX_CONTROL_SOURCE_PORT) {
       this.#ctx.guestLog.warn({ event: 'tsi.control.refused', guestPort: conn.guestPort },
         `tsi: control session from unprivileged guest vsock port ${conn.guestPort} refused`);
@@ -94,9 +95,9 @@ export class ListenerProxy {
       return;
     }
     const session: ControlSession = { conn, hello: false, listeners: new Set() };
-    const reader = new FrameReader(MAX_CONTROL_MESSAGE);
+    const reader = new MessageReader(MAX_CONTROL_MESSAGE);
     serveRequests(conn, reader, (f) => {
-      if (f instanceof TsiError) {
+      if (f instanceof GuestErrno) {
         // The stream cannot be re-synchronised: say why, end our side, and reset if
         // the guest does not close within a second.
         conn.write(encodeSeqResult(TsiOp.ERROR, 0, -f.errno));
@@ -114,7 +115,7 @@ export class ListenerProxy {
     });
   }
 
-  #request(s: ControlSession, f: Frame): void {
+  #request(s: ControlSession, f: TsiMessage): void {
     const bad = checkSize(f);
     const seq = f.bytes.length >= 12 ? f.bytes.readUInt32LE(8) : 0;
     if (bad !== null) {
@@ -152,12 +153,12 @@ export class ListenerProxy {
     }
   }
 
-  #listen(s: ControlSession, f: Frame, seq: number): void {
+  #listen(s: ControlSession, f: TsiMessage, seq: number): void {
     const req = decodeListen(f);
     const reply = (result: number, id: number, host: SockAddr): void => {
       if (s.conn.state !== 'closed') s.conn.write(encodeListenResult(seq, result, id, host));
     };
-    if (req instanceof TsiError) return reply(-req.errno, 0, { family: 'none' });
+    if (req instanceof GuestErrno) return reply(-req.errno, 0, { family: 'none' });
     if (req.bind.family !== 'ipv4' && req.bind.family !== 'ipv6') return reply(-Errno.EAFNOSUPPORT, 0, { family: 'none' });
     const guestPort = req.bind.port;
     if (this.#byPort.has(guestPort)) return reply(-Errno.EADDRINUSE, 0, { family: 'none' });
@@ -252,43 +253,7 @@ export class ListenerProxy {
       rec.finish('denied');
       return;
     }
-    this.#sockets.add(socket);
-    socket.on('error', () => { /* reported through close */ });
-    socket.once('close', () => { this.#sockets.delete(socket); });
-    let conn: VsockConnection;
-    try {
-      conn = ctx.device.connect(l.vsockPort);
-    } catch (err) {
-      socket.destroy();
-      this.#sockets.delete(socket);
-      rec.finish(`vsock connect failed: ${String(err)}`);
-      return;
-    }
-    rec.rec.guestPort = l.vsockPort;
-    const onEarlyClose = (reason: string): void => {
-      socket.destroy();
-      this.#sockets.delete(socket);
-      rec.finish(`guest did not accept: ${reason}`);
-    };
-    conn.once('close', onEarlyClose);
-    socket.once('close', () => { if (conn.state === 'connecting') conn.destroy('client went away'); });
-    conn.once('connect', () => {
-      conn.off('close', onEarlyClose);
-      if (socket.destroyed) {
-        conn.destroy('client went away');
-        this.#sockets.delete(socket);
-        rec.finish('client went away before the guest accepted');
-        return;
-      }
-      conn.write(encodeAccept(l.id, l.bind, peer));
-      pipeSocket(conn, socket, (end) => {
-        this.#sockets.delete(socket);
-        rec.bytesFromGuest = conn.bytesFromGuest;
-        rec.bytesToGuest = conn.bytesToGuest - 64;
-        rec.finish(end.reason);
-      });
-      socket.resume();
-    });
+    joinClientToGuest(ctx.device, socket, { guestPort: l.vsockPort, preamble: encodeAccept(l.id, l.bind, peer), sockets: this.#sockets, rec });
   }
 }
 

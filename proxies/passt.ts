@@ -15,7 +15,7 @@ import { findExecutable } from '../src/sys/helper-programs.js';
 import { socketPair } from '../src/sys/socket.js';
 import { FrameSocketBackend, macBytes, probeArp } from './frame-socket.js';
 import { FrameReader } from './frame-stream.js';
-import { startHelper, type HelperExit, type HelperProcess } from './helper-process.js';
+import { startHelper, type HelperExit, type HelperProcess } from '../src/sys/helper-process.js';
 
 export const PASST_BINARY = 'passt';
 export const PASST_DEBIAN_PACKAGE = 'passt';

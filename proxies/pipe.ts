@@ -6,15 +6,15 @@
 //   high-water mark and resumed on the connection's 'drain'.
 // Half-close travels both ways (vsock SHUTDOWN(SEND) ↔ socket end()).
 import type { Socket } from 'node:net';
-import type { CloseReason, VsockConnection } from '../src/virtio/vsock/connection.js';
-import type { Frame, FrameReader, TsiError } from './protocol.js';
+import type { CloseReason, GuestStream } from '../src/guest-stream.js';
+import type { TsiMessage, MessageReader, GuestErrno } from './protocol.js';
 
 export interface PipeEnd {
   /** How the pair ended: the vsock close reason, or the socket error code. */
   reason: string;
 }
 
-export function pipeSocket(conn: VsockConnection, socket: Socket, done: (end: PipeEnd) => void, first?: Buffer): void {
+export function pipeSocket(conn: GuestStream, socket: Socket, done: (end: PipeEnd) => void, first?: Buffer): void {
   let held = 0;
   let socketError: string | null = null;
   let connReason: CloseReason | null = null;
@@ -91,7 +91,7 @@ function closeAsTcpDoes(socket: Socket): void {
 }
 
 /** Ends our side (queued replies still go out), then resets if the guest has not closed within a second. */
-export function endThenReset(conn: VsockConnection, reason: string): void {
+export function endThenReset(conn: GuestStream, reason: string): void {
   conn.end();
   setTimeout(() => { conn.destroy(reason); }, 1000).unref();
 }
@@ -105,7 +105,7 @@ export function endThenReset(conn: VsockConnection, reason: string): void {
  * `pacedByReplies()` false lifts the pacing for a service whose replies are bounded
  * otherwise (datagrams: what the guest does not read is dropped, as UDP drops).
  */
-export function serveRequests(conn: VsockConnection, reader: FrameReader, handle: (f: Frame | TsiError) => void, paused: () => boolean = () => false,
+export function serveRequests(conn: GuestStream, reader: MessageReader, handle: (f: TsiMessage | GuestErrno) => void, paused: () => boolean = () => false,
   pacedByReplies: () => boolean = () => true): () => void {
   const pump = (): void => {
     while (conn.state !== 'closed' && !conn.hostEnded && (!pacedByReplies() || conn.bufferedToGuest < conn.highWater) && !paused()) {

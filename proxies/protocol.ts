@@ -1,7 +1,7 @@
 // The TSI wire protocol (docs/tsi-protocol.md), version 1: fixed little-endian structs
 // behind an 8-byte header. Encoders build messages; decoders never throw on peer bytes,
-// they return a TsiError with the negative errno the peer gets back.
-import { ipv4Bytes, ipv6Bytes, canonicalAddress } from '../src/net/address.js';
+// they return a GuestErrno with the negative errno the peer gets back.
+import { ipv4Bytes, ipv6Bytes, canonicalAddress } from '../netstack/address.js';
 
 export { ipv4Bytes, ipv6Bytes, canonicalAddress };
 
@@ -100,13 +100,18 @@ export type SockAddr =
   | { family: 'unix'; path: string }
   | { family: 'none' };
 
-export class TsiError {
+/**
+ * What a guest's syscall gets back (a Linux errno) and why, for the log. Decoders and
+ * proxies return it as a value — a malformed or refused request is an expected
+ * outcome on a hostile input, not an exception (like netstack's ParseResult).
+ */
+export class GuestErrno {
   constructor(readonly errno: number, readonly reason: string) {}
 }
 
 // ---- header ----
 
-export interface Frame {
+export interface TsiMessage {
   op: number;
   version: number;
   /** The whole message, header included. */
@@ -127,11 +132,11 @@ export function header(op: number, len: number): Buffer {
  * Splits a byte stream into frames. Each message carries its own length, so the same
  * reader serves STREAM and SEQPACKET connections. After an error the reader is dead.
  */
-export class FrameReader {
+export class MessageReader {
   readonly maxLen: number;
   #chunks: Buffer[] = [];
   #bytes = 0;
-  #error: TsiError | null = null;
+  #error: GuestErrno | null = null;
 
   constructor(maxLen = MAX_MESSAGE) {
     this.maxLen = maxLen;
@@ -148,7 +153,7 @@ export class FrameReader {
   }
 
   /** The next complete frame, null when more bytes are needed, or the error that ended the stream. */
-  next(): Frame | TsiError | null {
+  next(): TsiMessage | GuestErrno | null {
     if (this.#error !== null) return this.#error;
     if (this.#bytes < HDR_SIZE) return null;
     const head = this.#peek(HDR_SIZE);
@@ -170,8 +175,8 @@ export class FrameReader {
     return b;
   }
 
-  #fail(errno: number, reason: string): TsiError {
-    this.#error = new TsiError(errno, reason);
+  #fail(errno: number, reason: string): GuestErrno {
+    this.#error = new GuestErrno(errno, reason);
     this.#chunks = [];
     this.#bytes = 0;
     return this.#error;
@@ -205,12 +210,12 @@ export class FrameReader {
 }
 
 /** Checks a frame's length against its op's fixed size (exact, or a minimum with a tail). */
-export function checkSize(f: Frame): TsiError | null {
+export function checkSize(f: TsiMessage): GuestErrno | null {
   const size = MessageSize[f.op];
-  if (size === undefined) return new TsiError(Errno.EOPNOTSUPP, `unknown op ${f.op}`);
+  if (size === undefined) return new GuestErrno(Errno.EOPNOTSUPP, `unknown op ${f.op}`);
   const variable = f.op === TsiOp.CONNECT || f.op === TsiOp.DGRAM;
   if (variable ? f.bytes.length < size : f.bytes.length !== size) {
-    return new TsiError(Errno.EINVAL, `op ${f.op} is ${f.bytes.length} bytes, expected ${variable ? 'at least ' : ''}${size}`);
+    return new GuestErrno(Errno.EINVAL, `op ${f.op} is ${f.bytes.length} bytes, expected ${variable ? 'at least ' : ''}${size}`);
   }
   return null;
 }
@@ -231,14 +236,14 @@ export function encodeSockAddr(a: SockAddr, out: Buffer, at: number): void {
 }
 
 /** Decodes an inet sockaddr (AF_INET/AF_INET6; AF_UNSPEC as 'none'). */
-export function decodeSockAddr(b: Buffer, at: number): SockAddr | TsiError {
+export function decodeSockAddr(b: Buffer, at: number): SockAddr | GuestErrno {
   const family = b.readUInt16LE(at);
   const port = b.readUInt16LE(at + 2);
   const scopeId = b.readUInt32LE(at + 4);
   if (family === AF.UNSPEC) return { family: 'none' };
   if (family === AF.INET) {
-    for (let i = 12; i < 24; i++) if (b[at + i] !== 0) return new TsiError(Errno.EINVAL, 'AF_INET address with nonzero padding');
-    if (scopeId !== 0) return new TsiError(Errno.EINVAL, 'AF_INET address with a scope id');
+    for (let i = 12; i < 24; i++) if (b[at + i] !== 0) return new GuestErrno(Errno.EINVAL, 'AF_INET address with nonzero padding');
+    if (scopeId !== 0) return new GuestErrno(Errno.EINVAL, 'AF_INET address with a scope id');
     return { family: 'ipv4', address: `${b[at + 8]}.${b[at + 9]}.${b[at + 10]}.${b[at + 11]}`, port };
   }
   if (family === AF.INET6) {
@@ -250,10 +255,10 @@ export function decodeSockAddr(b: Buffer, at: number): SockAddr | TsiError {
   }
   if (family === AF.UNIX) {
     // Paths travel only in the CONNECT tail; a fixed sockaddr says "unix" and nothing else.
-    for (let i = 2; i < 24; i++) if (b[at + i] !== 0) return new TsiError(Errno.EINVAL, 'AF_UNIX sockaddr with nonzero fields');
+    for (let i = 2; i < 24; i++) if (b[at + i] !== 0) return new GuestErrno(Errno.EINVAL, 'AF_UNIX sockaddr with nonzero fields');
     return { family: 'unix', path: '' };
   }
-  return new TsiError(Errno.EAFNOSUPPORT, `address family ${family}`);
+  return new GuestErrno(Errno.EAFNOSUPPORT, `address family ${family}`);
 }
 
 /** A node address info ({address, family, port}) as a SockAddr. */
@@ -287,28 +292,28 @@ export function encodeConnect(target: SockAddr, sockType = SOCK_STREAM): Buffer 
   return b;
 }
 
-export function decodeConnect(f: Frame): ConnectRequest | TsiError {
-  if (f.op !== TsiOp.CONNECT) return new TsiError(Errno.EPROTO, `expected CONNECT, got op ${f.op}`);
+export function decodeConnect(f: TsiMessage): ConnectRequest | GuestErrno {
+  if (f.op !== TsiOp.CONNECT) return new GuestErrno(Errno.EPROTO, `expected CONNECT, got op ${f.op}`);
   const bad = checkSize(f);
   if (bad) return bad;
   const b = f.bytes;
   const sockType = b.readUInt16LE(8);
   const pathLen = b.readUInt16LE(10);
-  if (b.readUInt32LE(12) !== 0) return new TsiError(Errno.EINVAL, 'reserved field is not zero');
-  if (sockType !== SOCK_STREAM) return new TsiError(Errno.EPROTOTYPE, `socket type ${sockType} over the stream service`);
-  if (40 + pathLen !== b.length) return new TsiError(Errno.EINVAL, `path_len ${pathLen} disagrees with message length ${b.length}`);
+  if (b.readUInt32LE(12) !== 0) return new GuestErrno(Errno.EINVAL, 'reserved field is not zero');
+  if (sockType !== SOCK_STREAM) return new GuestErrno(Errno.EPROTOTYPE, `socket type ${sockType} over the stream service`);
+  if (40 + pathLen !== b.length) return new GuestErrno(Errno.EINVAL, `path_len ${pathLen} disagrees with message length ${b.length}`);
   const family = b.readUInt16LE(16);
   if (family === AF.UNIX) {
-    if (pathLen === 0) return new TsiError(Errno.EINVAL, 'AF_UNIX without a path');
-    if (pathLen > MAX_UNIX_PATH) return new TsiError(Errno.ENAMETOOLONG, `unix path of ${pathLen} bytes`);
+    if (pathLen === 0) return new GuestErrno(Errno.EINVAL, 'AF_UNIX without a path');
+    if (pathLen > MAX_UNIX_PATH) return new GuestErrno(Errno.ENAMETOOLONG, `unix path of ${pathLen} bytes`);
     const raw = b.subarray(40, 40 + pathLen);
-    if (raw.includes(0)) return new TsiError(Errno.EINVAL, 'unix path contains NUL (abstract sockets are not proxied)');
+    if (raw.includes(0)) return new GuestErrno(Errno.EINVAL, 'unix path contains NUL (abstract sockets are not proxied)');
     return { sockType, target: { family: 'unix', path: raw.toString('utf8') } };
   }
-  if (pathLen !== 0) return new TsiError(Errno.EINVAL, 'path given for an inet address');
+  if (pathLen !== 0) return new GuestErrno(Errno.EINVAL, 'path given for an inet address');
   const target = decodeSockAddr(b, 16);
-  if (target instanceof TsiError) return target;
-  if (target.family === 'none') return new TsiError(Errno.EAFNOSUPPORT, 'AF_UNSPEC target');
+  if (target instanceof GuestErrno) return target;
+  if (target.family === 'none') return new GuestErrno(Errno.EAFNOSUPPORT, 'AF_UNSPEC target');
   return { sockType, target };
 }
 
@@ -332,24 +337,24 @@ export function encodeAccept(listenerId: number, local: SockAddr, peer: SockAddr
 }
 
 export interface ConnectResult { result: number; local: SockAddr; peer: SockAddr }
-export function decodeConnectResult(f: Frame): ConnectResult | TsiError {
-  const bad = f.op === TsiOp.CONNECT_RESULT ? checkSize(f) : new TsiError(Errno.EPROTO, `expected CONNECT_RESULT, got ${f.op}`);
+export function decodeConnectResult(f: TsiMessage): ConnectResult | GuestErrno {
+  const bad = f.op === TsiOp.CONNECT_RESULT ? checkSize(f) : new GuestErrno(Errno.EPROTO, `expected CONNECT_RESULT, got ${f.op}`);
   if (bad) return bad;
   const local = decodeSockAddr(f.bytes, 16);
   const peer = decodeSockAddr(f.bytes, 40);
-  if (local instanceof TsiError) return local;
-  if (peer instanceof TsiError) return peer;
+  if (local instanceof GuestErrno) return local;
+  if (peer instanceof GuestErrno) return peer;
   return { result: f.bytes.readInt32LE(8), local, peer };
 }
 
 export interface Accept { listenerId: number; local: SockAddr; peer: SockAddr }
-export function decodeAccept(f: Frame): Accept | TsiError {
-  const bad = f.op === TsiOp.ACCEPT ? checkSize(f) : new TsiError(Errno.EPROTO, `expected ACCEPT, got ${f.op}`);
+export function decodeAccept(f: TsiMessage): Accept | GuestErrno {
+  const bad = f.op === TsiOp.ACCEPT ? checkSize(f) : new GuestErrno(Errno.EPROTO, `expected ACCEPT, got ${f.op}`);
   if (bad) return bad;
   const local = decodeSockAddr(f.bytes, 16);
   const peer = decodeSockAddr(f.bytes, 40);
-  if (local instanceof TsiError) return local;
-  if (peer instanceof TsiError) return peer;
+  if (local instanceof GuestErrno) return local;
+  if (peer instanceof GuestErrno) return peer;
   return { listenerId: f.bytes.readUInt32LE(8), local, peer };
 }
 
@@ -383,17 +388,17 @@ export function encodeListen(r: ListenRequest): Buffer {
   return b;
 }
 
-export function decodeListen(f: Frame): ListenRequest | TsiError {
+export function decodeListen(f: TsiMessage): ListenRequest | GuestErrno {
   const bad = checkSize(f);
   if (bad) return bad;
   const b = f.bytes;
-  if (b.readUInt32LE(20) !== 0) return new TsiError(Errno.EINVAL, 'reserved field is not zero');
+  if (b.readUInt32LE(20) !== 0) return new GuestErrno(Errno.EINVAL, 'reserved field is not zero');
   const bind = decodeSockAddr(b, 24);
-  if (bind instanceof TsiError) return bind;
-  if (bind.family !== 'ipv4' && bind.family !== 'ipv6') return new TsiError(Errno.EAFNOSUPPORT, 'LISTEN needs AF_INET or AF_INET6');
+  if (bind instanceof GuestErrno) return bind;
+  if (bind.family !== 'ipv4' && bind.family !== 'ipv6') return new GuestErrno(Errno.EAFNOSUPPORT, 'LISTEN needs AF_INET or AF_INET6');
   const sockType = b.readUInt16LE(12);
-  if (sockType !== SOCK_STREAM) return new TsiError(Errno.EOPNOTSUPP, `LISTEN on socket type ${sockType}`);
-  if (bind.port === 0) return new TsiError(Errno.EINVAL, 'LISTEN with port 0: bind the guest socket first and send its real port');
+  if (sockType !== SOCK_STREAM) return new GuestErrno(Errno.EOPNOTSUPP, `LISTEN on socket type ${sockType}`);
+  if (bind.port === 0) return new GuestErrno(Errno.EINVAL, 'LISTEN with port 0: bind the guest socket first and send its real port');
   return { seq: b.readUInt32LE(8), sockType, backlog: b.readUInt16LE(14), vsockPort: b.readUInt32LE(16), bind };
 }
 
@@ -423,14 +428,14 @@ export function encodeDgramOpen(bind: SockAddr, flags = 0): Buffer {
   return b;
 }
 
-export function decodeDgramOpen(f: Frame): SockAddr | TsiError {
-  if (f.op !== TsiOp.DGRAM_OPEN) return new TsiError(Errno.EPROTO, `expected DGRAM_OPEN, got op ${f.op}`);
+export function decodeDgramOpen(f: TsiMessage): SockAddr | GuestErrno {
+  if (f.op !== TsiOp.DGRAM_OPEN) return new GuestErrno(Errno.EPROTO, `expected DGRAM_OPEN, got op ${f.op}`);
   const bad = checkSize(f);
   if (bad) return bad;
-  if (f.bytes.readUInt32LE(8) !== 0 || f.bytes.readUInt32LE(12) !== 0) return new TsiError(Errno.EINVAL, 'unknown flags or reserved bits');
+  if (f.bytes.readUInt32LE(8) !== 0 || f.bytes.readUInt32LE(12) !== 0) return new GuestErrno(Errno.EINVAL, 'unknown flags or reserved bits');
   const bind = decodeSockAddr(f.bytes, 16);
-  if (bind instanceof TsiError) return bind;
-  if (bind.family !== 'ipv4' && bind.family !== 'ipv6') return new TsiError(Errno.EAFNOSUPPORT, 'DGRAM_OPEN needs AF_INET or AF_INET6');
+  if (bind instanceof GuestErrno) return bind;
+  if (bind.family !== 'ipv4' && bind.family !== 'ipv6') return new GuestErrno(Errno.EAFNOSUPPORT, 'DGRAM_OPEN needs AF_INET or AF_INET6');
   return bind;
 }
 
@@ -452,13 +457,13 @@ export function encodeDgram(addr: SockAddr, payload: Uint8Array): Buffer {
 }
 
 export interface Dgram { addr: SockAddr & { family: 'ipv4' | 'ipv6' }; payload: Buffer }
-export function decodeDgram(f: Frame): Dgram | TsiError {
-  if (f.op !== TsiOp.DGRAM) return new TsiError(Errno.EPROTO, `expected DGRAM, got op ${f.op}`);
+export function decodeDgram(f: TsiMessage): Dgram | GuestErrno {
+  if (f.op !== TsiOp.DGRAM) return new GuestErrno(Errno.EPROTO, `expected DGRAM, got op ${f.op}`);
   const bad = checkSize(f);
   if (bad) return bad;
   const addr = decodeSockAddr(f.bytes, 8);
-  if (addr instanceof TsiError) return addr;
-  if (addr.family !== 'ipv4' && addr.family !== 'ipv6') return new TsiError(Errno.EDESTADDRREQ, 'DGRAM without an address');
+  if (addr instanceof GuestErrno) return addr;
+  if (addr.family !== 'ipv4' && addr.family !== 'ipv6') return new GuestErrno(Errno.EDESTADDRREQ, 'DGRAM without an address');
   return { addr, payload: f.bytes.subarray(32) };
 }
 

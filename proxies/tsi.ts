@@ -6,18 +6,18 @@ import { silentLogger } from '../src/log.js';
 import { RateLimitedLog } from '../src/log-rate.js';
 import type { Policy } from '../src/policy/index.js';
 import { PortMap } from '../src/portmap/index.js';
-import type { VsockDevice } from '../src/virtio/vsock/device.js';
+import type { GuestStreamPorts } from '../src/guest-stream.js';
 import { HostAliases, type TsiContext } from './context.js';
 import { DatagramProxy } from './datagram.js';
 import { TsiLimits, type TsiLimitOptions } from './limits.js';
 import { ListenerProxy } from './listener.js';
-import type { FinishedConnection } from './log.js';
-import { ConnectionLog } from './log.js';
+import type { FinishedConnection } from './connection-log.js';
+import { ConnectionLog } from './connection-log.js';
 import { TsiPort } from './protocol.js';
 import { StreamProxy } from './stream.js';
 
 export interface TsiHostOptions {
-  device: VsockDevice;
+  device: GuestStreamPorts;
   /** Required: the caller decides what the guest may reach. */
   policy: Policy;
   portMap?: PortMap;
@@ -48,7 +48,7 @@ export interface TsiHostOptions {
 }
 
 export class TsiHost {
-  readonly device: VsockDevice;
+  readonly device: GuestStreamPorts;
   readonly portMap: PortMap;
   readonly connections: ConnectionLog;
   readonly stream: StreamProxy;

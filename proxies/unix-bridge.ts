@@ -5,11 +5,11 @@
 //   new vsock connection to guest port P.
 // No TSI framing: bytes pass through as they are.
 import { rmSync } from 'node:fs';
-import type { VsockConnection } from '../src/virtio/vsock/connection.js';
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
-import type { VsockDevice } from '../src/virtio/vsock/device.js';
-import type { ConnectionLog } from './log.js';
+import type { GuestStreamPorts } from '../src/guest-stream.js';
+import type { ConnectionLog } from './connection-log.js';
 import { pipeSocket } from './pipe.js';
+import { joinClientToGuest } from './inbound.js';
 
 export interface VsockBridge {
   readonly port: number;
@@ -20,11 +20,11 @@ export interface VsockBridge {
   close(): Promise<void>;
 }
 
-export function addVsockPort(device: VsockDevice, port: number, path: string, listen: boolean, log?: ConnectionLog): VsockBridge {
+export function addVsockPort(device: GuestStreamPorts, port: number, path: string, listen: boolean, log?: ConnectionLog): VsockBridge {
   return listen ? unixToGuest(device, port, path, log) : guestToUnix(device, port, path, log);
 }
 
-function guestToUnix(device: VsockDevice, port: number, path: string, log?: ConnectionLog): VsockBridge {
+function guestToUnix(device: GuestStreamPorts, port: number, path: string, log?: ConnectionLog): VsockBridge {
   const sockets = new Set<Socket>();
   const stop = device.listen(port, (conn) => {
     const rec = log?.open({ kind: 'bridge', protocol: 'unix', direction: 'outbound', decision: 'allow', guestPort: conn.guestPort, src: `vsock:${port}`, dst: `unix:${path}` });
@@ -50,40 +50,11 @@ function guestToUnix(device: VsockDevice, port: number, path: string, log?: Conn
   };
 }
 
-function unixToGuest(device: VsockDevice, port: number, path: string, log?: ConnectionLog): VsockBridge {
+function unixToGuest(device: GuestStreamPorts, port: number, path: string, log?: ConnectionLog): VsockBridge {
   const sockets = new Set<Socket>();
   const server: Server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => {
-    sockets.add(socket);
-    socket.on('error', () => { /* reported through close */ });
     const rec = log?.open({ kind: 'bridge', protocol: 'unix', direction: 'inbound', decision: 'allow', src: `unix:${path}`, dst: `vsock:guest:${port}` });
-    let conn: VsockConnection;
-    try {
-      conn = device.connect(port);
-    } catch (err) {
-      // VSOCK_BUSY: the device is at its connection limit; this client is turned away.
-      socket.destroy();
-      sockets.delete(socket);
-      rec?.finish(`vsock connect failed: ${(err as Error).message}`);
-      return;
-    }
-    const early = (reason: string): void => {
-      socket.destroy();
-      sockets.delete(socket);
-      rec?.finish(`guest did not accept: ${reason}`);
-    };
-    conn.once('close', early);
-    conn.once('connect', () => {
-      conn.off('close', early);
-      pipeSocket(conn, socket, (end) => {
-        sockets.delete(socket);
-        if (rec) {
-          rec.bytesFromGuest = conn.bytesFromGuest;
-          rec.bytesToGuest = conn.bytesToGuest;
-          rec.finish(end.reason);
-        }
-      });
-      socket.resume();
-    });
+    joinClientToGuest(device, socket, { guestPort: port, sockets, rec });
   });
   const ready = new Promise<void>((resolve, reject) => {
     server.once('error', reject);

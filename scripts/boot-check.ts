@@ -3,7 +3,7 @@
 // scripts/hw-kvm-check.sh on machines that may run guest ring 0 natively.
 import { ensureKernel, ensureInitramfs, buildCmdline, parseStatusMarker } from '../src/guest/index.js';
 import { runLinuxOnKvm, KVM_BASE_CMDLINE } from '../src/vmm/boot/run-linux.js';
-import { probeRing0 } from '../src/doctor/ring0.js';
+import { probeRing0 } from '../src/engine/ring0-probe.js';
 
 const args = process.argv.slice(2);
 const boots = Number(args[args.indexOf('--boots') + 1] ?? 10) || 10;

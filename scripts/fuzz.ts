@@ -2,10 +2,12 @@
 // Runs a seeded fuzz target and prints `iterations=N failures=F seed=S` last; the exit
 // code is nonzero when anything failed. Targets register below.
 import { parseArgs } from 'node:util';
-import { Prng, virtqueueTarget, type FuzzTarget } from '../src/virtio/testing/fuzz-virtqueue.js';
-import { tsiTarget } from '../proxies/testing/fuzz-tsi.js';
-import { netstackTarget } from '../src/net/testing/fuzz-netstack.js';
-import { agentTarget } from '../src/agent/testing/fuzz-agent.js';
+import { Prng } from '../test/support/prng.js';
+import type { FuzzTarget } from '../test/support/fuzz-target.js';
+import { virtqueueTarget } from '../test/support/virtio/fuzz-virtqueue.js';
+import { tsiTarget } from '../test/support/tsi/fuzz-tsi.js';
+import { netstackTarget } from '../test/support/net/fuzz-netstack.js';
+import { agentTarget } from '../test/support/agent/fuzz-agent.js';
 
 const targets: Record<string, (mode: string | undefined) => FuzzTarget> = {
   virtqueue: () => virtqueueTarget(),

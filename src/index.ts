@@ -6,8 +6,7 @@ export {
   type GvproxyNetwork, type EngineChoice, type EngineName, type ConnectionEvent, type PublishSpec, type PublishedPort,
   type PublishOptions, type SandboxPorts, type TsiLimitOptions, type TerminalSize, type DirectoryMount,
 } from './sandbox.js';
-export type { FinishedConnection, ConnectionRecord } from '../proxies/log.js';
-export type { FlowRecord } from './net/frame-flows.js';
+export type { FinishedConnection, ConnectionRecord, FlowRecord } from './connection-records.js';
 export { chooseEngine, type EngineDecision } from './engine/select.js';
 export { TsiboxError, type TsiboxErrorCode } from './errors.js';
 export { ensureKernel, ensureInitramfs, kernelPaths, initramfsPath, type KernelPaths } from './guest/index.js';

@@ -2,13 +2,14 @@
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { TsiboxError } from './errors.js';
 
 function findPackageRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (;;) {
     if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'native'))) return dir;
     const up = dirname(dir);
-    if (up === dir) throw new Error('tsibox: cannot find the package root');
+    if (up === dir) throw new TsiboxError('NOT_SUPPORTED', 'cannot find the package root (package.json beside native/) above this module');
     dir = up;
   }
 }

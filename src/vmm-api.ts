@@ -2,7 +2,7 @@
 // /dev/kvm (docs/virtio.md, docs/kvm-linux-boot.md, docs/synthetic-guests.md). A
 // sandbox needs none of it: see `tsibox`.
 export { Vm, type VmOptions, type VmExit, type VmExitReason, type RunOptions } from './vmm/vm.js';
-export { GuestMemory, type MemoryRegion } from './vmm/memory.js';
+export { GuestMemory, type MemoryRegion } from './memory/guest-memory.js';
 export { Bus, type BusDevice } from './vmm/bus.js';
 export { EventFd } from './vmm/eventfd.js';
 export { loadSyntheticGuest, type SyntheticGuestOptions } from './vmm/synthetic.js';
@@ -15,5 +15,5 @@ export { ConsoleDevice, ConsolePort, DEFAULT_PORT_NAMES, type ConsoleOptions } f
 export { RngDevice } from './virtio/rng.js';
 export { VsockDevice } from './virtio/vsock/device.js';
 export { buildCmdline, type InitConfig } from './guest/index.js';
-export { probeRing0, type Ring0Probe } from './doctor/ring0.js';
+export { probeRing0, type Ring0Probe } from './engine/ring0-probe.js';
 export { TsiboxError, type TsiboxErrorCode } from './errors.js';

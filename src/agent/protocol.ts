@@ -10,7 +10,7 @@
 //
 // Every length is checked against its type's limit on the header, before a byte of
 // the payload is buffered. Decoders never throw on peer bytes: they return an
-// AgentProtocolError saying what was wrong. The C side is native/init/agent.c.
+// AgentPeerFault saying what was wrong. The C side is native/init/agent.c.
 import { TsiboxError } from '../errors.js';
 import { MAX_TERMINAL_DIM, checkTerminalSize } from '../guest/cmdline.js';
 
@@ -112,8 +112,8 @@ export function signalNumber(sig: NodeJS.Signals | number): number {
   return n;
 }
 
-/** What a peer did wrong; decoders return it instead of throwing. */
-export class AgentProtocolError {
+/** What the peer (the guest agent, or a host client) did wrong; decoders return it as a value instead of throwing, as for any hostile input. */
+export class AgentPeerFault {
   constructor(readonly reason: string) {}
 }
 
@@ -145,12 +145,12 @@ function u32s(...v: number[]): Buffer {
  * it returns null. Holds at most one partial frame (≤ HEADER_SIZE + the largest
  * payload its direction allows); a header that breaks the rules (magic, version, a
  * type not sent in this direction, a length outside the type's limits) yields an
- * AgentProtocolError, after which the decoder stays failed.
+ * AgentPeerFault, after which the decoder stays failed.
  */
 export class FrameDecoder {
   readonly #types: ReadonlySet<number>;
   #buf: Buffer = Buffer.alloc(0);
-  #failed: AgentProtocolError | null = null;
+  #failed: AgentPeerFault | null = null;
 
   /** `from`: who sends the frames this decoder reads. */
   constructor(from: 'guest' | 'host') {
@@ -168,7 +168,7 @@ export class FrameDecoder {
     this.#buf = this.#buf.length === 0 ? c : Buffer.concat([this.#buf, c]);
   }
 
-  next(): Frame | AgentProtocolError | null {
+  next(): Frame | AgentPeerFault | null {
     if (this.#failed !== null) return this.#failed;
     const b = this.#buf;
     if (b.length < HEADER_SIZE) return null;
@@ -186,14 +186,14 @@ export class FrameDecoder {
   }
 }
 
-function checkHeader(b: Buffer, types: ReadonlySet<number>): AgentProtocolError | null {
-  if (b[0] !== MAGIC0 || b[1] !== MAGIC1) return new AgentProtocolError(`bad magic 0x${b.readUInt16BE(0).toString(16).padStart(4, '0')}`);
-  if (b[2] !== AGENT_VERSION) return new AgentProtocolError(`unsupported protocol version ${b[2]}`);
+function checkHeader(b: Buffer, types: ReadonlySet<number>): AgentPeerFault | null {
+  if (b[0] !== MAGIC0 || b[1] !== MAGIC1) return new AgentPeerFault(`bad magic 0x${b.readUInt16BE(0).toString(16).padStart(4, '0')}`);
+  if (b[2] !== AGENT_VERSION) return new AgentPeerFault(`unsupported protocol version ${b[2]}`);
   const type = b[3]!;
-  if (!types.has(type)) return new AgentProtocolError(`unknown message type ${type}`);
+  if (!types.has(type)) return new AgentPeerFault(`unknown message type ${type}`);
   const len = b.readUInt32LE(4);
   const [min, max] = LIMITS[type]!;
-  if (len < min || len > max) return new AgentProtocolError(`message type ${type}: length ${len} outside ${min}..${max}`);
+  if (len < min || len > max) return new AgentPeerFault(`message type ${type}: length ${len} outside ${min}..${max}`);
   return null;
 }
 
@@ -284,16 +284,16 @@ export type HostMessage =
   | { type: 'winsize'; cols: number; rows: number };
 
 /** Decodes one host frame the way agent.c does (same checks). */
-export function decodeHostMessage(f: Frame): HostMessage | AgentProtocolError {
+export function decodeHostMessage(f: Frame): HostMessage | AgentPeerFault {
   const p = f.payload;
   switch (f.type) {
     case MsgType.EXEC: {
-      if (p.length < EXEC_FIXED) return new AgentProtocolError('EXEC too short');
+      if (p.length < EXEC_FIXED) return new AgentPeerFault('EXEC too short');
       const flags = p.readUInt32LE(0);
       const argc = p.readUInt32LE(12);
       const envc = p.readUInt32LE(16);
-      if ((flags & ~EXEC_F_USER) !== 0) return new AgentProtocolError('EXEC: unknown flags');
-      if (argc < 1 || argc > MAX_ARGS || envc > MAX_ARGS) return new AgentProtocolError('EXEC: argc must be 1..4096 and envc 0..4096');
+      if ((flags & ~EXEC_F_USER) !== 0) return new AgentPeerFault('EXEC: unknown flags');
+      if (argc < 1 || argc > MAX_ARGS || envc > MAX_ARGS) return new AgentPeerFault('EXEC: argc must be 1..4096 and envc 0..4096');
       let off = EXEC_FIXED;
       const take = (): string | null => {
         if (off >= p.length) return null;
@@ -304,22 +304,22 @@ export function decodeHostMessage(f: Frame): HostMessage | AgentProtocolError {
         return s;
       };
       const workdir = take();
-      if (workdir === null) return new AgentProtocolError('EXEC: workdir is not a NUL-terminated string');
+      if (workdir === null) return new AgentPeerFault('EXEC: workdir is not a NUL-terminated string');
       const argv: string[] = [];
       for (let i = 0; i < argc; i++) {
         const a = take();
-        if (a === null) return new AgentProtocolError('EXEC: argv is cut short');
+        if (a === null) return new AgentPeerFault('EXEC: argv is cut short');
         argv.push(a);
       }
       const env: Array<[string, string]> = [];
       for (let i = 0; i < envc; i++) {
         const kv = take();
-        if (kv === null) return new AgentProtocolError('EXEC: env is cut short');
+        if (kv === null) return new AgentPeerFault('EXEC: env is cut short');
         const eq = kv.indexOf('=');
-        if (eq <= 0) return new AgentProtocolError('EXEC: an env entry is not KEY=VALUE');
+        if (eq <= 0) return new AgentPeerFault('EXEC: an env entry is not KEY=VALUE');
         env.push([kv.slice(0, eq), kv.slice(eq + 1)]);
       }
-      if (off !== p.length) return new AgentProtocolError('EXEC: bytes after the last string');
+      if (off !== p.length) return new AgentPeerFault('EXEC: bytes after the last string');
       const msg: HostMessage = { type: 'exec', argv, env, workdir };
       if ((flags & EXEC_F_USER) !== 0) msg.user = { uid: p.readUInt32LE(4), gid: p.readUInt32LE(8) };
       return msg;
@@ -330,17 +330,17 @@ export function decodeHostMessage(f: Frame): HostMessage | AgentProtocolError {
       return { type: 'stdin-eof' };
     case MsgType.SIGNAL: {
       const signo = p.readUInt32LE(0);
-      if (signo < 1 || signo > 64) return new AgentProtocolError(`SIGNAL ${signo} out of range`);
+      if (signo < 1 || signo > 64) return new AgentPeerFault(`SIGNAL ${signo} out of range`);
       return { type: 'signal', signo };
     }
     case MsgType.WINSIZE: {
       const cols = p.readUInt32LE(0);
       const rows = p.readUInt32LE(4);
-      if (cols < 1 || cols > MAX_TERMINAL_DIM || rows < 1 || rows > MAX_TERMINAL_DIM) return new AgentProtocolError(`WINSIZE ${cols}x${rows} out of range`);
+      if (cols < 1 || cols > MAX_TERMINAL_DIM || rows < 1 || rows > MAX_TERMINAL_DIM) return new AgentPeerFault(`WINSIZE ${cols}x${rows} out of range`);
       return { type: 'winsize', cols, rows };
     }
     default:
-      return new AgentProtocolError(`unknown message type ${f.type}`);
+      return new AgentPeerFault(`unknown message type ${f.type}`);
   }
 }
 
@@ -357,22 +357,22 @@ export type GuestMessage =
 
 /**
  * Decodes one guest frame (the decoder already checked type and length). Values
- * outside their ranges are an AgentProtocolError: a pid of 0, a start-failure status
+ * outside their ranges are an AgentPeerFault: a pid of 0, a start-failure status
  * other than 125..127, an exit status over 255, a signal over 64 or one that does not
  * match the status (128+N), an acknowledgement of 0 or over the window.
  */
-export function decodeGuestMessage(f: Frame): GuestMessage | AgentProtocolError {
+export function decodeGuestMessage(f: Frame): GuestMessage | AgentPeerFault {
   const p = f.payload;
   const text = (from: number): string => p.toString('utf8', from);
   switch (f.type) {
     case MsgType.STARTED: {
       const pid = p.readUInt32LE(0);
-      if (pid < 1 || pid > 0x3fff_ffff) return new AgentProtocolError(`STARTED with pid ${pid}`);
+      if (pid < 1 || pid > 0x3fff_ffff) return new AgentPeerFault(`STARTED with pid ${pid}`);
       return { type: 'started', pid };
     }
     case MsgType.START_FAILED: {
       const status = p.readUInt32LE(0);
-      if (status < 125 || status > 127) return new AgentProtocolError(`START_FAILED with status ${status}`);
+      if (status < 125 || status > 127) return new AgentPeerFault(`START_FAILED with status ${status}`);
       return { type: 'start-failed', status, errno: p.readUInt32LE(4), message: text(8) };
     }
     case MsgType.STDOUT:
@@ -381,21 +381,21 @@ export function decodeGuestMessage(f: Frame): GuestMessage | AgentProtocolError 
       return { type: 'stderr', data: p };
     case MsgType.STDIN_ACK: {
       const bytes = p.readUInt32LE(0);
-      if (bytes < 1 || bytes > STDIN_WINDOW) return new AgentProtocolError(`STDIN_ACK of ${bytes} bytes`);
+      if (bytes < 1 || bytes > STDIN_WINDOW) return new AgentPeerFault(`STDIN_ACK of ${bytes} bytes`);
       return { type: 'stdin-ack', bytes };
     }
     case MsgType.EXIT: {
       const status = p.readUInt32LE(0);
       const signal = p.readUInt32LE(4);
       if (status > 255 || signal > 64 || (signal !== 0 && status !== 128 + signal)) {
-        return new AgentProtocolError(`EXIT with status ${status} and signal ${signal}`);
+        return new AgentPeerFault(`EXIT with status ${status} and signal ${signal}`);
       }
       return { type: 'exit', status, signal };
     }
     case MsgType.ERROR:
       return { type: 'error', code: p.readUInt32LE(0), message: text(4) };
     default:
-      return new AgentProtocolError(`unknown message type ${f.type}`);
+      return new AgentPeerFault(`unknown message type ${f.type}`);
   }
 }
 

@@ -18,7 +18,7 @@ import type { RateLimitedLog } from '../log-rate.js';
 import type { CloseReason, VsockConnection } from '../virtio/vsock/connection.js';
 import type { VsockDevice } from '../virtio/vsock/device.js';
 import {
-  AgentErrorCode, AgentProtocolError, FrameDecoder, MAX_DATA, STDIN_WINDOW, decodeGuestMessage, encodeExec, encodeSignal,
+  AgentErrorCode, AgentPeerFault, FrameDecoder, MAX_DATA, STDIN_WINDOW, decodeGuestMessage, encodeExec, encodeSignal,
   encodeStdin, encodeStdinEof, signalName, signalNumber, type ExecRequest, type GuestMessage,
 } from './protocol.js';
 
@@ -259,9 +259,9 @@ export class ExecSession implements ExecHandle {
     for (;;) {
       const f = this.#decoder.next();
       if (f === null) break;
-      if (f instanceof AgentProtocolError) return this.#protocolError(f.reason);
+      if (f instanceof AgentPeerFault) return this.#protocolError(f.reason);
       const m = decodeGuestMessage(f);
-      if (m instanceof AgentProtocolError) return this.#protocolError(m.reason);
+      if (m instanceof AgentPeerFault) return this.#protocolError(m.reason);
       this.#handle(m);
       if (this.#state !== 'open') break;
     }

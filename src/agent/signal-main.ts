@@ -9,7 +9,7 @@ import { TsiboxError } from '../errors.js';
 import type { VsockConnection } from '../virtio/vsock/connection.js';
 import type { VsockDevice } from '../virtio/vsock/device.js';
 import { BACKOFF_FIRST_MS, BACKOFF_MAX_MS } from './session.js';
-import { AgentProtocolError, FrameDecoder, decodeGuestMessage, encodeSignal, encodeWinsize, signalNumber } from './protocol.js';
+import { AgentPeerFault, FrameDecoder, decodeGuestMessage, encodeSignal, encodeWinsize, signalNumber } from './protocol.js';
 
 /** The agent answers at once; past this the guest is stuck or gone. */
 const ANSWER_TIMEOUT_MS = 10_000;
@@ -83,8 +83,8 @@ function once(device: VsockDevice, port: number, request: Buffer, what: string):
       decoder.push(d);
       const f = decoder.next();
       if (f === null) return;
-      const m = f instanceof AgentProtocolError ? f : decodeGuestMessage(f);
-      const why = m instanceof AgentProtocolError ? m.reason : m.type === 'error' ? m.message : `unexpected ${m.type}`;
+      const m = f instanceof AgentPeerFault ? f : decodeGuestMessage(f);
+      const why = m instanceof AgentPeerFault ? m.reason : m.type === 'error' ? m.message : `unexpected ${m.type}`;
       finish({ retry: false, error: new TsiboxError('AGENT_PROTOCOL', `the exec agent could not ${what}: ${why}`) });
     });
     conn.on('end', () => { finish(null); });

@@ -1,11 +1,11 @@
 // The C side of the benchmarks: the synthetic guests and the cvmm baseline VMM, built
 // with `make -C native` when missing, and run as child processes.
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { TsiboxError } from '../errors.js';
-import { NATIVE_BUILD, PACKAGE_ROOT, testGuestPath } from '../paths.js';
+import { NATIVE_BUILD, testGuestPath } from '../paths.js';
+import { ensureNativeFiles } from '../vmm/native-build.js';
 
 const execFileP = promisify(execFile);
 
@@ -13,17 +13,7 @@ export const CVMM_PATH = join(NATIVE_BUILD, 'bench', 'cvmm');
 
 /** Builds native/ (guests and cvmm) unless every file named is already there. */
 export async function ensureNativeBuilt(guests: readonly string[], needCvmm = false): Promise<void> {
-  const missing = guests.map(testGuestPath).filter((p) => !existsSync(p));
-  if (needCvmm && !existsSync(CVMM_PATH)) missing.push(CVMM_PATH);
-  if (missing.length === 0) return;
-  try {
-    await execFileP('make', ['-s', '-C', join(PACKAGE_ROOT, 'native')], { maxBuffer: 16 << 20 });
-  } catch (err) {
-    const e = err as Error & { stderr?: string };
-    throw new TsiboxError('NOT_SUPPORTED', `building native/ (needed for ${missing.join(', ')}) failed: ${(e.stderr ?? e.message).trim()}`, { cause: err });
-  }
-  const still = missing.filter((p) => !existsSync(p));
-  if (still.length > 0) throw new TsiboxError('NOT_SUPPORTED', `make -C native did not produce ${still.join(', ')}`);
+  await ensureNativeFiles([...guests.map(testGuestPath), ...(needCvmm ? [CVMM_PATH] : [])]);
 }
 
 export interface CvmmOptions {

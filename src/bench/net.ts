@@ -19,7 +19,7 @@ import { Sandbox } from '../sandbox.js';
 import { machineInfo } from './machine.js';
 import type { BenchDefinition, BenchOptions, BenchResult } from './registry.js';
 import { median, round } from './stats.js';
-import { listen, loopback } from './tsi.js';
+import { listen, loopback } from './loopback.js';
 
 type NetMode = 'passt' | 'gvproxy';
 /** The host's 127.0.0.1 as the guest reaches it in each mode. */

@@ -2,7 +2,7 @@
 // (whole run of N iterations minus the median run of n0, per iteration) against cvmm
 // running the same guest in the same mode, alternating, medians over `runs`.
 import type { BenchResult } from './registry.js';
-import { timeGuestRun } from './guest-run.js';
+import { timeGuestRun } from '../vmm/synthetic-run.js';
 import { ensureNativeBuilt, runCvmm } from './native.js';
 import { machineInfo } from './machine.js';
 import { median, round } from './stats.js';

@@ -1,10 +1,12 @@
 // A small argument parser: `--name value`, `--name=value`, boolean `--flag`, one-letter
 // aliases (`-t`; boolean ones group: `-ab`), `--` ends options, everything else is
 // positional. Mistakes throw UsageError (exit status 2).
+import { TsiboxError } from '../errors.js';
 
-export class UsageError extends Error {
+/** A command-line mistake: TsiboxError INVALID_ARGUMENT that the CLI reports with its usage and exit status 2. */
+export class UsageError extends TsiboxError {
   constructor(message: string) {
-    super(message);
+    super('INVALID_ARGUMENT', message);
     this.name = 'UsageError';
   }
 }

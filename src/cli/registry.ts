@@ -1,5 +1,6 @@
 // The subcommands `tsibox` knows. Each one registers itself once (see ./commands.ts).
 import type { Readable, Writable } from 'node:stream';
+import { TsiboxError } from '../errors.js';
 import { UsageError, type OptionSpecs, type ParsedArgs } from './args.js';
 
 export interface CliIo {
@@ -25,7 +26,7 @@ export interface Command {
 const commands = new Map<string, Command>();
 
 export function registerCommand(cmd: Command): void {
-  if (commands.has(cmd.name)) throw new Error(`command ${cmd.name} registered twice`);
+  if (commands.has(cmd.name)) throw new TsiboxError('INVALID_ARGUMENT', `command ${cmd.name} registered twice`);
   commands.set(cmd.name, cmd);
 }
 

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Kvm, KVM_DEVICE } from '../kvm/system.js';
 import { KVM_API_VERSION, KVM_CAP } from '../kvm/ioctl-numbers.js';
-import { probeRing0, NATIVE_RATIO_LIMIT } from './ring0.js';
+import { probeRing0, NATIVE_RATIO_LIMIT } from '../engine/ring0-probe.js';
 import type { CheckResult } from './check.js';
 import { kernelPaths, cacheRoot, packageRoot } from '../guest/index.js';
 import { describeKind, kvmKind } from '../engine/select.js';

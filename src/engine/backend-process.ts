@@ -4,7 +4,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { HelperProcess, type HelperExit } from '../../proxies/helper-process.js';
+import { HelperProcess, type HelperExit } from '../sys/helper-process.js';
 import { TsiboxError } from '../errors.js';
 import { listeningSocketFd } from '../sys/unix-listen.js';
 

@@ -20,13 +20,13 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { HelperProcess, startHelper } from '../../proxies/helper-process.js';
+import { HelperProcess, startHelper } from '../sys/helper-process.js';
 import { TsiboxError } from '../errors.js';
 import { findExecutable } from '../sys/helper-programs.js';
 import { firstUnexpectedExit, privateListeningSocket } from './backend-process.js';
 import type { CheckedDisk } from './disk-options.js';
-import type { VhostUserMmioDevice } from './vhost-user/kvm-attach.js';
-import { vhostUserBlkKind } from './vhost-user/mmio-device-kinds.js';
+import type { VhostUserMmioDevice } from './vhost-user/frontend/kvm-attach.js';
+import { vhostUserBlkKind } from './vhost-user/frontend/mmio-device-kinds.js';
 
 export const QSD_BINARY = 'qemu-storage-daemon';
 export const QSD_DEBIAN_PACKAGE = 'qemu-system-common';

@@ -4,6 +4,7 @@
 // the workload's stdin. One copy, so the engines cannot drift.
 import { readFileSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
+import type { Logger } from 'pino';
 import { TsiboxError } from '../errors.js';
 import { buildCmdline, cmdlineArchive, initTokens, padTo4, type InitConfig } from '../guest/cmdline.js';
 
@@ -14,6 +15,28 @@ import { buildCmdline, cmdlineArchive, initTokens, padTo4, type InitConfig } fro
  * a guest whose power-off hangs cannot hold the caller (docs/guest-init.md).
  */
 export const POWEROFF_GRACE_MS = 10_000;
+
+/** What either engine takes to run one guest (runKvm, runQemu add their own). */
+export interface GuestRunOptions {
+  /** Paths of the guest kernel (bzImage) and initramfs. */
+  kernel: string;
+  initrd: string;
+  init: InitConfig;
+  cpus?: number;
+  memoryMiB?: number;
+  /** Archives appended to the initramfs (e.g. guest helper programs). */
+  extraArchives?: Buffer[];
+  /** Guest kernel parameters after the base command line (e.g. `tsi.unix_paths=...`). */
+  kernelArgs?: readonly string[];
+  stdin?: Readable | Buffer | string;
+  stdout?: Writable;
+  stderr?: Writable;
+  /** ms; the run then fails with VM_TIMEOUT. */
+  timeoutMs?: number;
+  logger: Logger;
+  /** Ends the VM when aborted; the run then throws the signal's reason (e.g. NETWORK_ERROR). */
+  abort?: AbortSignal;
+}
 
 export interface BootArguments {
   cmdline: string;

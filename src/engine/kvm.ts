@@ -5,11 +5,10 @@
 // qemu-storage-daemon: guest RAM then a shared memfd), i8042 reset to end the VM. It needs KVM that runs
 // guest ring 0 natively; Sandbox checks that before calling.
 import { readFileSync } from 'node:fs';
-import { Writable, type Readable } from 'node:stream';
-import type { Logger } from 'pino';
+import { Writable } from 'node:stream';
 import { TsiboxError } from '../errors.js';
 import { parseStatusMarker, PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT, type InitConfig } from '../guest/cmdline.js';
-import { bootArguments, feedStdin, POWEROFF_GRACE_MS } from './guest-boot.js';
+import { bootArguments, feedStdin, POWEROFF_GRACE_MS, type GuestRunOptions } from './guest-boot.js';
 import { loadLinux } from '../vmm/boot/linux.js';
 import { attachVirtioMmio, VIRTIO_GSI_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE } from '../vmm/virtio-mmio-attach.js';
 import { Vm } from '../vmm/vm.js';
@@ -17,31 +16,16 @@ import { ConsoleDevice } from '../virtio/console/index.js';
 import { RngDevice } from '../virtio/rng.js';
 import { BalloonDevice } from '../virtio/balloon/index.js';
 import type { VirtioDevice } from '../virtio/device.js';
-import { attachVhostUserMmio, type VhostUserMmioDevice } from './vhost-user/kvm-attach.js';
+import { attachVhostUserMmio, type VhostUserMmioDevice } from './vhost-user/frontend/kvm-attach.js';
 
 export const KVM_SANDBOX_CMDLINE = [
   'console=ttyS0', 'reboot=k', 'panic=-1', 'nomodule', 'quiet',
   'i8042.noaux', 'i8042.nomux', 'i8042.nopnp', 'i8042.dumbkbd',
 ].join(' ');
 
-export interface KvmRunOptions {
-  kernel: string;
-  initrd: string;
-  init: InitConfig;
-  cpus?: number;
-  memoryMiB?: number;
-  extraArchives?: Buffer[];
-  /** Guest kernel parameters after the base command line (e.g. `tsi.unix_paths=...`). */
-  kernelArgs?: readonly string[];
-  stdin?: Readable | Buffer | string;
-  stdout?: Writable;
-  stderr?: Writable;
-  timeoutMs?: number;
-  logger: Logger;
+export interface KvmRunOptions extends GuestRunOptions {
   /** More virtio-mmio devices after console and rng (vsock, net), in this order. */
   devices?: readonly VirtioDevice[];
-  /** Stops the VM when aborted; runKvm then throws the signal's reason (e.g. NETWORK_ERROR). */
-  abort?: AbortSignal;
   /** Adds a virtio-balloon with free page reporting after rng (SandboxOptions.balloon). */
   balloon?: boolean;
   /**

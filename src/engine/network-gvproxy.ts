@@ -1,22 +1,22 @@
 // Network mode 'gvproxy': a conventional NIC (eth0) whose frames go, through the same
-// policy filter as passt's (src/net/frame-policy.ts), to a gvproxy process
+// policy filter as passt's (src/frame-filter/frame-policy.ts), to a gvproxy process
 // (proxies/gvproxy.ts). The guest configures eth0 by DHCP (init's `tsibox.net=dhcp`;
 // gvproxy leases 192.168.127.2 to our MAC). Ports are published through gvproxy's API,
 // following a PortMap that may change while the sandbox runs (proxies/gvproxy-ports.ts).
 import type { Logger } from 'pino';
 import { GVPROXY_NET, startGvproxy, type GvproxyProcess } from '../../proxies/gvproxy.js';
 import { GvproxyPorts } from '../../proxies/gvproxy-ports.js';
-import { HelperProcess } from '../../proxies/helper-process.js';
+import { HelperProcess } from '../sys/helper-process.js';
 import { TsiboxError } from '../errors.js';
 import type { GuestNetConfig } from '../guest/cmdline.js';
 import type { RateLimitedLog } from '../log-rate.js';
-import { FramePolicyFilter } from '../net/frame-policy.js';
-import type { FlowRecord } from '../net/frame-flows.js';
+import { FramePolicyFilter } from '../frame-filter/frame-policy.js';
+import type { FlowRecord } from '../connection-records.js';
 import type { Policy } from '../policy/index.js';
 import type { PortMap, PortMapping } from '../portmap/index.js';
 import { NetDevice } from '../virtio/net/index.js';
 import { passtDnsUpstream, readResolvConf } from './network-passt.js';
-import { followPortMapErrors } from './network-tsi.js';
+import { followPortMapErrors } from './network-setup.js';
 import type { VhostUserDeviceSpec } from './qemu.js';
 
 /** `Sandbox.run({ network: { mode: 'gvproxy', policy, ... } })`. */

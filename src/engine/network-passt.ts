@@ -5,13 +5,14 @@
 import { readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 import type { Logger } from 'pino';
-import { HelperProcess } from '../../proxies/helper-process.js';
+import { HelperProcess } from '../sys/helper-process.js';
 import { startPasst, type PasstProcess } from '../../proxies/passt.js';
 import { TsiboxError } from '../errors.js';
+import { ipv4FromString } from '../../netstack/address.js';
 import type { GuestNetConfig } from '../guest/cmdline.js';
 import type { RateLimitedLog } from '../log-rate.js';
-import { FramePolicyFilter } from '../net/frame-policy.js';
-import type { FlowRecord } from '../net/frame-flows.js';
+import { FramePolicyFilter } from '../frame-filter/frame-policy.js';
+import type { FlowRecord } from '../connection-records.js';
 import type { Policy } from '../policy/index.js';
 import { NetDevice, randomMac } from '../virtio/net/index.js';
 import type { VhostUserDeviceSpec } from './qemu.js';
@@ -21,7 +22,7 @@ export interface PasstNetwork {
   mode: 'passt';
   /**
    * Required: the egress policy, applied to the guest's frames by the frame filter
-   * (src/net/frame-policy.ts, docs/netstack.md). It judges the address the HOST will
+   * (src/frame-filter/frame-policy.ts, docs/netstack.md). It judges the address the HOST will
    * connect to: the gateway (10.0.2.2, mapped by passt) is judged as 127.0.0.1.
    * `Policy.allowAll()` is the unrestricted network of earlier versions.
    */
@@ -180,20 +181,22 @@ export function checkPasstPolicy(n: PasstNetwork): void {
   }
 }
 
-function ipv4(a: string): number {
-  return a.split('.').reduce((n, b) => (n * 256) + Number(b), 0);
+/** An IPv4 address as a 32-bit number, or null when `a` is none. */
+function ipv4Number(a: unknown): number | null {
+  const b = typeof a === 'string' ? ipv4FromString(a) : null;
+  return b === null ? null : b.reduce((n, x) => (n * 256) + x, 0);
 }
 
 function checkSubnet(g: GuestNetConfig): void {
   // Validates the addresses (netToken throws for malformed ones) and the subnet.
   const mask = g.prefix >= 1 && g.prefix <= 30 ? (0xffff_ffff << (32 - g.prefix)) >>> 0 : 0;
   if (mask === 0) throw new TsiboxError('INVALID_ARGUMENT', `network.prefix ${g.prefix} is not 1..30`);
-  for (const [k, v] of [['address', g.address], ['gateway', g.gateway]] as const) {
-    if (typeof v !== 'string' || !/^\d{1,3}(\.\d{1,3}){3}$/.test(v) || v.split('.').some((b) => Number(b) > 255)) {
-      throw new TsiboxError('INVALID_ARGUMENT', `network.${k} ${JSON.stringify(v)} is not an IPv4 address`);
-    }
-  }
-  if (((ipv4(g.address) & mask) >>> 0) !== ((ipv4(g.gateway) & mask) >>> 0)) {
+  const notIPv4 = (k: string, v: unknown): TsiboxError => new TsiboxError('INVALID_ARGUMENT', `network.${k} ${JSON.stringify(v)} is not an IPv4 address`);
+  const address = ipv4Number(g.address);
+  if (address === null) throw notIPv4('address', g.address);
+  const gateway = ipv4Number(g.gateway);
+  if (gateway === null) throw notIPv4('gateway', g.gateway);
+  if (((address & mask) >>> 0) !== ((gateway & mask) >>> 0)) {
     throw new TsiboxError('INVALID_ARGUMENT', `network.gateway ${g.gateway} is not in ${g.address}/${g.prefix}`);
   }
   if (g.address === g.gateway) throw new TsiboxError('INVALID_ARGUMENT', 'network.address and network.gateway are the same');

@@ -11,8 +11,8 @@ import { checkHostPorts } from '../portmap/preflight.js';
 import type { VsockDevice } from '../virtio/vsock/device.js';
 import { resolveLimits, type TsiLimitOptions } from '../../proxies/limits.js';
 import { TsiHost } from '../../proxies/tsi.js';
-import type { FinishedConnection } from '../../proxies/log.js';
-import type { NetworkSetup } from './network.js';
+import type { FinishedConnection } from '../connection-records.js';
+import { followPortMapErrors, type NetworkSetup } from './network-setup.js';
 
 /**
  * TSI networking (docs/tsi-protocol.md): the guest's TCP connect() to a non-local
@@ -117,10 +117,3 @@ export function guestUnixPaths(policy: Policy): string[] {
   return paths;
 }
 
-/** Passes the map's 'failed' events to `onError` (TSI and gvproxy modes alike); returns the undo. */
-export function followPortMapErrors(portMap: PortMap | undefined, onError: ((err: TsiboxError, m: PortMapping) => void) | undefined): () => void {
-  if (portMap === undefined || onError === undefined) return () => {};
-  const h = (m: PortMapping, err: TsiboxError): void => { onError(err, m); };
-  portMap.on('failed', h);
-  return () => { portMap.off('failed', h); };
-}

@@ -12,19 +12,18 @@ import { mkdtempSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
-import type { Readable, Writable } from 'node:stream';
-import type { Logger } from 'pino';
+import type { Writable } from 'node:stream';
 import { TsiboxError } from '../errors.js';
 import {
   parseStatusMarker, parseStatusPort, PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT, type InitConfig,
 } from '../guest/cmdline.js';
-import { bootArguments, feedStdin, POWEROFF_GRACE_MS } from './guest-boot.js';
+import { bootArguments, feedStdin, POWEROFF_GRACE_MS, type GuestRunOptions } from './guest-boot.js';
 import { closeFd } from '../sys/libc.js';
 import { parentDeathWrapper, killOnExit, findExecutable } from '../sys/helper-programs.js';
 import { memfdCreate, socketPair } from '../sys/socket.js';
 import { UnixListener } from '../sys/unix-listen.js';
 import type { VirtioDevice } from '../virtio/device.js';
-import { VhostUserConnection } from './vhost-user/connection.js';
+import { VhostUserConnection } from './vhost-user/backend/connection.js';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 export const QEMU_DEBIAN_PACKAGE = 'qemu-system-x86';
@@ -57,29 +56,13 @@ export interface VhostUserDeviceSpec {
   socketPath?: boolean;
 }
 
-export interface QemuRunOptions {
-  kernel: string;
-  initrd: string;
-  init: InitConfig;
-  cpus?: number;
-  memoryMiB?: number;
+export interface QemuRunOptions extends GuestRunOptions {
   accel?: 'tcg' | 'kvm';
   devices?: VhostUserDeviceSpec[];
-  /** Archives appended to the initramfs (e.g. guest helper programs). */
-  extraArchives?: Buffer[];
-  /** Guest kernel parameters after the base command line (e.g. `tsi.unix_paths=...`). */
-  kernelArgs?: readonly string[];
-  stdin?: Readable | Buffer | string;
-  stdout?: Writable;
-  stderr?: Writable;
-  timeoutMs?: number;
-  logger: Logger;
   /** Called with QEMU's pid once it started (tests). */
   onStart?: (pid: number) => void;
   /** Without our stdio/status ports and vhost-user devices (the bench baseline). */
   plain?: boolean;
-  /** Ends the VM at once when aborted; runQemu then throws the signal's reason (e.g. NETWORK_ERROR). */
-  abort?: AbortSignal;
   /** More QEMU options, as they are (e.g. virtiofsd's `-chardev socket,path=` + `-device vhost-user-fs-device`). */
   extraArgs?: readonly string[];
   /**
@@ -144,7 +127,7 @@ export async function runQemu(opts: QemuRunOptions): Promise<QemuRunResult> {
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
     '-m', `${memoryMiB}M`, '-smp', String(cpus),
     // seal=on (QEMU's default, said here because our vhost-user back ends refuse RAM
-    // whose memfd is not sealed against shrinking: see vhost-user/memory.ts).
+    // whose memfd is not sealed against shrinking: see vhost-user/backend/memory.ts).
     '-object', `memory-backend-memfd,id=mem,size=${memoryMiB}M,share=on,seal=on`,
     '-serial', 'stdio',
     '-kernel', opts.kernel,

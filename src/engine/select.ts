@@ -5,7 +5,7 @@
 // `tsibox doctor`) decide, once per process.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { probeRing0, type Ring0Probe } from '../doctor/ring0.js';
+import { probeRing0, type Ring0Probe } from './ring0-probe.js';
 import { cacheRoot } from '../guest/build.js';
 
 export type EngineName = 'kvm' | 'qemu';

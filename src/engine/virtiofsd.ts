@@ -18,13 +18,13 @@
 // it runs under the keeper that stops it and removes the directory (socket included)
 // when our pipe ends, even after a SIGKILL of Node, and under pdeathsig.
 import type { Logger } from 'pino';
-import { HelperProcess, startHelper } from '../../proxies/helper-process.js';
+import { HelperProcess, startHelper } from '../sys/helper-process.js';
 import { TsiboxError } from '../errors.js';
 import { findExecutable } from '../sys/helper-programs.js';
 import { firstUnexpectedExit, privateListeningSocket } from './backend-process.js';
 import type { DirectoryShares } from './directory-share-options.js';
-import { virtioFsKind } from './vhost-user/mmio-device-kinds.js';
-import type { VhostUserMmioDevice } from './vhost-user/kvm-attach.js';
+import { virtioFsKind } from './vhost-user/frontend/mmio-device-kinds.js';
+import type { VhostUserMmioDevice } from './vhost-user/frontend/kvm-attach.js';
 
 export const VIRTIOFSD_BINARY = 'virtiofsd';
 /** Where Debian 12 (and Fedora) install it: outside PATH. */

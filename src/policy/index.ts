@@ -20,10 +20,10 @@ import { realpathSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { posix } from 'node:path';
 import { TsiboxError } from '../errors.js';
-import { canonicalAddress, ipv4Bytes, ipv6Bytes } from '../net/address.js';
+import { canonicalAddress, ipv4Bytes, ipv6Bytes } from '../../netstack/address.js';
 
 export type Action = 'allow' | 'deny';
-/** icmp: ICMP/ICMPv6 echo through the virtio-net frame filter (src/net/frame-policy.ts); TSI never asks for it. */
+/** icmp: ICMP/ICMPv6 echo through the virtio-net frame filter (src/frame-filter/frame-policy.ts); TSI never asks for it. */
 export type Protocol = 'tcp' | 'udp' | 'unix' | 'icmp';
 /** outbound: the guest connects out / sends; inbound: a host client reaches a guest listener. */
 export type Direction = 'outbound' | 'inbound';

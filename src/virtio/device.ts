@@ -1,6 +1,6 @@
 // The contract between a virtio device and its transport. Devices know nothing of
 // MMIO registers or KVM: they get ready queues, guest memory and ways to signal.
-import type { Logger } from './log.js';
+import type { Logger } from './virtio-logger.js';
 import type { VirtioMemory } from './memory.js';
 import type { Virtqueue } from './queue.js';
 

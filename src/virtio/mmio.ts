@@ -1,18 +1,27 @@
-// virtio-mmio transport, version 2. It is a BusDevice (the KVM engine maps its 0x200
-// byte window on the MMIO bus) and exposes `notify(queue)` for ioeventfd wake-ups;
-// a QueueNotify register write takes the same path. The transport owns the status
-// state machine, feature negotiation and queue setup; the device only sees ready queues.
-import type { BusDevice } from '../vmm/bus.js';
-import { TsiboxError } from '../errors.js';
+// virtio-mmio transport, version 2 (virtio 1.2 §4.2). It is an MmioRegisterWindow (the
+// KVM engine maps its 0x200 byte window on the MMIO bus) and exposes `notify(queue)`
+// for ioeventfd wake-ups; a QueueNotify register write takes the same path. This file
+// decodes the registers and runs the status state machine; the device lifecycle
+// (features offered, activation, kicks, reset, failure) is the TransportSession's.
 import { Feature, Interrupt, MMIO_MAGIC, MMIO_VERSION, Reg, Status, VENDOR_ID } from './constants.js';
-import type { DeviceContext, InterruptLine, VirtioDevice } from './device.js';
+import type { InterruptLine, VirtioDevice } from './device.js';
 import { rateLimitedLogger } from '../log-rate.js';
-import { virtioLogger, type Logger } from './log.js';
+import { virtioLogger, type Logger } from './virtio-logger.js';
 import type { VirtioMemory } from './memory.js';
-import { checkLayout, Virtqueue } from './queue.js';
+import { checkLayout } from './queue.js';
+import { offeredFeatures, TransportSession } from './transport-session.js';
 
-/** Features the transport itself implements for every device. */
-const TRANSPORT_FEATURES = Feature.VERSION_1 | Feature.RING_EVENT_IDX | Feature.RING_INDIRECT_DESC;
+/**
+ * A device window on an MMIO bus: register accesses at offsets into the window, data
+ * little-endian. The VMM's BusDevice has this shape; declared here so virtio needs
+ * nothing of the VMM.
+ */
+export interface MmioRegisterWindow {
+  /** Fill `data` (1, 2, 4 or 8 bytes, little-endian) with the value at `offset`. */
+  read(offset: number, data: Uint8Array): void;
+  /** Take the little-endian value in `data` written at `offset`. */
+  write(offset: number, data: Uint8Array): void;
+}
 
 /**
  * Where the driver is in device initialisation (virtio 1.2 §3.1.1). Status bits are
@@ -42,13 +51,13 @@ interface QueueRegs {
   used: number;
 }
 
-export class MmioTransport implements BusDevice {
+export class MmioTransport implements MmioRegisterWindow {
   readonly device: VirtioDevice;
   readonly #memory: VirtioMemory;
   readonly #interrupt: InterruptLine;
   readonly #log: Logger;
-  readonly #onInternalError: ((err: unknown) => void) | undefined;
   readonly #offered: bigint;
+  readonly #session: TransportSession;
 
   #phase: TransportPhase = 'reset';
   #status = 0;
@@ -57,12 +66,8 @@ export class MmioTransport implements BusDevice {
   #driverFeatures = 0n;
   #queueSel = 0;
   #queueRegs: QueueRegs[];
-  #queues: Array<Virtqueue | null>;
   #interruptStatus = 0;
   #configGeneration = 0;
-  #needsReset: string | null = null;
-  /** Bumped on every reset so a stale DeviceContext cannot touch the new session. */
-  #activation = 0;
 
   constructor(opts: MmioTransportOptions) {
     this.device = opts.device;
@@ -70,11 +75,22 @@ export class MmioTransport implements BusDevice {
     this.#interrupt = opts.interrupt;
     // The guest decides how often these lines come: one bucket per transport.
     this.#log = rateLimitedLogger((opts.logger ?? virtioLogger()).child({ device: opts.name ?? `virtio-${opts.device.deviceId}` }));
-    this.#onInternalError = opts.onInternalError;
-    // Packed rings and platform access are not implemented; never offer them.
-    this.#offered = (opts.device.features & ~(Feature.RING_PACKED | Feature.ACCESS_PLATFORM)) | TRANSPORT_FEATURES;
+    this.#offered = offeredFeatures(opts.device);
     this.#queueRegs = opts.device.queueSizes.map(() => emptyQueueRegs());
-    this.#queues = opts.device.queueSizes.map(() => null);
+    this.#session = new TransportSession({
+      device: opts.device,
+      memory: opts.memory,
+      log: this.#log,
+      onInternalError: opts.onInternalError,
+      hooks: {
+        signalUsed: () => { this.#raise(Interrupt.USED_BUFFER); },
+        configChanged: () => {
+          this.#configGeneration = (this.#configGeneration + 1) >>> 0;
+          this.#raise(Interrupt.CONFIG_CHANGE);
+        },
+        needsReset: (reason) => { this.#needsReset(reason); },
+      },
+    });
   }
 
   get phase(): TransportPhase {
@@ -88,7 +104,7 @@ export class MmioTransport implements BusDevice {
 
   /** Why the device needs a reset, or null. */
   get needsResetReason(): string | null {
-    return this.#needsReset;
+    return this.#session.failed;
   }
 
   /** Features agreed with the driver (valid once FEATURES_OK is set). */
@@ -96,7 +112,7 @@ export class MmioTransport implements BusDevice {
     return this.#driverFeatures;
   }
 
-  // ---- BusDevice ----
+  // ---- MmioRegisterWindow ----
 
   read(offset: number, data: Uint8Array): void {
     data.fill(0);
@@ -128,17 +144,13 @@ export class MmioTransport implements BusDevice {
    * ioeventfd fires; a QueueNotify write comes here too. Never throws.
    */
   notify(index: number): void {
-    if (this.#phase !== 'live' || this.#needsReset !== null) return;
-    const q = this.#queues[index];
+    if (this.#phase !== 'live' || this.#session.failed !== null) return;
+    const q = this.#session.queues[index];
     if (q === undefined || q === null) {
       this.#log.debug({ queue: index }, 'notify for a queue that is not live: ignored');
       return;
     }
-    try {
-      this.device.queueNotify(index);
-    } catch (err) {
-      this.#deviceThrew(err, `queue ${index} notify`);
-    }
+    this.#session.notify(index);
   }
 
   /**
@@ -225,7 +237,7 @@ export class MmioTransport implements BusDevice {
     const layout = { size: q.size, descAddr: q.desc, availAddr: q.avail, usedAddr: q.used };
     const problem = checkLayout(layout, this.device.queueSizes[index]!, this.#memory);
     if (problem !== null) {
-      this.#markNeedsReset(`queue ${index}: ${problem}`);
+      this.#session.fail(`queue ${index}: ${problem}`);
       return;
     }
     q.ready = true;
@@ -280,39 +292,13 @@ export class MmioTransport implements BusDevice {
   }
 
   #driverOk(): void {
-    if (this.#phase !== 'features-ok' || this.#needsReset !== null) return;
-    const features = { eventIdx: (this.#driverFeatures & Feature.RING_EVENT_IDX) !== 0n, indirect: (this.#driverFeatures & Feature.RING_INDIRECT_DESC) !== 0n };
-    this.#queues = this.#queueRegs.map((q, i) => q.ready
-      ? new Virtqueue(i, { size: q.size, descAddr: q.desc, availAddr: q.avail, usedAddr: q.used }, features, this.#memory,
-        (reason) => { this.#markNeedsReset(reason); })
-      : null);
+    if (this.#phase !== 'features-ok' || this.#session.failed !== null) return;
     this.#phase = 'live';
     this.#status |= Status.DRIVER_OK;
-    try {
-      this.device.activate(this.#context());
-    } catch (err) {
-      this.#deviceThrew(err, 'activate');
-    }
-  }
-
-  #context(): DeviceContext {
-    const activation = this.#activation;
-    const current = (): boolean => activation === this.#activation;
-    return {
-      memory: this.#memory,
-      queues: this.#queues,
-      features: this.#driverFeatures,
-      log: this.#log,
-      signalUsed: (queue) => {
-        if (current() && this.#needsReset === null && queue.needsInterrupt()) this.#raise(Interrupt.USED_BUFFER);
-      },
-      configChanged: () => {
-        if (!current()) return;
-        this.#configGeneration = (this.#configGeneration + 1) >>> 0;
-        this.#raise(Interrupt.CONFIG_CHANGE);
-      },
-      fail: (reason) => { if (current()) this.#markNeedsReset(reason); },
-    };
+    const rings = this.#queueRegs.map((q) => q.ready
+      ? { layout: { size: q.size, descAddr: q.desc, availAddr: q.avail, usedAddr: q.used } }
+      : null);
+    this.#session.start(rings, this.#driverFeatures);
   }
 
   #raise(bits: number): void {
@@ -320,36 +306,17 @@ export class MmioTransport implements BusDevice {
     this.#interrupt.trigger();
   }
 
-  #deviceThrew(err: unknown, where: string): void {
-    const typed = err instanceof TsiboxError && err.code === 'VIRTQUEUE_INVALID';
-    if (!typed) {
-      this.#log.error({ err, where }, 'device threw');
-      this.#onInternalError?.(err);
-    }
-    this.#markNeedsReset(`${where}: ${err instanceof Error ? err.message : String(err)}`);
-  }
-
-  /** The guest broke the rules: stop the device until the driver resets it. */
-  #markNeedsReset(reason: string): void {
-    if (this.#needsReset !== null) return;
-    this.#needsReset = reason;
+  /** The guest broke the rules (the session stopped the queues): DEVICE_NEEDS_RESET. */
+  #needsReset(reason: string): void {
     this.#log.warn({ reason }, 'device needs reset');
-    for (const q of this.#queues) if (q !== null && q.broken === null) q.invalidate(reason);
     this.#status |= Status.DEVICE_NEEDS_RESET;
     if (this.#phase === 'live') this.#raise(Interrupt.CONFIG_CHANGE);
   }
 
   #reset(): void {
-    if (this.#phase === 'live') {
-      try {
-        this.device.reset();
-      } catch (err) {
-        this.#log.error({ err }, 'device reset threw');
-        this.#onInternalError?.(err);
-      }
-    }
-    for (const q of this.#queues) q?.close();
-    this.#activation++;
+    // Only a live device is reset: one the driver set FAILED on after DRIVER_OK is not
+    // (as this transport always did; its context is stale from here on all the same).
+    this.#session.stop(this.#phase === 'live');
     this.#phase = 'reset';
     this.#status = 0;
     this.#deviceFeaturesSel = 0;
@@ -357,9 +324,7 @@ export class MmioTransport implements BusDevice {
     this.#driverFeatures = 0n;
     this.#queueSel = 0;
     this.#queueRegs = this.device.queueSizes.map(() => emptyQueueRegs());
-    this.#queues = this.device.queueSizes.map(() => null);
     this.#interruptStatus = 0;
-    this.#needsReset = null;
   }
 }
 

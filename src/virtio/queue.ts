@@ -3,6 +3,7 @@
 // is used as an address or an index; a broken rule marks the queue broken and reports
 // the reason once through `onInvalid` (the transport then sets DEVICE_NEEDS_RESET).
 // Nothing here throws because of what the guest wrote.
+import { TsiboxError } from '../errors.js';
 import { Desc, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY } from './constants.js';
 import { fullFence } from './fence.js';
 import type { VirtioMemory } from './memory.js';
@@ -64,9 +65,19 @@ export function needEvent(eventIdx: number, newIdx: number, oldIdx: number): boo
   return ((newIdx - eventIdx - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
 }
 
-/** Thrown internally while walking a chain; never leaves this module. */
-class InvalidQueue {
-  constructor(readonly reason: string) {}
+/**
+ * A guest's ring broke a virtio rule (code VIRTQUEUE_INVALID). Virtqueue throws it only
+ * inside its chain walk and turns it into `invalidate(reason)`; a device may throw it
+ * too, which its transport takes as the guest's fault, not a device bug.
+ */
+export class InvalidQueue extends TsiboxError {
+  readonly reason: string;
+
+  constructor(reason: string) {
+    super('VIRTQUEUE_INVALID', reason);
+    this.name = 'InvalidQueue';
+    this.reason = reason;
+  }
 }
 
 export class Virtqueue {

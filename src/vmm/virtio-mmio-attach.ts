@@ -5,7 +5,7 @@
 import { TsiboxError } from '../errors.js';
 import { MMIO_WINDOW_SIZE, Reg } from '../virtio/constants.js';
 import type { VirtioDevice } from '../virtio/device.js';
-import type { Logger } from '../virtio/log.js';
+import type { Logger } from '../virtio/virtio-logger.js';
 import { MmioTransport } from '../virtio/mmio.js';
 import type { EventFd } from './eventfd.js';
 import type { Vm } from './vm.js';

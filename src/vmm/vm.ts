@@ -9,7 +9,7 @@ import { Kvm } from '../kvm/system.js';
 import { KvmVmFd, type IoEventFdSpec } from '../kvm/vm-fd.js';
 import { KvmVcpuFd } from '../kvm/vcpu-fd.js';
 import { KVM_CAP, KVM_MP_STATE } from '../kvm/ioctl-numbers.js';
-import { GuestMemory } from './memory.js';
+import { GuestMemory } from '../memory/guest-memory.js';
 import { Bus } from './bus.js';
 import { EventFd, EventFdWatcher } from './eventfd.js';
 import { VcpuThread } from './vcpu-thread.js';

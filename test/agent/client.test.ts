@@ -1,5 +1,5 @@
 /**
- * AgentClient against a simulated agent (src/agent/testing/fake-agent.ts) through the
+ * AgentClient against a simulated agent (test/support/agent/fake-agent.ts) through the
  * real VsockDevice and a software guest driver: connect retries, streams, the stdin
  * window, kill, back-pressure, and a hostile agent (every violation ends that exec with
  * AGENT_PROTOCOL, nothing throws). The real agent is tested in test/e2e/exec.test.ts.
@@ -9,8 +9,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { PassThrough, type Readable } from 'node:stream';
 import { AgentClient, type ExecHandle } from '../../src/agent/client.js';
 import { MAX_DATA, MsgType, STDIN_WINDOW, guestFrames } from '../../src/agent/protocol.js';
-import { FakeAgent, type FakeExec, type FakeHandler } from '../../src/agent/testing/fake-agent.js';
-import { GuestVsock } from '../../src/virtio/vsock/testing/guest.js';
+import { FakeAgent, type FakeExec, type FakeHandler } from '../support/agent/fake-agent.js';
+import { GuestVsock } from '../support/vsock/guest.js';
 
 function guest(t: Test): GuestVsock {
   const g = new GuestVsock({ memorySize: 32 << 20, queueSize: 64 });

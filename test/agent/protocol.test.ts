@@ -1,16 +1,16 @@
 /**
  * The exec agent's frame codec (src/agent/protocol.ts, docs/exec-agent.md): layout,
  * every message both ways, the limits checked on the header, and that a decoder
- * answers garbage with an AgentProtocolError instead of throwing.
+ * answers garbage with an AgentPeerFault instead of throwing.
  */
 import t from 'tap';
 import {
-  AGENT_PORT, AgentProtocolError, EXEC_FIXED, FrameDecoder, HEADER_SIZE, MAX_DATA, MAX_EXEC_PAYLOAD, MAX_TEXT, MsgType,
+  AGENT_PORT, AgentPeerFault, EXEC_FIXED, FrameDecoder, HEADER_SIZE, MAX_DATA, MAX_EXEC_PAYLOAD, MAX_TEXT, MsgType,
   STDIN_WINDOW, decodeGuestMessage, decodeHostMessage, encodeExec, encodeSignal, encodeStdin, encodeStdinEof, encodeWinsize, guestFrames,
   signalName, signalNumber, type Frame,
 } from '../../src/agent/protocol.js';
 
-function one(from: 'guest' | 'host', bytes: Uint8Array): Frame | AgentProtocolError | null {
+function one(from: 'guest' | 'host', bytes: Uint8Array): Frame | AgentPeerFault | null {
   const d = new FrameDecoder(from);
   d.push(bytes);
   return d.next();
@@ -18,7 +18,7 @@ function one(from: 'guest' | 'host', bytes: Uint8Array): Frame | AgentProtocolEr
 
 function frameOf(from: 'guest' | 'host', bytes: Uint8Array): Frame {
   const f = one(from, bytes);
-  if (f === null || f instanceof AgentProtocolError) throw new Error(`not a frame: ${f === null ? 'incomplete' : f.reason}`);
+  if (f === null || f instanceof AgentPeerFault) throw new Error(`not a frame: ${f === null ? 'incomplete' : f.reason}`);
   return f;
 }
 
@@ -86,9 +86,9 @@ t.test('malformed EXEC payloads decode to errors (the agent\'s checks)', async (
     ['env starting with =', Buffer.concat([fixed(0, 1, 1), Buffer.from('\0x\0=v\0')])],
     ['trailing bytes', Buffer.concat([fixed(0, 1, 0), Buffer.from('\0x\0junk')])],
   ];
-  for (const [what, p] of cases) t.type(exec(p), AgentProtocolError, what);
-  t.type(decodeHostMessage({ type: MsgType.SIGNAL, payload: Buffer.from([0, 0, 0, 0]) }), AgentProtocolError, 'signal 0');
-  t.type(decodeHostMessage({ type: MsgType.SIGNAL, payload: Buffer.from([65, 0, 0, 0]) }), AgentProtocolError, 'signal 65');
+  for (const [what, p] of cases) t.type(exec(p), AgentPeerFault, what);
+  t.type(decodeHostMessage({ type: MsgType.SIGNAL, payload: Buffer.from([0, 0, 0, 0]) }), AgentPeerFault, 'signal 0');
+  t.type(decodeHostMessage({ type: MsgType.SIGNAL, payload: Buffer.from([65, 0, 0, 0]) }), AgentPeerFault, 'signal 65');
 });
 
 t.test('WINSIZE: cols and rows, u32 LE each, 1..65535', async (t) => {
@@ -98,12 +98,12 @@ t.test('WINSIZE: cols and rows, u32 LE each, 1..65535', async (t) => {
     t.throws(() => encodeWinsize(c, r), { code: 'INVALID_ARGUMENT' }, `${c}x${r}`);
   }
   const raw = (c: number, r: number): Buffer => { const b = Buffer.alloc(8); b.writeUInt32LE(c, 0); b.writeUInt32LE(r, 4); return b; };
-  t.type(decodeHostMessage({ type: MsgType.WINSIZE, payload: raw(0, 24) }), AgentProtocolError, 'cols 0');
-  t.type(decodeHostMessage({ type: MsgType.WINSIZE, payload: raw(80, 65536) }), AgentProtocolError, 'rows 65536');
+  t.type(decodeHostMessage({ type: MsgType.WINSIZE, payload: raw(0, 24) }), AgentPeerFault, 'cols 0');
+  t.type(decodeHostMessage({ type: MsgType.WINSIZE, payload: raw(80, 65536) }), AgentPeerFault, 'rows 65536');
   const short = one('host', Buffer.from([0x45, 0x58, 1, MsgType.WINSIZE, 4, 0, 0, 0, 80, 0, 0, 0]));
-  t.type(short, AgentProtocolError, 'a WINSIZE of 4 bytes is refused on its header');
-  t.match((short as AgentProtocolError).reason, /length 4 outside 8\.\.8/);
-  t.match((one('guest', encodeWinsize(80, 24)) as AgentProtocolError).reason, /unknown message type 5/, 'a host type from the guest');
+  t.type(short, AgentPeerFault, 'a WINSIZE of 4 bytes is refused on its header');
+  t.match((short as AgentPeerFault).reason, /length 4 outside 8\.\.8/);
+  t.match((one('guest', encodeWinsize(80, 24)) as AgentPeerFault).reason, /unknown message type 5/, 'a host type from the guest');
 });
 
 t.test('guest messages round trip', async (t) => {
@@ -122,21 +122,21 @@ t.test('guest messages round trip', async (t) => {
 
 t.test('guest values out of range are protocol errors', async (t) => {
   const dec = (b: Buffer): ReturnType<typeof decodeGuestMessage> => decodeGuestMessage(frameOf('guest', b));
-  t.type(dec(guestFrames.started(0)), AgentProtocolError, 'pid 0');
-  t.type(dec(guestFrames.startFailed(0, 0, '')), AgentProtocolError, 'start failure with status 0');
-  t.type(dec(guestFrames.startFailed(128, 0, '')), AgentProtocolError, 'start failure with status 128');
-  t.type(dec(guestFrames.exit(256)), AgentProtocolError, 'status 256');
-  t.type(dec(guestFrames.exit(3, 9)), AgentProtocolError, 'a signal that does not match the status');
-  t.type(dec(guestFrames.exit(128 + 65, 65)), AgentProtocolError, 'signal 65');
-  t.type(dec(guestFrames.stdinAck(0)), AgentProtocolError, 'ack of 0');
-  t.type(dec(guestFrames.stdinAck(STDIN_WINDOW + 1)), AgentProtocolError, 'ack over the window');
+  t.type(dec(guestFrames.started(0)), AgentPeerFault, 'pid 0');
+  t.type(dec(guestFrames.startFailed(0, 0, '')), AgentPeerFault, 'start failure with status 0');
+  t.type(dec(guestFrames.startFailed(128, 0, '')), AgentPeerFault, 'start failure with status 128');
+  t.type(dec(guestFrames.exit(256)), AgentPeerFault, 'status 256');
+  t.type(dec(guestFrames.exit(3, 9)), AgentPeerFault, 'a signal that does not match the status');
+  t.type(dec(guestFrames.exit(128 + 65, 65)), AgentPeerFault, 'signal 65');
+  t.type(dec(guestFrames.stdinAck(0)), AgentPeerFault, 'ack of 0');
+  t.type(dec(guestFrames.stdinAck(STDIN_WINDOW + 1)), AgentPeerFault, 'ack over the window');
 });
 
 t.test('the decoder checks the header before buffering a payload', async (t) => {
   const bad = (from: 'guest' | 'host', b: Uint8Array, reason: RegExp, what: string): void => {
     const r = one(from, b);
-    t.type(r, AgentProtocolError, what);
-    t.match((r as AgentProtocolError).reason, reason, what);
+    t.type(r, AgentPeerFault, what);
+    t.match((r as AgentPeerFault).reason, reason, what);
   };
   bad('guest', Buffer.from([0x45, 0x59, 1, MsgType.EXIT, 8, 0, 0, 0]), /magic/, 'bad magic');
   bad('guest', Buffer.from([0x45, 0x58, 2, MsgType.EXIT, 8, 0, 0, 0]), /version 2/, 'version 2');
@@ -151,9 +151,9 @@ t.test('the decoder checks the header before buffering a payload', async (t) => 
 
   const d = new FrameDecoder('guest');
   d.push(Buffer.from([0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]));
-  t.type(d.next(), AgentProtocolError);
+  t.type(d.next(), AgentPeerFault);
   d.push(guestFrames.exit(0));
-  t.type(d.next(), AgentProtocolError, 'a failed decoder stays failed');
+  t.type(d.next(), AgentPeerFault, 'a failed decoder stays failed');
   t.equal(d.buffered, 0, 'and holds nothing');
 });
 
@@ -170,7 +170,7 @@ t.test('frames split at every byte and glued together decode the same', async (t
       d.push(all.subarray(i, i + step));
       maxHeld = Math.max(maxHeld, d.buffered);
       for (let f = d.next(); f !== null; f = d.next()) {
-        if (f instanceof AgentProtocolError) throw new Error(f.reason);
+        if (f instanceof AgentPeerFault) throw new Error(f.reason);
         got.push(f);
       }
     }
@@ -194,7 +194,7 @@ t.test('random bytes never throw', async (t) => {
     for (const from of ['guest', 'host'] as const) {
       const d = new FrameDecoder(from);
       d.push(b);
-      for (let f = d.next(); f !== null && !(f instanceof AgentProtocolError); f = d.next()) {
+      for (let f = d.next(); f !== null && !(f instanceof AgentPeerFault); f = d.next()) {
         frames++;
         if (from === 'guest') decodeGuestMessage(f);
         else decodeHostMessage(f);

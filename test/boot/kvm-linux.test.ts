@@ -11,7 +11,7 @@ import { parseKernelImage } from '../../src/vmm/boot/kernel-image.js';
 import { loadLinux, BOOT_LAYOUT } from '../../src/vmm/boot/linux.js';
 import { runLinuxOnKvm, KVM_BASE_CMDLINE } from '../../src/vmm/boot/run-linux.js';
 import { Vm } from '../../src/vmm/vm.js';
-import { probeRing0 } from '../../src/doctor/ring0.js';
+import { probeRing0 } from '../../src/engine/ring0-probe.js';
 import { TsiboxError } from '../../src/errors.js';
 
 if (kernelPaths() === undefined) t.setTimeout(20 * 60_000);

@@ -17,7 +17,7 @@ import { Sandbox, type SandboxResult } from '../../src/index.js';
 import { cmdlineArchive } from '../../src/guest/index.js';
 import { AgentClient, type ExecHandle } from '../../src/agent/client.js';
 import {
-  AGENT_PORT, AgentErrorCode, AgentProtocolError, FrameDecoder, MsgType, STDIN_WINDOW, decodeGuestMessage, encodeExec,
+  AGENT_PORT, AgentErrorCode, AgentPeerFault, FrameDecoder, MsgType, STDIN_WINDOW, decodeGuestMessage, encodeExec,
   encodeSignal, encodeStdin, encodeStdinEof, encodeWinsize, guestFrames,
 } from '../../src/agent/protocol.js';
 import type { VsockDevice } from '../../src/virtio/vsock/device.js';
@@ -67,9 +67,9 @@ function rawConnection(vsock: VsockDevice, send: (c: VsockConnection) => void): 
     c.on('data', (d) => {
       c.consumed(d.length);
       dec.push(d);
-      for (let f = dec.next(); f !== null && !(f instanceof AgentProtocolError); f = dec.next()) {
+      for (let f = dec.next(); f !== null && !(f instanceof AgentPeerFault); f = dec.next()) {
         const m = decodeGuestMessage(f);
-        if (!(m instanceof AgentProtocolError) && m.type === 'error') frames.push({ type: f.type, code: m.code, text: m.message });
+        if (!(m instanceof AgentPeerFault) && m.type === 'error') frames.push({ type: f.type, code: m.code, text: m.message });
         else frames.push({ type: f.type });
       }
     });

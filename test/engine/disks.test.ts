@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { checkDisks, guestDeviceName, MAX_DISKS, type DiskImage } from '../../src/engine/disk-options.js';
 import { kvmDiskDevices, qemuDiskArgs, storageDaemonArgs } from '../../src/engine/disks.js';
-import { VIRTIO_BLK_DEVICE_ID } from '../../src/engine/vhost-user/mmio-device-kinds.js';
+import { VIRTIO_BLK_DEVICE_ID } from '../../src/engine/vhost-user/frontend/mmio-device-kinds.js';
 import { buildCmdline, initTokens } from '../../src/guest/cmdline.js';
 import { ensureInitramfs } from '../../src/guest/index.js';
 import { diskOptions, parseDisk } from '../../src/cli/disk-flags.js';

@@ -5,7 +5,7 @@
 import t from 'tap';
 import { readdirSync } from 'node:fs';
 import { pino } from 'pino';
-import { VhostUserConnection } from '../../src/engine/vhost-user/connection.js';
+import { VhostUserConnection } from '../../src/engine/vhost-user/backend/connection.js';
 import {
   encodeMemTable, encodeRequest, encodeVringState, F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, HEADER_SIZE, Req, u64Payload,
   VHOST_USER_VERSION,

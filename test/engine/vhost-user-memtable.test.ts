@@ -3,8 +3,8 @@
 // than its memfd, and a memfd that could still be shrunk, are refused.
 import t from 'tap';
 import { ftruncateSync, openSync } from 'node:fs';
-import { VhostUserConnection } from '../../src/engine/vhost-user/connection.js';
-import { mapMemTable } from '../../src/engine/vhost-user/memory.js';
+import { VhostUserConnection } from '../../src/engine/vhost-user/backend/connection.js';
+import { mapMemTable } from '../../src/engine/vhost-user/backend/memory.js';
 import { encodeMemTable, encodeRequest, FLAG_NEED_REPLY, Req, VHOST_USER_VERSION, type MemRegionDesc } from '../../src/engine/vhost-user/protocol.js';
 import { RngDevice } from '../../src/virtio/rng.js';
 import { closeFd } from '../../src/sys/libc.js';

@@ -4,8 +4,8 @@
 import { Feature } from '../../src/virtio/constants.js';
 import { ConsoleDevice, ConsoleFeature } from '../../src/virtio/console/index.js';
 import { CONTROL_TX_QUEUE } from '../../src/virtio/console/control.js';
-import { createHarness } from '../../src/virtio/testing/harness.js';
-import type { DriverQueue } from '../../src/virtio/testing/driver.js';
+import { createHarness } from '../support/virtio/harness.js';
+import type { DriverQueue } from '../support/virtio/driver.js';
 import type { Logger } from 'pino';
 
 export function consoleRig(opts: { memorySize?: number; logger?: Logger } = {}): {

@@ -9,9 +9,9 @@ import { ControlEvent } from '../../src/virtio/console/index.js';
 import { encodeControl } from '../../src/virtio/console/control.js';
 import { Policy } from '../../src/policy/index.js';
 import { PortMap } from '../../src/portmap/index.js';
-import { GuestVsock, type GuestSocket } from '../../src/virtio/vsock/testing/guest.js';
+import { GuestVsock, type GuestSocket } from '../support/vsock/guest.js';
 import { TsiHost } from '../../proxies/tsi.js';
-import { TsiGuest } from '../../proxies/testing/tsi-guest.js';
+import { TsiGuest } from '../support/tsi/tsi-guest.js';
 import { TsiPort, encodeConnect, encodeDgram, encodeDgramOpen, encodeHello, encodeListen, SOCK_STREAM } from '../../proxies/protocol.js';
 import { consoleRig } from './console-rig.js';
 

@@ -4,8 +4,8 @@ import {
   encodeEthernet, encodeIPv4, encodeIPv6, encodeTcp, encodeUdp, EtherType, IpProto, ipv4FromString,
 } from '../../netstack/index.js';
 import type { Policy } from '../../src/policy/index.js';
-import type { FrameBackend, FramePort } from '../../src/virtio/net/backend.js';
-import { FramePolicyFilter, type FramePolicyOptions } from '../../src/net/frame-policy.js';
+import type { FrameBackend, FramePort } from '../../netstack/frame-port.js';
+import { FramePolicyFilter, type FramePolicyOptions } from '../../src/frame-filter/frame-policy.js';
 import { memoryLogger, type LogLine } from './memory-logger.js';
 
 export const GUEST = ipv4FromString('10.0.2.15')!;

@@ -5,9 +5,9 @@
 // guest memory.
 import t from 'tap';
 import { decodeFrame } from '../../netstack/index.js';
-import { FramePolicyFilter } from '../../src/net/frame-policy.js';
+import { FramePolicyFilter } from '../../src/frame-filter/frame-policy.js';
 import { Policy } from '../../src/policy/index.js';
-import { createHarness } from '../../src/virtio/testing/harness.js';
+import { createHarness } from '../support/virtio/harness.js';
 import { NET_HDR_SIZE, NetDevice, RX_QUEUE, TX_QUEUE, type FrameBackend, type FramePort } from '../../src/virtio/net/index.js';
 import { GUEST, GW, udp } from '../helpers/frames.js';
 

@@ -11,7 +11,7 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { pino } from 'pino';
 import { decodeFrame, encodeUdp, IpProto, ipv4FromString, Reassembler } from '../../netstack/index.js';
 import { findPasst, startPasst, type PasstProcess } from '../../proxies/passt.js';
-import { FramePolicyFilter } from '../../src/net/frame-policy.js';
+import { FramePolicyFilter } from '../../src/frame-filter/frame-policy.js';
 import { Policy } from '../../src/policy/index.js';
 import { cut, frag4, GUEST, GW, udp } from '../helpers/frames.js';
 

@@ -11,7 +11,7 @@ import { pino } from 'pino';
 import { arpRequest, findPasst, PasstBackend, passtArgs, startPasst } from '../../proxies/passt.js';
 import { encodeFrame, FrameReader } from '../../proxies/frame-stream.js';
 import { socketPair } from '../../src/sys/socket.js';
-import type { FramePort } from '../../src/virtio/net/backend.js';
+import type { FramePort } from '../../netstack/frame-port.js';
 import { TsiboxError } from '../../src/errors.js';
 
 const log = pino({ level: 'silent' });

@@ -6,8 +6,8 @@ import {
   IpProto, parseIPv4, parseIPv6, parseTcp, parseUdp, parseEthernet, tcpReset, TcpFlag, unreachable, ipv4FromString,
   MAX_EXTENSION_HEADERS,
 } from '../../netstack/index.js';
-import { Prng } from '../../src/virtio/testing/fuzz-virtqueue.js';
-import { netstackTarget } from '../../src/net/testing/fuzz-netstack.js';
+import { Prng } from '../support/prng.js';
+import { netstackTarget } from '../support/net/fuzz-netstack.js';
 
 const A = ipv4FromString('10.0.2.15')!;
 const B = ipv4FromString('10.0.2.2')!;

@@ -6,7 +6,7 @@ import {
   decodeFrame, encodeEthernet, encodeIPv4, encodeIPv6, encodeUdp, EtherType, fragmentFrame, IpProto, Reassembler,
   type IpFrame, type ReassemblyResult,
 } from '../../netstack/index.js';
-import { Prng } from '../../src/virtio/testing/fuzz-virtqueue.js';
+import { Prng } from '../support/prng.js';
 
 const SRC4 = Uint8Array.of(10, 0, 2, 15);
 const DST4 = Uint8Array.of(203, 0, 113, 9);

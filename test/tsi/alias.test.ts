@@ -3,7 +3,7 @@
 import t from 'tap';
 import { Errno } from '../../proxies/protocol.js';
 import { HostAliases } from '../../proxies/context.js';
-import { TsiCallError } from '../../proxies/testing/tsi-guest.js';
+import { TsiCallError } from '../support/tsi/tsi-guest.js';
 import { echo, rig, tcpServer } from './helpers.js';
 
 const ALIASES = { '10.0.2.2': '127.0.0.1', 'fd00::2': '::1' };

@@ -11,12 +11,12 @@ import {
   Errno, TsiOp, TsiPort, encodeConnect, encodeDgramOpen, encodeHello, encodeListen, SOCK_STREAM,
 } from '../../proxies/protocol.js';
 import { TsiFeature } from '../../proxies/listener.js';
-import { TsiCallError } from '../../proxies/testing/tsi-guest.js';
+import { TsiCallError } from '../support/tsi/tsi-guest.js';
 import { PortMap } from '../../src/portmap/index.js';
 import { memoryLogger, type LogLine } from '../helpers/memory-logger.js';
 import { Policy } from '../../src/policy/index.js';
 import { TsiHost } from '../../proxies/tsi.js';
-import { GuestVsock } from '../../src/virtio/vsock/testing/guest.js';
+import { GuestVsock } from '../support/vsock/guest.js';
 import { rig, tcpServer, tempDir, udpSocket, until } from './helpers.js';
 
 /** A full collection, so that heap numbers count what is kept, not garbage not yet collected. */
@@ -120,7 +120,7 @@ t.test('a control session from an unprivileged guest port is refused and registe
   t.equal(host.listener.listeners, 0, 'no listener registered');
   t.equal(portMap.entries[0]?.boundPort ?? null, null, 'the published port was never bound');
   // The same requests from a reserved port (what the guest kernel uses) work.
-  const { TsiGuest } = await import('../../proxies/testing/tsi-guest.js');
+  const { TsiGuest } = await import('../support/tsi/tsi-guest.js');
   const kernel = new TsiGuest(vsock);
   t.teardown(() => { kernel.close(); });
   await kernel.hello(1023);
@@ -214,7 +214,7 @@ t.test('limits: connections, listeners across sessions, UDP sockets, connect rat
 
   const l1 = await guest.listen({ family: 'ipv4', address: '0.0.0.0', port: 81 }, () => {});
   t.equal(l1.result, -Errno.EADDRNOTAVAIL, 'first listener registered (unmapped)');
-  const { TsiGuest } = await import('../../proxies/testing/tsi-guest.js');
+  const { TsiGuest } = await import('../support/tsi/tsi-guest.js');
   const second = new TsiGuest(vsock);
   t.teardown(() => { second.close(); });
   await second.hello(1010);

@@ -9,9 +9,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Policy, type PolicyOptions } from '../../src/policy/index.js';
 import { PortMap } from '../../src/portmap/index.js';
-import { GuestVsock, type GuestVsockOptions } from '../../src/virtio/vsock/testing/guest.js';
+import { GuestVsock, type GuestVsockOptions } from '../support/vsock/guest.js';
 import { TsiHost } from '../../proxies/tsi.js';
-import { TsiGuest } from '../../proxies/testing/tsi-guest.js';
+import { TsiGuest } from '../support/tsi/tsi-guest.js';
 import type { TsiLimitOptions } from '../../proxies/limits.js';
 
 export interface Rig {

@@ -1,16 +1,16 @@
 import t from 'tap';
-import { Errno, FrameReader, TSI_MAGIC, TsiError, TsiOp, TsiPort, encodeConnect, header } from '../../proxies/protocol.js';
+import { Errno, MessageReader, TSI_MAGIC, GuestErrno, TsiOp, TsiPort, encodeConnect, header } from '../../proxies/protocol.js';
 import { rig, tcpServer, until } from './helpers.js';
-import type { GuestSocket } from '../../src/virtio/vsock/testing/guest.js';
+import type { GuestSocket } from '../support/vsock/guest.js';
 
 /** Sends raw bytes as the first message on a TSI service port and returns the first reply frame (or null on close). */
 async function rawFirstReply(sock: GuestSocket, bytes: Buffer): Promise<{ op: number; result: number } | null> {
-  const reader = new FrameReader();
+  const reader = new MessageReader();
   const reply = new Promise<{ op: number; result: number } | null>((resolve) => {
     sock.on('data', (d) => {
       reader.push(d);
       const f = reader.next();
-      if (f === null || f instanceof TsiError) return;
+      if (f === null || f instanceof GuestErrno) return;
       resolve({ op: f.op, result: f.bytes.length >= 12 ? f.bytes.readInt32LE(f.op === TsiOp.ERROR || f.op === TsiOp.LISTEN_RESULT ? 12 : 8) : 0 });
     });
     sock.once('close', () => { resolve(null); });
@@ -75,8 +75,8 @@ t.test('control channel: garbage, unknown ops, requests before HELLO', async (t)
   const c4 = await vsock.connect(TsiPort.CONTROL, 'stream', { localPort: 1003 });
   const hello = header(TsiOp.HELLO, 16);
   hello.writeUInt32LE(1, 8); hello[12] = 1; hello[13] = 1;
-  const reader = new FrameReader();
-  const got = new Promise<number>((res) => c4.on('data', (d) => { reader.push(d); const f = reader.next(); if (f && !(f instanceof TsiError)) res(f.op); }));
+  const reader = new MessageReader();
+  const got = new Promise<number>((res) => c4.on('data', (d) => { reader.push(d); const f = reader.next(); if (f && !(f instanceof GuestErrno)) res(f.op); }));
   for (const b of hello) await c4.write(Buffer.from([b]));
   t.equal(await got, TsiOp.HELLO_RESULT, 'byte-by-byte HELLO answered');
   t.equal(TSI_MAGIC, 0x4954);

@@ -3,7 +3,7 @@ import { connect, type Socket } from 'node:net';
 import { Errno } from '../../proxies/protocol.js';
 import { PortMap } from '../../src/portmap/index.js';
 import { rig, tcpServer, until, udpSocket } from './helpers.js';
-import type { TsiStream } from '../../proxies/testing/tsi-guest.js';
+import type { TsiStream } from '../support/tsi/tsi-guest.js';
 
 function hostConnect(t: Tap, port: number, host = '127.0.0.1'): Promise<Socket> {
   return new Promise((resolve, reject) => {

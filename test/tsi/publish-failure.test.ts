@@ -13,7 +13,7 @@ import { Policy } from '../../src/policy/index.js';
 import { RateLimitedLog } from '../../src/log-rate.js';
 import { silentLogger } from '../../src/log.js';
 import { memoryLogger, type LogLine } from '../helpers/memory-logger.js';
-import type { TsiStream } from '../../proxies/testing/tsi-guest.js';
+import type { TsiStream } from '../support/tsi/tsi-guest.js';
 import { rig, tcpServer, until, udpSocket } from './helpers.js';
 
 function serveUpper(s: TsiStream): void {

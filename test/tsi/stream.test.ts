@@ -3,7 +3,7 @@ import { createServer as createHttpServer } from 'node:http';
 import { createServer as createUnixServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Errno } from '../../proxies/protocol.js';
-import { TsiCallError } from '../../proxies/testing/tsi-guest.js';
+import { TsiCallError } from '../support/tsi/tsi-guest.js';
 import { echo, rig, tcpServer, tempDir } from './helpers.js';
 
 t.test('HTTP GET against a local HTTP server', async (t) => {

@@ -7,7 +7,7 @@ import t from 'tap';
 import { readdirSync } from 'node:fs';
 import koffi from 'koffi';
 import { pino } from 'pino';
-import { VhostUserFrontend } from '../../src/engine/vhost-user/frontend.js';
+import { VhostUserFrontend } from '../../src/engine/vhost-user/frontend/frontend.js';
 import {
   encodeConfig, encodeReply, encodeVringState, F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, HEADER_SIZE, MessageReader, ProtocolFeature,
   Req, u64Payload, VHOST_USER_VERSION, type Message,
@@ -15,7 +15,7 @@ import {
 import { closeFd } from '../../src/sys/libc.js';
 import { FdSocketReader, sendWithFds, socketPair } from '../../src/sys/socket.js';
 import { EventFd } from '../../src/vmm/eventfd.js';
-import { GuestMemory } from '../../src/vmm/memory.js';
+import { GuestMemory } from '../../src/memory/guest-memory.js';
 
 const logger = pino({ level: 'silent' });
 

@@ -10,12 +10,12 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, truncateSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { VhostUserConnection } from '../../src/engine/vhost-user/connection.js';
-import { VhostUserFrontend } from '../../src/engine/vhost-user/frontend.js';
+import { VhostUserConnection } from '../../src/engine/vhost-user/backend/connection.js';
+import { VhostUserFrontend } from '../../src/engine/vhost-user/frontend/frontend.js';
 import { ProtocolFeature } from '../../src/engine/vhost-user/protocol.js';
 import { Feature } from '../../src/virtio/constants.js';
 import { RngDevice } from '../../src/virtio/rng.js';
-import { GuestMemory } from '../../src/vmm/memory.js';
+import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { socketPair } from '../../src/sys/socket.js';
 import { missing, QSD, startBackend, VIRTIOFSD } from './backends.js';
 import { RingDriver } from './ring-driver.js';

@@ -5,10 +5,10 @@
 import t from 'tap';
 import { EventEmitter } from 'node:events';
 import { pino } from 'pino';
-import { MAX_PENDING_OPS, VhostUserMmioTransport, type VhostUserMmioOptions } from '../../src/engine/vhost-user/mmio-transport.js';
+import { MAX_PENDING_OPS, VhostUserMmioTransport, type VhostUserMmioOptions } from '../../src/engine/vhost-user/frontend/mmio-transport.js';
 import { TsiboxError } from '../../src/errors.js';
 import { Feature, Reg, Status } from '../../src/virtio/constants.js';
-import { GuestMemory } from '../../src/vmm/memory.js';
+import { GuestMemory } from '../../src/memory/guest-memory.js';
 
 /** A front end whose requests never complete. */
 class StalledFrontend extends EventEmitter {

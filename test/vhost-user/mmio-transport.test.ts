@@ -7,19 +7,19 @@ import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { VhostUserConnection } from '../../src/engine/vhost-user/connection.js';
-import { VhostUserFrontend } from '../../src/engine/vhost-user/frontend.js';
-import { VhostUserMmioTransport, type VhostUserMmioOptions } from '../../src/engine/vhost-user/mmio-transport.js';
+import { VhostUserConnection } from '../../src/engine/vhost-user/backend/connection.js';
+import { VhostUserFrontend } from '../../src/engine/vhost-user/frontend/frontend.js';
+import { VhostUserMmioTransport, type VhostUserMmioOptions } from '../../src/engine/vhost-user/frontend/mmio-transport.js';
 import {
   BLK_CONFIG_SIZE, BLK_CONFIG_WRITEBACK, BlkFeature, vhostUserBlkKind, virtioFsKind, VIRTIO_BLK_DEVICE_ID, VIRTIO_FS_DEVICE_ID,
-} from '../../src/engine/vhost-user/mmio-device-kinds.js';
+} from '../../src/engine/vhost-user/frontend/mmio-device-kinds.js';
 import { ProtocolFeature } from '../../src/engine/vhost-user/protocol.js';
 import { TsiboxError } from '../../src/errors.js';
 import { Feature, Interrupt, Reg, Status } from '../../src/virtio/constants.js';
 import { RngDevice } from '../../src/virtio/rng.js';
-import { SoftwareDriver } from '../../src/virtio/testing/driver.js';
+import { SoftwareDriver } from '../support/virtio/driver.js';
 import { EventFd, EventFdWatcher } from '../../src/vmm/eventfd.js';
-import { GuestMemory } from '../../src/vmm/memory.js';
+import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { socketPair } from '../../src/sys/socket.js';
 import { missing, QSD, startBackend } from './backends.js';
 

@@ -2,11 +2,11 @@
 // driver's DriverQueue lays out split rings in shared (memfd) guest RAM; a kick is a
 // write to the ring's kick eventfd (what KVM's ioeventfd will do), and completion is
 // waited for on the call eventfd (what KVM's irqfd will turn into an interrupt).
-import { DriverQueue, SoftwareDriver, type UsedBuffer } from '../../src/virtio/testing/driver.js';
+import { DriverQueue, SoftwareDriver, type UsedBuffer } from '../support/virtio/driver.js';
 import { ringSizes } from '../../src/virtio/queue.js';
 import { EventFd, EventFdWatcher } from '../../src/vmm/eventfd.js';
-import type { GuestMemory } from '../../src/vmm/memory.js';
-import type { VringLayout } from '../../src/engine/vhost-user/frontend.js';
+import type { GuestMemory } from '../../src/memory/guest-memory.js';
+import type { VringLayout } from '../../src/engine/vhost-user/frontend/frontend.js';
 
 export interface Ring {
   queue: DriverQueue;

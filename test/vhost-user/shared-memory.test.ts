@@ -2,7 +2,8 @@
 // the same pages. The anonymous path is untouched (no backing).
 import t from 'tap';
 import { fstatSync, readdirSync } from 'node:fs';
-import { GuestMemory, MMIO_GAP_END, MMIO_GAP_START } from '../../src/vmm/memory.js';
+import { GuestMemory } from '../../src/memory/guest-memory.js';
+import { MMIO_GAP_END, MMIO_GAP_START } from '../../src/memory/layout.js';
 import { fileSeals, Seal } from '../../src/sys/seals.js';
 import { mmapShared, munmap } from '../../src/sys/socket.js';
 import { view } from '../../src/sys/libc.js';

@@ -6,8 +6,9 @@ import t, { type Test } from 'tap';
 import { BalloonDevice, BalloonFeature, BalloonQueue, checkRange } from '../../src/virtio/balloon/index.js';
 import { Desc, Feature, Interrupt, Reg, Status } from '../../src/virtio/constants.js';
 import { MmioTransport } from '../../src/virtio/mmio.js';
-import { CountingInterrupt, SoftwareDriver, type DriverQueue } from '../../src/virtio/testing/driver.js';
-import { GuestMemory, MMIO_GAP_START } from '../../src/vmm/memory.js';
+import { CountingInterrupt, SoftwareDriver, type DriverQueue } from '../support/virtio/driver.js';
+import { GuestMemory } from '../../src/memory/guest-memory.js';
+import { MMIO_GAP_START } from '../../src/memory/layout.js';
 
 const MiB = 1024 * 1024;
 const PAGE = 4096;

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { benchVirtqueueSoftware } from '../../src/virtio/bench.js';
+import { benchVirtqueueSoftware } from '../support/bench/virtqueue.js';
 
 t.test('software virtqueue bench reports a rate, a C baseline and the ratio', async (t) => {
   for (const device of ['null', 'rng'] as const) {

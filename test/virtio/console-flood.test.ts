@@ -7,7 +7,7 @@ import { runInNewContext } from 'node:vm';
 import { ControlEvent, PortName } from '../../src/virtio/console/index.js';
 import { decodeControl, encodeControl, portRxQueue, CONTROL_RX_QUEUE } from '../../src/virtio/console/control.js';
 import { ControlOutbox } from '../../src/virtio/console/outbox.js';
-import type { DriverQueue } from '../../src/virtio/testing/driver.js';
+import type { DriverQueue } from '../support/virtio/driver.js';
 import { consoleRig } from '../helpers/console-rig.js';
 
 // A million messages through a real virtqueue take a few seconds on a busy 2-core machine.

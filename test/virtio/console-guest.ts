@@ -3,8 +3,8 @@
 import { Feature } from '../../src/virtio/constants.js';
 import { ConsoleDevice } from '../../src/virtio/console/index.js';
 import { ConsoleFeature, ControlEvent, decodeControl, encodeControl, portRxQueue } from '../../src/virtio/console/control.js';
-import { createHarness, type Harness } from '../../src/virtio/testing/harness.js';
-import type { DriverQueue } from '../../src/virtio/testing/driver.js';
+import { createHarness, type Harness } from '../support/virtio/harness.js';
+import type { DriverQueue } from '../support/virtio/driver.js';
 
 export interface GuestPort {
   id: number;

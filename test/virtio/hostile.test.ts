@@ -3,9 +3,9 @@
 // reaching the device.
 import t from 'tap';
 import { Desc, Feature, Interrupt, Status } from '../../src/virtio/constants.js';
-import { createHarness } from '../../src/virtio/testing/harness.js';
-import type { DriverQueue } from '../../src/virtio/testing/driver.js';
-import type { GuestMemory } from '../../src/vmm/memory.js';
+import { createHarness } from '../support/virtio/harness.js';
+import type { DriverQueue } from '../support/virtio/driver.js';
+import type { GuestMemory } from '../../src/memory/guest-memory.js';
 import { RecordingDevice } from './recording-device.js';
 
 const { NEXT, WRITE, INDIRECT } = Desc;

@@ -10,7 +10,7 @@ import { testGuestPath } from '../../src/paths.js';
 import { attachVirtioMmio, VIRTIO_MMIO_BASE } from '../../src/vmm/virtio-mmio-attach.js';
 import { ConsoleDevice } from '../../src/virtio/console/index.js';
 import { RngDevice } from '../../src/virtio/rng.js';
-import { benchVirtqueueKvm } from '../../src/virtio/bench.js';
+import { benchVirtqueueKvm } from '../../src/bench/virtqueue-kvm.js';
 
 const GREETING = 'hello from the virtio-console guest\n';
 const MAILBOX = 0x3000;

@@ -7,7 +7,7 @@ import { Feature } from '../../src/virtio/constants.js';
 import { ControlEvent } from '../../src/virtio/console/index.js';
 import { encodeControl } from '../../src/virtio/console/control.js';
 import { RngDevice } from '../../src/virtio/rng.js';
-import { createHarness } from '../../src/virtio/testing/harness.js';
+import { createHarness } from '../support/virtio/harness.js';
 import { consoleRig } from '../helpers/console-rig.js';
 
 function countingLogger(): { logger: pino.Logger; lines: () => Array<Record<string, unknown>> } {

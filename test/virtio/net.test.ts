@@ -9,7 +9,7 @@ import {
   ETH_HEADER_SIZE, LEGACY_NET_HDR_SIZE, MAX_FRAME_SIZE, NET_HDR_SIZE, NetDevice, NetFeature, RX_QUEUE, TX_QUEUE, parseMac, randomMac,
   type FrameBackend, type FramePort,
 } from '../../src/virtio/net/index.js';
-import { createHarness } from '../../src/virtio/testing/harness.js';
+import { createHarness } from '../support/virtio/harness.js';
 
 /** A backend that records what the guest sent and lets the test deliver frames. */
 class TestBackend implements FrameBackend {

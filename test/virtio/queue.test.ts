@@ -1,7 +1,7 @@
 import t from 'tap';
 import { Feature } from '../../src/virtio/constants.js';
 import { needEvent } from '../../src/virtio/queue.js';
-import { createHarness } from '../../src/virtio/testing/harness.js';
+import { createHarness } from '../support/virtio/harness.js';
 import { RecordingDevice } from './recording-device.js';
 
 function setup(features: bigint, size = 8) {

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { DeviceId } from '../../src/virtio/constants.js';
 import { RngDevice } from '../../src/virtio/rng.js';
-import { createHarness } from '../../src/virtio/testing/harness.js';
+import { createHarness } from '../support/virtio/harness.js';
 
 t.test('rng fills writable buffers with random bytes', (t) => {
   const dev = new RngDevice();

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { Feature, Interrupt, MMIO_MAGIC, Reg, Status, DeviceId } from '../../src/virtio/constants.js';
 import { RngDevice } from '../../src/virtio/rng.js';
-import { createHarness } from '../../src/virtio/testing/harness.js';
+import { createHarness } from '../support/virtio/harness.js';
 
 t.test('identity registers', (t) => {
   const h = createHarness(new RngDevice());

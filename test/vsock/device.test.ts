@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { DeviceId } from '../../src/virtio/constants.js';
 import { VsockDevice } from '../../src/virtio/vsock/device.js';
-import { GuestVsock } from '../../src/virtio/vsock/testing/guest.js';
+import { GuestVsock } from '../support/vsock/guest.js';
 import { VsockFeature } from '../../src/virtio/vsock/header.js';
 import { addVsockPort } from '../../proxies/unix-bridge.js';
 

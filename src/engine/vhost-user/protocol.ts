@@ -2,7 +2,8 @@
 // (request u32, flags u32, payload size u32, little-endian) then the payload; file
 // descriptors ride along as SCM_RIGHTS with the message's bytes. This file is pure:
 // it frames a byte stream into messages and decodes payloads, rejecting anything
-// malformed with a ProtocolError. No I/O here (see connection.ts).
+// malformed with a ProtocolError. No I/O here (see backend/connection.ts and frontend/frontend.ts).
+import { TsiboxError } from '../../errors.js';
 
 export const HEADER_SIZE = 12;
 /** Largest payload we accept (GET/SET_CONFIG carries at most 256 bytes of config). */
@@ -70,9 +71,14 @@ export const ProtocolFeature = {
   RESET_DEVICE: 1n << 13n,
 } as const;
 
-export class ProtocolError extends Error {
+/**
+ * The peer (a front end's request, a back end's reply) broke the vhost-user protocol:
+ * a bad header, a payload of the wrong size, a message out of order. Code DEVICE_ERROR
+ * (the device on the other end of the socket is unusable); the connection is closed.
+ */
+export class ProtocolError extends TsiboxError {
   constructor(message: string) {
-    super(message);
+    super('DEVICE_ERROR', message);
     this.name = 'ProtocolError';
   }
 }

@@ -2,7 +2,9 @@
 // host may discard. All of it is guest-controlled: every range is checked (4 KiB
 // aligned, non-empty, inside one RAM region, clear of the MMIO hole) before anything is
 // discarded, and a bad one yields a reason, never an exception.
-import { MMIO_GAP_END, MMIO_GAP_START, type GuestMemory } from '../../vmm/memory.js';
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import { MMIO_GAP_END, MMIO_GAP_START } from '../../memory/layout.js';
+import { gather } from '../iovec.js';
 import { BALLOON_PAGE_SIZE } from './constants.js';
 
 /**
@@ -95,13 +97,8 @@ export function pfnRanges(memory: BalloonMemory, buffers: readonly Uint8Array[],
   for (const b of buffers) bytes += b.byteLength;
   if (bytes === 0 || bytes % 4 !== 0) return { error: `page frame array of ${bytes} bytes is not a non-empty array of u32` };
   if (bytes / 4 > maxPfns) return { error: `page frame array has ${bytes / 4} entries, more than ${maxPfns}` };
-  const raw = new Uint8Array(bytes);
-  let at = 0;
-  for (const b of buffers) {
-    raw.set(b, at);
-    at += b.byteLength;
-  }
-  const view = new DataView(raw.buffer);
+  const raw = gather(buffers, 0, bytes, new Uint8Array(bytes));
+  const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const pfns = new Uint32Array(bytes / 4);
   for (let i = 0; i < pfns.length; i++) pfns[i] = view.getUint32(4 * i, true);
   pfns.sort();

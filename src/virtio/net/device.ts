@@ -18,8 +18,9 @@ import { TsiboxError } from '../../errors.js';
 import { macFromString } from '../../../netstack/index.js';
 import { DeviceId, Feature } from '../constants.js';
 import { readConfigBytes, type DeviceContext, type VirtioDevice } from '../device.js';
+import { gather, scatter } from '../iovec.js';
 import type { DescriptorChain, Virtqueue } from '../queue.js';
-import type { FrameBackend, FramePort } from './backend.js';
+import type { FrameBackend, FramePort } from '../../../netstack/frame-port.js';
 
 export const RX_QUEUE = 0;
 export const TX_QUEUE = 1;
@@ -248,7 +249,7 @@ export class NetDevice implements VirtioDevice, FramePort {
         q.unpop();
         continue;
       }
-      scatter(chain, this.#hdr, frame);
+      scatter(chain.writable, this.#hdr, [frame]);
       q.addUsed(chain.head, this.#hdrSize + frame.length);
       this.#stats.rxFrames++;
       this.#stats.rxBytes += frame.length;
@@ -308,47 +309,5 @@ export class NetDevice implements VirtioDevice, FramePort {
     this.#stats.txFrames++;
     this.#stats.txBytes += len;
     if (!this.#backend.send(frame)) this.#txBlocked = true;
-  }
-}
-
-/**
- * The `len` bytes after the first `skip` readable bytes, copied into `scratch`. Always a
- * copy, even when they lie in one buffer: a view of guest memory could be rewritten by
- * another vCPU between a filter's decision and the backend's send.
- */
-function gather(bufs: readonly Uint8Array[], skip: number, len: number, scratch: Buffer): Buffer {
-  let i = 0;
-  while (i < bufs.length && skip >= bufs[i]!.length) skip -= bufs[i++]!.length;
-  let at = 0;
-  for (; i < bufs.length && at < len; i++) {
-    const b = bufs[i]!;
-    const part = b.subarray(skip, Math.min(b.length, skip + len - at));
-    scratch.set(part, at);
-    at += part.length;
-    skip = 0;
-  }
-  return scratch.subarray(0, len);
-}
-
-/** Writes `hdr` then `frame` across the chain's writable buffers (the caller checked the room). */
-function scatter(chain: DescriptorChain, hdr: Uint8Array, frame: Uint8Array): void {
-  let src = hdr;
-  let srcAt = 0;
-  let second = false;
-  for (const buf of chain.writable) {
-    let at = 0;
-    while (at < buf.length) {
-      if (srcAt === src.length) {
-        if (second) return;
-        src = frame;
-        srcAt = 0;
-        second = true;
-        if (src.length === 0) return;
-      }
-      const n = Math.min(buf.length - at, src.length - srcAt);
-      buf.set(src.subarray(srcAt, srcAt + n), at);
-      at += n;
-      srcAt += n;
-    }
   }
 }

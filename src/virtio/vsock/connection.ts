@@ -8,32 +8,33 @@
 //   host → guest: `write()` queues bytes; they go out only while the guest's advertised
 //   credit allows. `write()` returns false above `highWater` (pause the source) and
 //   'drain' fires when the queue fell below it again.
+//
+// Lifecycle: named states (connection-state.ts), every change through #to(), which
+// refuses an illegal one. `state` (public) in brackets.
+//
+//   host connect() ─▶ local-init [connecting]        guest REQUEST ─▶ established [connected]
+//                       │  end(): shutdownQueued          (RESPONSE goes out first)
+//                       │  RESPONSE ─▶ established, or half-closed(host shutdown-queued) after end()
+//                       │  RST ─▶ closed(refused); timer ─▶ closed(connect-timeout)
+//                       │  SHUTDOWN, RW, REQUEST ─▶ closed(protocol-error, RST)
+//   established ── end() / guest SHUTDOWN(RCV|SEND) ──▶ half-closed [connected]
+//   half-closed: host open → shutdown-queued → shutdown-sent (SHUTDOWN(SEND) left after
+//                the queued bytes); guest recv/send flags add up ('end' on send)
+//                ── guest shut both ways, or guest send + ours sent ──▶ closed(closed, RST)
+//   established | half-closed ── resetAfterQueued() with bytes queued ──▶ resetting [connected]
+//   resetting ── last queued byte sent, or grace timer ──▶ closed(reset-by-host, RST)
+//   any live state ── guest RST ▶ closed(reset-by-guest) · destroy() ▶ closed(reset-by-host, RST)
+//                  ── bad packet ▶ closed(protocol-error, RST) · abort() ▶ closed(transport-/device-reset)
+//   closed [closed]: terminal; packets and calls are ignored.
 import { EventEmitter } from 'node:events';
+import type { CloseReason, ConnectionEvents, ConnectionState, GuestStream } from '../../guest-stream.js';
+import {
+  GUEST_OPEN, assertTransition, guestShutdown, publicState, type ConnectionPhase, type GuestShutdown,
+} from './connection-state.js';
 import { MAX_PACKET_PAYLOAD, Op, SeqFlag, Shutdown, VsockType, type PacketHeader } from './header.js';
 
-export type ConnectionState = 'connecting' | 'connected' | 'closed';
-
-/** Why a connection ended (the close reason in logs). */
-export type CloseReason =
-  | 'closed'            // both sides shut down cleanly
-  | 'reset-by-guest'    // guest sent RST
-  | 'refused'           // guest answered our REQUEST with RST
-  | 'reset-by-host'     // host called destroy()
-  | 'protocol-error'    // guest broke the vsock rules (credit overrun, bad op)
-  | 'connect-timeout'   // guest did not answer our REQUEST in time
-  | 'transport-reset'   // transport reset event (guest CID change, VMM request)
-  | 'device-reset';     // driver reset the device
-
-export interface ConnectionEvents {
-  connect: [];
-  /** Bytes from the guest (a copy). `eom` marks a SEQPACKET message end. Call consumed() later. */
-  data: [data: Buffer, eom: boolean];
-  /** The guest will send no more (SHUTDOWN with SEND). */
-  end: [];
-  /** Queued host→guest bytes fell below the high-water mark. */
-  drain: [];
-  close: [reason: CloseReason, detail: string];
-}
+export type { CloseReason, ConnectionEvents, ConnectionState };
+export type { ConnectionPhase, GuestShutdown, HostSend } from './connection-state.js';
 
 /** What a connection needs from its device. */
 export interface ConnectionHost {
@@ -56,7 +57,7 @@ export interface OutPacket {
   payload: Buffer[];
 }
 
-export class VsockConnection extends EventEmitter<ConnectionEvents> {
+export class VsockConnection extends EventEmitter<ConnectionEvents> implements GuestStream {
   readonly type: VsockType;
   readonly hostPort: number;
   readonly guestPort: number;
@@ -67,7 +68,7 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
   readonly openedAt = performance.now();
   #host: ConnectionHost;
   #guestCid: bigint;
-  #state: ConnectionState;
+  #phase: ConnectionPhase;
   // guest → host
   #rxCnt = 0;
   #fwdCnt = 0;
@@ -84,13 +85,6 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
   #needRequest = false;
   #needCreditUpdate = false;
   #needCreditRequest = false;
-  /** Shutdown flags we want to send and have not yet. */
-  #shutdownPending = 0;
-  /** resetAfterQueued(): the RST waits for the queued bytes (its detail). */
-  #resetPending: string | null = null;
-  /** Cumulative shutdown flags we sent / the guest sent. */
-  #shutdownSent = 0;
-  #peerShutdown = 0;
   #messageOpen = false;
   /** Bytes moved each way (for logs). */
   bytesFromGuest = 0;
@@ -110,17 +104,31 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
     this.key = connectionKey(init.hostPort, init.guestPort);
     this.bufAlloc = init.bufAlloc;
     this.highWater = init.highWater;
+    // A guest-initiated connection is established at once: its RESPONSE is the first
+    // packet out (nextPacket() sends nothing before it).
     if (init.initiator === 'guest') {
-      this.#state = 'connected';
+      this.#phase = { kind: 'established' };
       this.#needResponse = true;
     } else {
-      this.#state = 'connecting';
+      this.#phase = { kind: 'local-init', shutdownQueued: false };
       this.#needRequest = true;
     }
   }
 
+  /** Coarse state: 'connecting' in local-init, 'closed' when closed, else 'connected'. */
   get state(): ConnectionState {
-    return this.#state;
+    return publicState(this.#phase);
+  }
+
+  /** The detailed named state (see the diagram at the top of connection.ts); for logs and tests. */
+  get phase(): ConnectionPhase {
+    return this.#phase;
+  }
+
+  /** The one place the state changes. @throws TsiboxError INVALID_STATE on an illegal transition (a bug). */
+  #to(next: ConnectionPhase): void {
+    assertTransition(this.#phase, next, this.key);
+    this.#phase = next;
   }
 
   /** Host→guest bytes waiting for guest credit or rx buffers. */
@@ -135,12 +143,18 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
 
   /** Whether the guest said it will send no more. */
   get guestEnded(): boolean {
-    return (this.#peerShutdown & Shutdown.SEND) !== 0;
+    return guestShutdown(this.#phase).send;
   }
 
-  /** Whether end() was called (or the connection is closed). */
+  /** Whether end() was called (or the connection is closed or resetting). */
   get hostEnded(): boolean {
-    return ((this.#shutdownSent | this.#shutdownPending) & Shutdown.SEND) !== 0 || this.#state === 'closed' || this.#resetPending !== null;
+    const p = this.#phase;
+    switch (p.kind) {
+      case 'local-init': return p.shutdownQueued;
+      case 'established': return false;
+      case 'half-closed': return p.host !== 'open';
+      default: return true;
+    }
   }
 
   /**
@@ -148,27 +162,29 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
    * is false. Returns false once the queue is above the high-water mark.
    */
   write(data: Uint8Array, eom = true): boolean {
-    if (this.#state === 'closed' || this.hostEnded || (this.#peerShutdown & Shutdown.RCV) !== 0) return true;
+    if (this.hostEnded || guestShutdown(this.#phase).recv) return true;
     const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     if (buf.length === 0 && this.type === VsockType.STREAM) return !this.#full;
     this.#out.push({ data: buf, off: 0, eom: this.type === VsockType.SEQPACKET ? eom : false });
     this.#outBytes += buf.length;
     this.#host.accountBuffered(buf.length);
-    if (this.#state === 'connected') this.#host.wake(this);
+    if (this.#phase.kind !== 'local-init') this.#host.wake(this); // bytes wait for RESPONSE
     if (this.#outBytes >= this.highWater) this.#full = true;
     return !this.#full;
   }
 
   /** Sends SHUTDOWN(SEND) after the queued bytes: the guest reads EOF. */
   end(): void {
-    if (this.#state === 'closed' || this.hostEnded) return;
-    this.#shutdownPending |= Shutdown.SEND;
-    if (this.#state === 'connected') this.#host.wake(this);
+    if (this.hostEnded) return;
+    const p = this.#phase;
+    if (p.kind === 'local-init') return this.#to({ kind: 'local-init', shutdownQueued: true });
+    this.#to({ kind: 'half-closed', host: 'shutdown-queued', guest: guestShutdown(p) });
+    this.#host.wake(this);
   }
 
   /** Resets the connection (RST to the guest); queued bytes are dropped. */
   destroy(detail = 'host reset'): void {
-    if (this.#state === 'closed') return;
+    if (this.#phase.kind === 'closed') return;
     this.#close('reset-by-host', detail, true);
   }
 
@@ -179,16 +195,17 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
    * `graceMs` is reset at once.
    */
   resetAfterQueued(detail = 'host reset', graceMs = 1000): void {
-    if (this.#state === 'closed') return;
-    if (this.#outBytes === 0 || this.#state !== 'connected') return this.destroy(detail);
-    this.#resetPending = detail;
-    this.#shutdownPending = 0;
+    const p = this.#phase;
+    if (p.kind === 'closed') return;
+    if (this.#outBytes === 0 || p.kind === 'local-init') return this.destroy(detail);
+    // A SHUTDOWN(SEND) still queued is superseded: the RST ends both ways.
+    this.#to({ kind: 'resetting', detail, guest: guestShutdown(p) });
     setTimeout(() => { this.destroy(detail); }, graceMs).unref();
   }
 
   /** The consumer is done with `n` bytes delivered by 'data': credit them to the guest. */
   consumed(n: number): void {
-    if (this.#state === 'closed' || n <= 0) return;
+    if (this.#phase.kind === 'closed' || n <= 0) return;
     const outstanding = (this.#rxCnt - this.#fwdCnt) >>> 0;
     const take = Math.min(n, outstanding);
     this.#fwdCnt = (this.#fwdCnt + take) >>> 0;
@@ -215,34 +232,25 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
 
   /** Handles one guest packet for this connection (the device decoded and checked it). */
   receive(h: PacketHeader, payload: Buffer | null): void {
-    if (this.#state === 'closed') return;
-    this.updatePeerCredit(h.bufAlloc, h.fwdCnt);
+    const p = this.#phase;
+    if (p.kind === 'closed') return;
+    this.updatePeerCredit(h.bufAlloc, h.fwdCnt); // wakes at most; the state stays p
     switch (h.op) {
       case Op.RESPONSE:
-        if (this.#state !== 'connecting') return this.#protocolError('RESPONSE on a connected socket');
-        this.#state = 'connected';
+        if (p.kind !== 'local-init') return this.#protocolError('RESPONSE on a connected socket');
+        this.#to(p.shutdownQueued ? { kind: 'half-closed', host: 'shutdown-queued', guest: GUEST_OPEN } : { kind: 'established' });
         this.emit('connect');
         if (this.#hasWork()) this.#host.wake(this);
         return;
       case Op.RST:
-        this.#close(this.#state === 'connecting' ? 'refused' : 'reset-by-guest', 'guest sent RST', false);
+        this.#close(p.kind === 'local-init' ? 'refused' : 'reset-by-guest', 'guest sent RST', false);
         return;
-      case Op.SHUTDOWN: {
-        if (this.#state !== 'connected') return this.#protocolError('SHUTDOWN before RESPONSE');
-        const flags = h.flags & Shutdown.BOTH;
-        const newlyEnded = (flags & Shutdown.SEND) !== 0 && (this.#peerShutdown & Shutdown.SEND) === 0;
-        this.#peerShutdown |= flags;
-        if ((this.#peerShutdown & Shutdown.RCV) !== 0) this.#dropOutput();
-        if (newlyEnded) this.emit('end');
-        if (this.#state !== 'connected') return; // a handler closed us
-        // The guest closed both ways (close() on its socket): acknowledge with RST.
-        if (this.#peerShutdown === Shutdown.BOTH) this.#close('closed', 'guest closed', true);
-        else this.#maybeFinish();
-        return;
-      }
+      case Op.SHUTDOWN:
+        if (p.kind === 'local-init') return this.#protocolError('SHUTDOWN before RESPONSE');
+        return this.#guestShutdown(p, h.flags);
       case Op.RW: {
-        if (this.#state !== 'connected') return this.#protocolError('RW before RESPONSE');
-        if ((this.#peerShutdown & Shutdown.SEND) !== 0) return this.#protocolError('RW after SHUTDOWN(SEND)');
+        if (p.kind === 'local-init') return this.#protocolError('RW before RESPONSE');
+        if (guestShutdown(p).send) return this.#protocolError('RW after SHUTDOWN(SEND)');
         const len = payload === null ? 0 : payload.length;
         if (((this.#rxCnt - this.#fwdCnt) >>> 0) + len > this.bufAlloc) {
           return this.#protocolError(`guest sent ${len} bytes past its credit (buf_alloc ${this.bufAlloc})`);
@@ -266,29 +274,44 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
     }
   }
 
+  /** A guest SHUTDOWN (virtio 1.2 §5.10.6.5): its flags add to what the guest shut before. */
+  #guestShutdown(p: Exclude<ConnectionPhase, { kind: 'local-init' | 'closed' }>, rawFlags: number): void {
+    const flags = rawFlags & Shutdown.BOTH;
+    const was = guestShutdown(p);
+    const guest: GuestShutdown = { recv: was.recv || (flags & Shutdown.RCV) !== 0, send: was.send || (flags & Shutdown.SEND) !== 0 };
+    if (guest.recv !== was.recv || guest.send !== was.send) {
+      this.#to(p.kind === 'established' ? { kind: 'half-closed', host: 'open', guest } : { ...p, guest });
+    }
+    if (guest.recv) this.#dropOutput();
+    if (guest.send && !was.send) this.emit('end');
+    if (this.#phase.kind === 'closed') return; // an 'end' handler closed us
+    // The guest closed both ways (close() on its socket): acknowledge with RST.
+    const now = guestShutdown(this.#phase);
+    if (now.recv && now.send) this.#close('closed', 'guest closed', true);
+    else this.#maybeFinish();
+  }
+
   /**
    * Builds the next packet for the guest, payload at most `room` bytes, or null when
    * there is nothing to send now.
    */
   nextPacket(room: number): OutPacket | null {
-    if (this.#state === 'closed') return null;
+    const p = this.#phase;
+    if (p.kind === 'closed') return null;
     if (this.#needRequest) {
       this.#needRequest = false;
       return this.#packet(Op.REQUEST, 0, 0);
     }
-    if (this.#state === 'connecting') return null;
+    if (p.kind === 'local-init') return null;
     if (this.#needResponse) {
       this.#needResponse = false;
       return this.#packet(Op.RESPONSE, 0, 0);
     }
     const credit = this.#peerCredit();
     if (this.#outBytes > 0 && credit > 0 && room > 0) return this.#dataPacket(Math.min(room, credit, MAX_PACKET_PAYLOAD));
-    if (this.#outBytes === 0 && this.#shutdownPending !== 0) {
-      const flags = this.#shutdownPending;
-      this.#shutdownSent |= flags;
-      this.#shutdownPending = 0;
-      const p = this.#packet(Op.SHUTDOWN, flags, 0);
-      return p;
+    if (this.#outBytes === 0 && p.kind === 'half-closed' && p.host === 'shutdown-queued') {
+      this.#to({ ...p, host: 'shutdown-sent' });
+      return this.#packet(Op.SHUTDOWN, Shutdown.SEND, 0);
     }
     if (this.#needCreditUpdate) return this.#packet(Op.CREDIT_UPDATE, 0, 0);
     if (this.#outBytes > 0 && credit === 0 && this.#needCreditRequest) {
@@ -304,12 +327,13 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
   }
 
   #hasWork(): boolean {
-    if (this.#state === 'closed') return false;
+    const p = this.#phase;
+    if (p.kind === 'closed') return false;
     if (this.#needRequest) return true;
-    if (this.#state === 'connecting') return false;
+    if (p.kind === 'local-init') return false;
     if (this.#needResponse || this.#needCreditUpdate) return true;
     if (this.#outBytes > 0) return this.#peerCredit() > 0 || this.#needCreditRequest;
-    return this.#shutdownPending !== 0;
+    return p.kind === 'half-closed' && p.host === 'shutdown-queued';
   }
 
   #dataPacket(max: number): OutPacket {
@@ -338,7 +362,7 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
     if (this.#outBytes > 0 && this.#peerCredit() === 0) this.#needCreditRequest = true;
     if (this.#full && this.#outBytes < this.highWater) {
       this.#full = false;
-      queueMicrotask(() => { if (this.#state !== 'closed') this.emit('drain'); });
+      queueMicrotask(() => { if (this.#phase.kind !== 'closed') this.emit('drain'); });
     }
     return this.#packet(Op.RW, eom ? SeqFlag.EOM | SeqFlag.EOR : 0, size, payload);
   }
@@ -357,15 +381,17 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
 
   /** Both directions finished cleanly: acknowledge with RST as Linux does. */
   #maybeFinish(): void {
-    if ((this.#peerShutdown & Shutdown.SEND) !== 0 && (this.#shutdownSent & Shutdown.SEND) !== 0 && this.#outBytes === 0) {
+    const p = this.#phase;
+    if (p.kind === 'half-closed' && p.guest.send && p.host === 'shutdown-sent' && this.#outBytes === 0) {
       this.#close('closed', 'both sides shut down', true);
     }
   }
 
   /** Called by the device after it sent a packet. */
   afterSend(op: number): void {
+    const p = this.#phase;
     if (op === Op.SHUTDOWN) this.#maybeFinish();
-    else if (op === Op.RW && this.#resetPending !== null && this.#outBytes === 0) this.destroy(this.#resetPending);
+    else if (op === Op.RW && p.kind === 'resetting' && this.#outBytes === 0) this.destroy(p.detail);
   }
 
   #dropOutput(): void {
@@ -385,12 +411,13 @@ export class VsockConnection extends EventEmitter<ConnectionEvents> {
 
   /** Host-initiated connect gave up. */
   timeout(): void {
-    if (this.#state === 'connecting') this.#close('connect-timeout', 'guest did not answer REQUEST', true);
+    if (this.#phase.kind === 'local-init') this.#close('connect-timeout', 'guest did not answer REQUEST', true);
   }
 
   #close(reason: CloseReason, detail: string, rst: boolean): void {
-    if (this.#state === 'closed') return;
-    this.#state = 'closed';
+    const p = this.#phase;
+    if (p.kind === 'closed') return;
+    this.#to({ kind: 'closed', reason, detail, guest: guestShutdown(p) });
     this.#dropOutput();
     this.#host.forget(this, rst);
     this.emit('close', reason, detail);

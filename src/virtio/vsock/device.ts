@@ -10,6 +10,7 @@
 import { TsiboxError } from '../../errors.js';
 import { DeviceId } from '../constants.js';
 import { readConfigBytes, type DeviceContext, type VirtioDevice } from '../device.js';
+import { gather, scatter } from '../iovec.js';
 import type { DescriptorChain } from '../queue.js';
 import { VsockConnection, connectionKey, type CloseReason, type ConnectionHost } from './connection.js';
 import {
@@ -440,58 +441,4 @@ function checkCid(cid: number | bigint): bigint {
     throw new TsiboxError('INVALID_ARGUMENT', `guest CID ${c} is reserved or out of range (3 .. 2^32-2)`);
   }
   return c;
-}
-
-/** Copies `len` bytes at `offset` of a scatter list (into `into` when given). */
-export function gather(bufs: readonly Uint8Array[], offset: number, len: number, into?: Uint8Array): Uint8Array {
-  // Fast path: the range lies inside one buffer.
-  let skip = offset;
-  for (const b of bufs) {
-    if (skip >= b.length) {
-      skip -= b.length;
-      continue;
-    }
-    if (skip + len <= b.length && into === undefined) return b.slice(skip, skip + len);
-    break;
-  }
-  const out = into ?? new Uint8Array(len);
-  let at = 0;
-  skip = offset;
-  for (const b of bufs) {
-    if (at === len) break;
-    if (skip >= b.length) {
-      skip -= b.length;
-      continue;
-    }
-    const n = Math.min(b.length - skip, len - at);
-    out.set(b.subarray(skip, skip + n), at);
-    at += n;
-    skip = 0;
-  }
-  return out;
-}
-
-/** Writes `header` then `payload` across writable buffers; returns bytes written. */
-export function scatter(bufs: readonly Uint8Array[], header: Uint8Array, payload: readonly Uint8Array[]): number {
-  let bi = 0;
-  let bo = 0;
-  let total = 0;
-  const put = (src: Uint8Array): void => {
-    let so = 0;
-    while (so < src.length && bi < bufs.length) {
-      const b = bufs[bi]!;
-      const n = Math.min(b.length - bo, src.length - so);
-      b.set(n === src.length && so === 0 ? src : src.subarray(so, so + n), bo);
-      so += n;
-      bo += n;
-      total += n;
-      if (bo === b.length) {
-        bi++;
-        bo = 0;
-      }
-    }
-  };
-  put(header);
-  for (const p of payload) put(p);
-  return total;
 }

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { writeMpTable } from './mptable.js';
 import { TsiboxError } from '../../errors.js';
 import type { Vm } from '../vm.js';
-import type { GuestMemory } from '../memory.js';
+import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { Segment } from '../../kvm/structs.js';
 import { emptyRegs } from '../../kvm/structs.js';
 import { KVM_MP_STATE } from '../../kvm/ioctl-numbers.js';

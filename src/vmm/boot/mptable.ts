@@ -9,7 +9,7 @@
 // in-kernel IOAPIC), an I/O interrupt entry per IOAPIC pin (ISA IRQ n → pin n, which is
 // KVM's default GSI routing; virtio-mmio devices use GSIs 5..), and the local
 // interrupts (LINT0 ExtINT, LINT1 NMI). Checksums make each structure's bytes sum to 0.
-import type { GuestMemory } from '../memory.js';
+import type { GuestMemory } from '../../memory/guest-memory.js';
 import { TsiboxError } from '../../errors.js';
 
 export const MPTABLE_START = 0x9fc00;

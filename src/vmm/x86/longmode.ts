@@ -1,6 +1,6 @@
 // Long-mode machine state: GDT, TSS, IDT, identity page tables, and the segment and
 // control registers that start a vCPU directly in 64-bit mode at CPL0 or CPL3.
-import type { GuestMemory } from '../memory.js';
+import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { Regs, Segment, Sregs } from '../../kvm/structs.js';
 import { emptyRegs } from '../../kvm/structs.js';
 import { LAYOUT, SELECTOR } from './layout.js';
