@@ -314,9 +314,9 @@ export class MmioTransport implements MmioRegisterWindow {
   }
 
   #reset(): void {
-    // Only a live device is reset: one the driver set FAILED on after DRIVER_OK is not
-    // (as this transport always did; its context is stale from here on all the same).
-    this.#session.stop(this.#phase === 'live');
+    // A device that was activated is reset even when the driver set FAILED after
+    // DRIVER_OK: otherwise it would keep what it holds (vsock connections, host sockets).
+    this.#session.stop();
     this.#phase = 'reset';
     this.#status = 0;
     this.#deviceFeaturesSel = 0;

@@ -2,6 +2,7 @@ import t from 'tap';
 import { Feature, Interrupt, MMIO_MAGIC, Reg, Status, DeviceId } from '../../src/virtio/constants.js';
 import { RngDevice } from '../../src/virtio/rng.js';
 import { createHarness } from '../support/virtio/harness.js';
+import { RecordingDevice } from './recording-device.js';
 
 t.test('identity registers', (t) => {
   const h = createHarness(new RngDevice());
@@ -175,5 +176,22 @@ t.test('device bugs are contained', (t) => {
   t.doesNotThrow(() => q.kick(true));
   t.equal(errors.length, 1);
   t.ok(h.driver.status & Status.DEVICE_NEEDS_RESET);
+  t.end();
+});
+
+t.test('a device the driver set FAILED on after DRIVER_OK is still reset on reset', (t) => {
+  const dev = new RecordingDevice();
+  const h = createHarness(dev);
+  t.teardown(h.close);
+  const d = h.driver;
+  d.negotiate(Feature.VERSION_1);
+  d.setupQueue(0);
+  d.driverOk();
+  t.ok(dev.ctx !== null, 'activated');
+  d.addStatus(Status.FAILED);
+  t.equal(h.transport.phase, 'failed');
+  d.reset();
+  t.equal(dev.ctx, null, 'device.reset() ran: it keeps nothing from the failed activation');
+  t.equal(h.transport.phase, 'reset');
   t.end();
 });
