@@ -208,7 +208,10 @@ class OutboundStream {
       }
       case 'closed':
         if (prev.name === 'connecting') {
+          // The guest gave up before the host connect finished: the attempt is still a
+          // connection the policy allowed, so it gets its record.
           prev.socket.destroy();
+          prev.rec.finish(next.reason);
         } else if (prev.name === 'piping') {
           const { socket, rec } = prev;
           this.#sockets.delete(socket);

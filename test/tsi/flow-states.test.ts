@@ -127,3 +127,18 @@ t.test('stream: no CONNECT in time', async (t) => {
   await new Promise<void>((r) => { s.once('close', () => { r(); }); });
   t.same(path(seen), ['awaiting-request', 'closed']);
 });
+
+t.test('stream: the guest goes away while the host connect is in progress: the attempt keeps its record', async (t) => {
+  const seen = watch(t, 'stream');
+  const srv = await tcpServer(t, () => {});
+  const { vsock, host } = await rig(t);
+  const s = await vsock.connect(TsiPort.STREAM, 'stream');
+  // CONNECT and the RST go out in one kick: the host judges, starts connecting, and
+  // sees the guest gone before its connect() can complete.
+  void s.write(encodeConnect({ family: 'ipv4', address: '127.0.0.1', port: srv.port })).catch(() => {});
+  s.reset();
+  await until(() => host.connections.recent.length === 1, 3000, 'a record');
+  t.same(path(seen), ['awaiting-request', 'judging', 'connecting', 'closed']);
+  t.match(host.connections.recent[0], { kind: 'stream', decision: 'allow', closeReason: 'guest closed before connected' });
+  await until(() => host.stream.openSockets === 0, 3000, 'the host socket is gone');
+});
