@@ -18,7 +18,7 @@ import { checkTransition, type LegalMoves } from './flow-state.js';
 import type { TrackedConnection } from './connection-log.js';
 import { endThenReset, serveRequests } from './pipe.js';
 import {
-  DgramFlag, Errno, MAX_DGRAM_PAYLOAD_V4, MessageReader, MAX_PRIVILEGED_GUEST_PORT, GuestErrno, canonicalAddress, decodeDgram, decodeDgramOpen, encodeDgram, encodeDgramError,
+  DgramFlag, Errno, MAX_DGRAM_PAYLOAD_V4, TsiMessageReader, MAX_PRIVILEGED_GUEST_PORT, GuestErrno, canonicalAddress, decodeDgram, decodeDgramOpen, encodeDgram, encodeDgramError,
   encodeDgramOpenResult, errnoName, errnoOf, formatAddr, sockAddrOf, type SockAddr,
 } from './protocol.js';
 
@@ -56,7 +56,7 @@ export class DatagramProxy {
   }
 
   handle(conn: GuestStream): void {
-    const reader = new MessageReader();
+    const reader = new TsiMessageReader();
     let flow: UdpFlow | null = null;
     const timer = setTimeout(() => { if (flow === null) conn.destroy('no DGRAM_OPEN in time'); }, this.#ctx.timeoutMs);
     conn.once('close', () => { clearTimeout(timer); });

@@ -4,7 +4,7 @@
 // the gateway, answered once the network process runs.
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { ArpOp, encodeArp, encodeEthernet, EtherType, ipv4FromString, macFromString } from '../netstack/index.js';
+import { ArpOp, encodeArp, encodeEthernet, equalBytes, EtherType, ipv4FromString, macFromString, parseArp, parseEthernet } from '../netstack/index.js';
 import { TsiboxError } from '../src/errors.js';
 import type { FrameBackend, FramePort } from '../netstack/frame-port.js';
 import { encodeFrame, FrameReader, FramingError } from './frame-stream.js';
@@ -105,12 +105,16 @@ export function arpRequest(mac: Uint8Array, sender: string, target: string): Buf
 export function macBytes(mac: string, who: string): Uint8Array {
   const b = macFromString(mac);
   if (b === null) throw new TsiboxError('INVALID_ARGUMENT', `${who}: MAC ${JSON.stringify(mac)} is not aa:bb:cc:dd:ee:ff`);
+  // A guest NIC's address is unicast (the virtio-net device refuses the rest too).
+  if ((b[0]! & 1) !== 0) throw new TsiboxError('INVALID_ARGUMENT', `${who}: MAC ${mac} is a multicast address`);
   return b;
 }
 
 function isArpReplyFrom(f: Buffer, ip: Uint8Array): boolean {
-  if (f.length < 42 || f.readUInt16BE(12) !== EtherType.ARP || f.readUInt16BE(20) !== ArpOp.Reply) return false;
-  return ip.every((b, i) => f[28 + i] === b);
+  const eth = parseEthernet(f);
+  if (!eth.ok || eth.value.etherType !== EtherType.ARP) return false;
+  const arp = parseArp(f, eth.value.payloadOffset);
+  return arp.ok && arp.value.op === ArpOp.Reply && equalBytes(arp.value.senderIp, ip);
 }
 
 export interface ArpProbe {

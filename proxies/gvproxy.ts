@@ -9,7 +9,7 @@
 // lease for MAC 5a:94:ef:e4:0c:ee, 192.168.127.254 NATed to the host's 127.0.0.1, MTU
 // 1500, IPv4 only. `-ssh-port -1` turns off the host listener on 2222 it opens by default.
 //
-// Lifetime (helper-process.ts): gvproxy exits when our qemu-socket connection ends (it
+// Lifetime (src/sys/helper-process.ts): gvproxy exits when our qemu-socket connection ends (it
 // removes its sockets then); it runs under a keeper that removes the directory and
 // stops gvproxy when our pipe ends, so after a SIGKILL of Node nothing stays behind.
 import { mkdtempSync } from 'node:fs';

@@ -17,7 +17,7 @@ import type { TsiContext } from './context.js';
 import { endThenReset, serveRequests } from './pipe.js';
 import { joinClientToGuest } from './inbound.js';
 import {
-  Errno, MessageReader, MAX_PRIVILEGED_GUEST_PORT, TSI_VERSION, GuestErrno, TsiOp, checkSize, decodeListen, encodeAccept, encodeHelloResult,
+  Errno, TsiMessageReader, MAX_PRIVILEGED_GUEST_PORT, TSI_VERSION, GuestErrno, TsiOp, checkSize, decodeListen, encodeAccept, encodeHelloResult,
   encodeListenResult, encodeSeqResult, errnoName, errnoOf, formatAddr, sockAddrOf, type TsiMessage, type SockAddr,
 } from './protocol.js';
 
@@ -95,7 +95,7 @@ export class ListenerProxy {
       return;
     }
     const session: ControlSession = { conn, hello: false, listeners: new Set() };
-    const reader = new MessageReader(MAX_CONTROL_MESSAGE);
+    const reader = new TsiMessageReader(MAX_CONTROL_MESSAGE);
     serveRequests(conn, reader, (f) => {
       if (f instanceof GuestErrno) {
         // The stream cannot be re-synchronised: say why, end our side, and reset if

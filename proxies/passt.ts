@@ -3,7 +3,7 @@
 // denied), checks that it answers an ARP request for the gateway, then carries
 // frames in passt's "qemu" framing (4-byte big-endian length + Ethernet frame).
 //
-// Lifetime (helper-process.ts): passt exits when its end of the socketpair sees end of stream (`-1`, and
+// Lifetime (src/sys/helper-process.ts): passt exits when its end of the socketpair sees end of stream (`-1`, and
 // --fd implies one client), so it dies with us even after a SIGKILL; it also runs
 // under `setpriv --pdeathsig KILL` where available (the signal is cleared when passt
 // drops to `nobody`, which is why the socket is the real tie), and close() / process

@@ -7,7 +7,7 @@
 // Half-close travels both ways (vsock SHUTDOWN(SEND) ↔ socket end()).
 import type { Socket } from 'node:net';
 import type { CloseReason, GuestStream } from '../src/guest-stream.js';
-import type { TsiMessage, MessageReader, GuestErrno } from './protocol.js';
+import type { TsiMessage, TsiMessageReader, GuestErrno } from './protocol.js';
 
 export interface PipeEnd {
   /** How the pair ended: the vsock close reason, or the socket error code. */
@@ -105,7 +105,7 @@ export function endThenReset(conn: GuestStream, reason: string): void {
  * `pacedByReplies()` false lifts the pacing for a service whose replies are bounded
  * otherwise (datagrams: what the guest does not read is dropped, as UDP drops).
  */
-export function serveRequests(conn: GuestStream, reader: MessageReader, handle: (f: TsiMessage | GuestErrno) => void, paused: () => boolean = () => false,
+export function serveRequests(conn: GuestStream, reader: TsiMessageReader, handle: (f: TsiMessage | GuestErrno) => void, paused: () => boolean = () => false,
   pacedByReplies: () => boolean = () => true): () => void {
   const pump = (): void => {
     while (conn.state !== 'closed' && !conn.hostEnded && (!pacedByReplies() || conn.bufferedToGuest < conn.highWater) && !paused()) {

@@ -132,7 +132,7 @@ export function header(op: number, len: number): Buffer {
  * Splits a byte stream into frames. Each message carries its own length, so the same
  * reader serves STREAM and SEQPACKET connections. After an error the reader is dead.
  */
-export class MessageReader {
+export class TsiMessageReader {
   readonly maxLen: number;
   #chunks: Buffer[] = [];
   #bytes = 0;

@@ -12,7 +12,7 @@ import { checkTransition, type LegalMoves } from './flow-state.js';
 import type { TrackedConnection } from './connection-log.js';
 import { endThenReset, pipeSocket } from './pipe.js';
 import {
-  Errno, MessageReader, MAX_UNIX_PATH, GuestErrno, canonicalAddress, decodeConnect, encodeConnectResult, errnoOf, formatAddr,
+  Errno, TsiMessageReader, MAX_UNIX_PATH, GuestErrno, canonicalAddress, decodeConnect, encodeConnectResult, errnoOf, formatAddr,
   sockAddrOf, type SockAddr,
 } from './protocol.js';
 
@@ -87,15 +87,16 @@ const OUTBOUND_MOVES: LegalMoves<OutboundStateName> = {
  *
  * One timer serves both deadlines: the guest's CONNECT (awaiting-request), then the
  * host connect (connecting); it does nothing while judging and is cleared in every
- * other state and when the guest's connection closes. refused, failed and the end of
- * piping write the connection record; a guest that goes away before its answer gets
- * none, and (as before the states were named) leaves no record.
+ * other state and when the guest's connection closes. refused, failed, the end of
+ * piping and a guest that goes away while the host connect runs write the connection
+ * record; a guest that goes away before its CONNECT was judged leaves none (nothing
+ * was decided).
  */
 class OutboundStream {
   readonly #ctx: TsiContext;
   readonly #sockets: Set<Socket>;
   readonly #conn: GuestStream;
-  readonly #reader = new MessageReader(40 + MAX_UNIX_PATH);
+  readonly #reader = new TsiMessageReader(40 + MAX_UNIX_PATH);
   readonly #timer: NodeJS.Timeout;
   #state: OutboundState = { name: 'awaiting-request' };
 

@@ -2,8 +2,10 @@
 // to a layer; a file may import its own group and the groups of lower layers only, and
 // groups on the same layer know nothing of each other. Also: no import cycles between
 // files (type-only imports included), and shipped code never imports test code.
-// Imports are read with TypeScript's own scanner (ts.preProcessFile), from the sources.
-import { readFileSync, readdirSync } from 'node:fs';
+// Imports are read with TypeScript's own scanner (ts.preProcessFile), from the sources;
+// what it cannot see (a module loaded through a computed path, createRequire, a URL
+// relative to import.meta.url) is checked here too, with the few legitimate uses listed.
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { dirname, join, normalize, relative } from 'node:path';
 import ts from 'typescript';
 
@@ -46,8 +48,19 @@ export const LAYERS: readonly (readonly { group: string; paths: readonly string[
 /** Folders whose files are shipped and checked. */
 export const SHIPPED_ROOTS = ['src', 'proxies', 'netstack'] as const;
 
+/**
+ * Shipped files that load code at run time through a path the scanner cannot follow,
+ * and why that is allowed. Anything else of the kind is a violation.
+ */
+export const RUNTIME_LOADS: Readonly<Record<string, string>> = {
+  'src/bench/test-tree.ts': 'bench bodies that drive simulated guests load from test/support/bench/ when a source checkout has it; NOT_SUPPORTED otherwise',
+};
+
+/** Where shipped code may point a URL relative to itself besides shipped code: C sources and guest binaries. */
+const RUNTIME_FILE_ROOTS = ['native/'] as const;
+
 export interface Violation {
-  kind: 'direction' | 'sibling' | 'unassigned' | 'test-import' | 'cycle';
+  kind: 'direction' | 'sibling' | 'unassigned' | 'test-import' | 'cycle' | 'unresolved' | 'self-import' | 'runtime-load' | 'unreachable';
   from: string;
   to: string;
   message: string;
@@ -64,22 +77,55 @@ function placement(file: string): Placement | null {
   return null;
 }
 
-function listTs(root: string, dir: string, out: string[]): void {
+const SOURCE = /\.(ts|mts|cts|tsx)$/;
+
+function listSources(root: string, dir: string, out: string[]): void {
   for (const e of readdirSync(join(root, dir), { withFileTypes: true })) {
     const rel = `${dir}/${e.name}`;
-    if (e.isDirectory()) listTs(root, rel, out);
-    else if (e.name.endsWith('.ts') && !e.name.endsWith('.d.ts')) out.push(rel);
+    if (e.isDirectory()) listSources(root, rel, out);
+    else if (SOURCE.test(e.name) && !/\.d\.(ts|mts|cts)$/.test(e.name)) out.push(rel);
   }
 }
 
-/** Relative imports of one file, resolved to repo-relative .ts paths. */
-function importsOf(root: string, file: string): string[] {
-  const info = ts.preProcessFile(readFileSync(join(root, file), 'utf8'), true, true);
-  const out: string[] = [];
-  for (const ref of info.importedFiles) {
-    if (!ref.fileName.startsWith('.')) continue; // packages and node: built-ins
-    const target = normalize(join(dirname(file), ref.fileName)).replace(/\.js$/, '.ts');
-    out.push(target.endsWith('.ts') ? target : `${target}.ts`);
+/** The source file an emitted name stands for (`x.js` → `x.ts`, `x.mjs` → `x.mts`, ...). */
+function sourceOf(path: string): string {
+  const m = /\.(js|mjs|cjs|jsx)$/.exec(path);
+  if (m === null) return path;
+  return path.slice(0, -m[0].length) + ({ js: '.ts', mjs: '.mts', cjs: '.cts', jsx: '.tsx' } as const)[m[1] as 'js' | 'mjs' | 'cjs' | 'jsx'];
+}
+
+interface FileImports {
+  /** Relative imports and triple-slash references, as repo-relative source paths. */
+  targets: string[];
+  /** Specifiers that name this package from inside it (its name, `#` imports, absolute paths). */
+  selfImports: string[];
+  /** Run-time loads the scanner cannot follow, described. */
+  runtimeLoads: string[];
+}
+
+function importsOf(root: string, file: string, packageName: string): FileImports {
+  const text = readFileSync(join(root, file), 'utf8');
+  const info = ts.preProcessFile(text, true, true);
+  const out: FileImports = { targets: [], selfImports: [], runtimeLoads: [] };
+  for (const ref of [...info.importedFiles, ...info.referencedFiles]) {
+    const spec = ref.fileName;
+    if (spec.startsWith('.')) out.targets.push(sourceOf(normalize(join(dirname(file), spec))));
+    else if (spec === packageName || spec.startsWith(`${packageName}/`) || spec.startsWith('#') || spec.startsWith('/')) out.selfImports.push(spec);
+  }
+  // What the scanner cannot see. Comments are blanked first so prose does not count.
+  const code = text.replace(/\/\*[\s\S]*?\*\//g, '').replace(/(^|[^:])\/\/.*$/gm, '$1');
+  for (const m of code.matchAll(/\bimport\(\s*(?!['"][^'"]*['"]\s*\))([^)]{0,60})/g)) out.runtimeLoads.push(`import(${m[1]!.trim()}...) with a computed path`);
+  if (/\bcreateRequire\b/.test(code)) out.runtimeLoads.push('createRequire');
+  for (const m of code.matchAll(/new URL\(\s*(['"`])([^'"`]*)\1\s*,\s*(?:import\.meta\.url|base)/g)) {
+    const spec = m[2]!;
+    if (spec.includes('${')) { out.runtimeLoads.push(`new URL(\`${spec}\`) with a computed path`); continue; }
+    if (!spec.startsWith('.')) continue;
+    // Such a URL is resolved where the module runs: the build (dist/<file's folder>).
+    const built = normalize(join('dist', dirname(file), spec));
+    const target = built.startsWith('dist/') ? built.slice('dist/'.length) : built;
+    if (RUNTIME_FILE_ROOTS.some((r) => target.startsWith(r))) continue;
+    if (SHIPPED_ROOTS.some((r) => target.startsWith(`${r}/`))) out.targets.push(sourceOf(target));
+    else out.runtimeLoads.push(`new URL('${spec}') outside the shipped folders`);
   }
   return out;
 }
@@ -87,7 +133,11 @@ function importsOf(root: string, file: string): string[] {
 /** Every violation of the one-way rule in the tree at `root` (the package root). */
 export function checkLayers(root: string): Violation[] {
   const files: string[] = [];
-  for (const r of SHIPPED_ROOTS) listTs(root, r, files);
+  for (const r of SHIPPED_ROOTS) if (existsSync(join(root, r))) listSources(root, r, files);
+  const known = new Set(files);
+  const packageName = existsSync(join(root, 'package.json'))
+    ? (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { name?: string }).name ?? 'tsibox'
+    : 'tsibox';
   const violations: Violation[] = [];
   const graph = new Map<string, string[]>();
   for (const from of files) {
@@ -96,12 +146,22 @@ export function checkLayers(root: string): Violation[] {
       violations.push({ kind: 'unassigned', from, to: '', message: `${from} belongs to no layer (add it to LAYERS in scripts/layers.ts and docs/architecture.md)` });
       continue;
     }
-    const targets = importsOf(root, from);
+    const { targets, selfImports, runtimeLoads } = importsOf(root, from, packageName);
     graph.set(from, targets);
+    for (const spec of selfImports) {
+      violations.push({ kind: 'self-import', from, to: spec, message: `${from} imports '${spec}': inside the package, import files by relative path` });
+    }
+    if (RUNTIME_LOADS[from] === undefined) {
+      for (const what of runtimeLoads) violations.push({ kind: 'runtime-load', from, to: '', message: `${from}: ${what} (the layer check cannot follow it; list it in RUNTIME_LOADS with the reason, or import it)` });
+    }
     for (const to of targets) {
       const rel = relative(root, join(root, to));
       if (!SHIPPED_ROOTS.some((r) => rel.startsWith(`${r}/`))) {
         violations.push({ kind: 'test-import', from, to, message: `${from} imports ${to}: shipped code imports only shipped code` });
+        continue;
+      }
+      if (!known.has(to)) {
+        violations.push({ kind: 'unresolved', from, to, message: `${from} imports ${to}, which is no source file` });
         continue;
       }
       const pt = placement(to);
@@ -110,10 +170,53 @@ export function checkLayers(root: string): Violation[] {
       else if (pt.layer === pf.layer) violations.push({ kind: 'sibling', from, to, message: `${from} (${pf.group}) imports ${to} (${pt.group}, a sibling on the same layer)` });
     }
   }
+  for (const file of unreachable(root, graph)) {
+    violations.push({ kind: 'unreachable', from: file, to: '', message: `${file} is shipped but no entry point (package.json main, exports, bin) reaches it: test-only or dead code belongs outside the shipped folders` });
+  }
   for (const cycle of cycles(graph)) {
     violations.push({ kind: 'cycle', from: cycle[0]!, to: cycle[cycle.length - 1]!, message: `import cycle: ${[...cycle, cycle[0]].join(' -> ')}` });
   }
   return violations;
+}
+
+/** The sources package.json's main, exports and bin scripts load (dist/X.js → X.ts). */
+function entryPoints(root: string): string[] {
+  const pkgPath = join(root, 'package.json');
+  if (!existsSync(pkgPath)) return [];
+  const pkg = JSON.parse(readFileSync(pkgPath, 'utf8')) as { main?: string; exports?: unknown; bin?: string | Record<string, string> };
+  const built: string[] = [];
+  if (pkg.main !== undefined) built.push(pkg.main);
+  const walk = (v: unknown): void => {
+    if (typeof v === 'string') built.push(v);
+    else if (v !== null && typeof v === 'object') for (const x of Object.values(v)) walk(x);
+  };
+  walk(pkg.exports);
+  const bins = typeof pkg.bin === 'string' ? [pkg.bin] : Object.values(pkg.bin ?? {});
+  for (const b of bins) {
+    const text = existsSync(join(root, b)) ? readFileSync(join(root, b), 'utf8') : '';
+    for (const ref of ts.preProcessFile(text, true, true).importedFiles) built.push(normalize(join(dirname(b), ref.fileName)));
+  }
+  return built
+    .map((p) => normalize(p))
+    .filter((p) => p.startsWith('dist/') && !p.endsWith('.d.ts'))
+    .map((p) => sourceOf(p.slice('dist/'.length)));
+}
+
+/** Shipped files that no entry point reaches through the import graph. */
+function unreachable(root: string, graph: Map<string, string[]>): string[] {
+  const entries = entryPoints(root).filter((e) => graph.has(e));
+  if (entries.length === 0) return [];
+  const seen = new Set<string>(entries);
+  const todo = [...entries];
+  while (todo.length > 0) {
+    for (const next of graph.get(todo.pop()!) ?? []) {
+      if (!seen.has(next) && graph.has(next)) {
+        seen.add(next);
+        todo.push(next);
+      }
+    }
+  }
+  return [...graph.keys()].filter((f) => !seen.has(f)).sort();
 }
 
 /** The strongly connected components with more than one file (Tarjan), each as a list of files. */

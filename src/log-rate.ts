@@ -5,6 +5,7 @@
 // The records themselves (ConnectionLog.recent, FramePolicyFilter.recent, events) are
 // not affected: only the log lines are limited.
 import type { Logger } from 'pino';
+import { TsiboxError } from './errors.js';
 
 export interface LogRateOptions {
   /** Lines per second in the long run (default 50). */
@@ -34,7 +35,7 @@ export class RateLimitedLog {
     this.logger = logger;
     this.#perSecond = opts.perSecond ?? 50;
     this.#burst = opts.burst ?? 200;
-    if (!(this.#perSecond > 0) || !(this.#burst >= 1)) throw new RangeError('log rate: perSecond > 0 and burst >= 1');
+    if (!(this.#perSecond > 0) || !(this.#burst >= 1)) throw new TsiboxError('INVALID_ARGUMENT', 'log rate: perSecond > 0 and burst >= 1');
     this.#now = opts.now ?? (() => performance.now());
     this.#tokens = this.#burst;
     this.#last = this.#now();

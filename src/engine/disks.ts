@@ -15,7 +15,7 @@
 // (measured: 64 MiB dd ~25% slower than without; docs/disks.md).
 // The daemon serves until it is stopped: a front end's disconnect does not end it.
 //
-// Lifetime (proxies/helper-process.ts): the keeper stops it and removes the directory
+// Lifetime (src/sys/helper-process.ts): the keeper stops it and removes the directory
 // (socket and pid file) when our pipe ends, even after a SIGKILL of Node; pdeathsig too.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';

@@ -14,7 +14,7 @@
 // own where the directory and everything mounted under it are bind-mounted read-only,
 // so the host kernel refuses every write (EROFS).
 //
-// Lifetime (proxies/helper-process.ts): virtiofsd exits when QEMU's connection ends;
+// Lifetime (src/sys/helper-process.ts): virtiofsd exits when QEMU's connection ends;
 // it runs under the keeper that stops it and removes the directory (socket included)
 // when our pipe ends, even after a SIGKILL of Node, and under pdeathsig.
 import type { Logger } from 'pino';

@@ -26,7 +26,7 @@
 //    ICMP errors and ARP pass; the rest is dropped.
 //
 // Every decision is taken on the bytes that are forwarded: the device hands us a copy
-// of the guest's frame (src/virtio/net/backend.ts), never a view of guest memory.
+// of the guest's frame (netstack/frame-port.ts), never a view of guest memory.
 //
 // One `net.flow` line per flow when it ends, through the sandbox's rate-limited log:
 // { event: 'net.flow', kind: 'frame', protocol, direction, decision, rule, src, dst,

@@ -73,7 +73,9 @@ export const DeviceId = {
   BLOCK: 2,
   CONSOLE: 3,
   RNG: 4,
+  BALLOON: 5,
   VSOCK: 19,
+  FS: 26,
 } as const;
 
 /** Split-ring descriptor flags. */

@@ -14,7 +14,7 @@ t.test('a build of the checkout finds the bench bodies', async (t) => {
   t.type(tsi.runTsiStream, 'function');
   t.type(tsi.runTsiConnect, 'function');
   const vq = await loadTestTreeBench<Record<string, unknown>>('virtqueue', 'virtqueue');
-  t.type(vq.run, 'function');
+  t.type(vq.softwareRows, 'function');
 });
 
 t.test('without the test tree: NOT_SUPPORTED, saying why', async (t) => {

@@ -29,7 +29,7 @@ import { E2E_ENGINE } from './prerequisites.js';
 import { startProbeServersBoth } from '../helpers/conformance-servers.js';
 import { ensureGuestTools, ensureInitramfs, guestToolsArchive, newcArchive, Sandbox } from '../../src/index.js';
 import { findQemu } from '../../src/engine/qemu.js';
-import { debugKernelPaths, ensureDebugKernel } from '../../src/guest/kernel-debug.js';
+import { debugKernelPaths, ensureDebugKernel } from '../support/guest/kernel-debug.js';
 import { Policy } from '../../src/policy/index.js';
 import { PortMap } from '../../src/portmap/index.js';
 

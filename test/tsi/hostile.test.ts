@@ -1,11 +1,11 @@
 import t from 'tap';
-import { Errno, MessageReader, TSI_MAGIC, GuestErrno, TsiOp, TsiPort, encodeConnect, header } from '../../proxies/protocol.js';
+import { Errno, TsiMessageReader, TSI_MAGIC, GuestErrno, TsiOp, TsiPort, encodeConnect, header } from '../../proxies/protocol.js';
 import { rig, tcpServer, until } from './helpers.js';
 import type { GuestSocket } from '../support/vsock/guest.js';
 
 /** Sends raw bytes as the first message on a TSI service port and returns the first reply frame (or null on close). */
 async function rawFirstReply(sock: GuestSocket, bytes: Buffer): Promise<{ op: number; result: number } | null> {
-  const reader = new MessageReader();
+  const reader = new TsiMessageReader();
   const reply = new Promise<{ op: number; result: number } | null>((resolve) => {
     sock.on('data', (d) => {
       reader.push(d);
@@ -75,7 +75,7 @@ t.test('control channel: garbage, unknown ops, requests before HELLO', async (t)
   const c4 = await vsock.connect(TsiPort.CONTROL, 'stream', { localPort: 1003 });
   const hello = header(TsiOp.HELLO, 16);
   hello.writeUInt32LE(1, 8); hello[12] = 1; hello[13] = 1;
-  const reader = new MessageReader();
+  const reader = new TsiMessageReader();
   const got = new Promise<number>((res) => c4.on('data', (d) => { reader.push(d); const f = reader.next(); if (f && !(f instanceof GuestErrno)) res(f.op); }));
   for (const b of hello) await c4.write(Buffer.from([b]));
   t.equal(await got, TsiOp.HELLO_RESULT, 'byte-by-byte HELLO answered');

@@ -1,7 +1,8 @@
 // Numbers from the virtio 1.2 specification, §5.5 (Traditional Memory Balloon Device).
+import { DeviceId } from '../constants.js';
 
-/** Device id of the memory balloon (§5.5.1). */
-export const BALLOON_DEVICE_ID = 5;
+/** Device id of the memory balloon (§5.5.1; the one DeviceId table). */
+export const BALLOON_DEVICE_ID = DeviceId.BALLOON;
 
 /** Feature bits (§5.5.3), as bigint masks. */
 export const BalloonFeature = {

@@ -1,22 +1,19 @@
-// The body of `tsibox bench virtqueue` (registered in src/bench/virtqueue.ts, loaded at
-// run time): requests per second through virtio-rng, (1) driven by the software driver
-// over the real MMIO transport (no VM; test/support/virtio/), and (2) driven by a
-// synthetic KVM guest (src/bench/virtqueue-kvm.ts). Every row's baseline is the C ring
-// walk (native/bench/ringwalk.c) doing the same device work.
+// The software row of `tsibox bench virtqueue` (registered in src/bench/virtqueue.ts,
+// loaded at run time from a source checkout): requests per second through virtio-rng
+// driven by the software driver over the real MMIO transport (no VM;
+// test/support/virtio/). Its baseline is the C ring walk (native/bench/ringwalk.c)
+// doing the same device work.
 import { TsiboxError } from '../../../src/errors.js';
 import type { BenchDefinition, BenchResult } from '../../../src/bench/registry.js';
 import { machineInfo } from '../../../src/bench/machine.js';
-import { ensureNativeBuilt } from '../../../src/bench/native.js';
 import { runRingwalk } from '../../../src/bench/ringwalk.js';
 import { median, round } from '../../../src/bench/stats.js';
-import { benchVirtqueueKvm } from '../../../src/bench/virtqueue-kvm.js';
 import { RngDevice } from '../../../src/virtio/rng.js';
 import { createHarness } from '../virtio/harness.js';
 import { NullDevice } from '../virtio/null-device.js';
 
-/** The whole bench: one software row, then a KVM row per interrupt mode. */
-export const run: BenchDefinition['run'] = async ({ iterations, runs, progress }): Promise<BenchResult[]> => {
-  await ensureNativeBuilt(['virtio-rng-bench']);
+/** The software row of `tsibox bench virtqueue` (the KVM rows are src/bench/virtqueue.ts's own). */
+export const softwareRows: BenchDefinition['run'] = async ({ iterations, runs, progress }): Promise<BenchResult[]> => {
   const rows: BenchResult[] = [];
   const soft: number[] = [];
   const softBase: number[] = [];
@@ -35,17 +32,6 @@ export const run: BenchDefinition['run'] = async ({ iterations, runs, progress }
     method: 'software driver over MmioTransport, one request per notify() (ioeventfd path), 500 ms per run',
     machine: machineInfo(),
   });
-  for (const interrupts of ['signalled', 'suppressed'] as const) {
-    const k = await benchVirtqueueKvm({ interrupts, rounds: iterations, runs });
-    progress?.(`virtqueue kvm (${interrupts}): ${round(k.value)} req/s, C ${round(k.baseline)} req/s`);
-    rows.push({
-      bench: 'virtqueue', variant: `kvm-${interrupts}`, value: round(k.value), unit: 'req/s', baseline: round(k.baseline),
-      ratio: round(k.ratio, 4), baselineName: k.baselineName, lowerIsBetter: false, iterations, runs,
-      device: 'rng', bytes: 64, guestTookInterrupts: k.guestTookInterrupts, irqfdSignals: k.irqfdSignals,
-      kicks: k.kicks, mmioExits: k.mmioExits, samples: k.samples.map((v) => round(v)), method: k.method,
-      machine: machineInfo(),
-    });
-  }
   return rows;
 };
 

@@ -5,7 +5,7 @@ import { EventEmitter } from 'node:events';
 import { TsiboxError } from '../../../src/errors.js';
 import type { GuestSocket, GuestVsock } from '../vsock/guest.js';
 import {
-  MessageReader, SOCK_STREAM, GuestErrno, TsiOp, TsiPort, decodeAccept, decodeConnectResult, decodeSockAddr, encodeConnect,
+  TsiMessageReader, SOCK_STREAM, GuestErrno, TsiOp, TsiPort, decodeAccept, decodeConnectResult, decodeSockAddr, encodeConnect,
   encodeDgram, encodeDgramOpen, encodeHello, encodeListen, encodeSeqResult, errnoName, type TsiMessage, type SockAddr,
 } from '../../../proxies/protocol.js';
 
@@ -74,7 +74,7 @@ export class TsiStream extends EventEmitter<{ data: [Buffer]; end: []; close: [s
 
 /** Reads one frame from a fresh socket (synchronously in the data callback), then hands on the raw bytes. */
 function firstFrame(socket: GuestSocket, maxLen: number, cb?: (f: TsiMessage, rest: Buffer) => void): Promise<{ frame: TsiMessage; rest: Buffer }> {
-  const reader = new MessageReader(maxLen);
+  const reader = new TsiMessageReader(maxLen);
   return new Promise((resolve, reject) => {
     const onData = (d: Buffer): void => {
       reader.push(d);
@@ -97,7 +97,7 @@ export class TsiUdp extends EventEmitter<{ message: [Buffer, SockAddr]; 'dgram-e
   readonly socket: GuestSocket;
   readonly local: SockAddr;
   readonly exposed: boolean;
-  constructor(socket: GuestSocket, local: SockAddr, exposed: boolean, reader: MessageReader) {
+  constructor(socket: GuestSocket, local: SockAddr, exposed: boolean, reader: TsiMessageReader) {
     super();
     this.socket = socket;
     this.local = local;
@@ -127,7 +127,7 @@ export class TsiUdp extends EventEmitter<{ message: [Buffer, SockAddr]; 'dgram-e
 export class TsiGuest {
   readonly vsock: GuestVsock;
   #control: GuestSocket | null = null;
-  #controlReader = new MessageReader(64);
+  #controlReader = new TsiMessageReader(64);
   #pending = new Map<number, (f: TsiMessage) => void>();
   #seq = 1;
   /** Reserved vsock ports for bound UDP sockets (1023 and 1020.. stay for control sessions in tests). */
@@ -228,7 +228,7 @@ export class TsiGuest {
     if (this.#reservedPort < 600) this.#reservedPort = 1019;
     const s = await this.vsock.connect(TsiPort.DGRAM, this.vsock.seqpacket ? 'seqpacket' : 'stream', localPort === undefined ? {} : { localPort });
     void s.write(encodeDgramOpen(bind));
-    const reader = new MessageReader();
+    const reader = new TsiMessageReader();
     let udp: TsiUdp | null = null;
     const { frame } = await firstFrame(s, 64, (f, rest) => {
       if (f.op !== TsiOp.DGRAM_OPEN_RESULT || f.bytes.readInt32LE(8) < 0) return;

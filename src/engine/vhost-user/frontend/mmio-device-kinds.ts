@@ -3,6 +3,7 @@
 // which config fields the driver may write. Today: virtio-fs (virtiofsd) and
 // virtio-blk (qemu-storage-daemon).
 import { TsiboxError } from '../../../errors.js';
+import { DeviceId } from '../../../virtio/constants.js';
 import type { HandshakeResult, VhostUserFrontend } from './frontend.js';
 import type { ConfigField } from './mmio-transport.js';
 import { ProtocolFeature } from '../protocol.js';
@@ -27,7 +28,7 @@ export interface VhostUserMmioKind {
 }
 
 /** virtio-fs (virtio 1.2 §5.11): tag[36] + num_request_queues (u32 LE) in config space. */
-export const VIRTIO_FS_DEVICE_ID = 26;
+export const VIRTIO_FS_DEVICE_ID = DeviceId.FS;
 const FS_TAG_BYTES = 36;
 
 /**
@@ -53,7 +54,7 @@ export function virtioFsKind(tag: string): VhostUserMmioKind {
 }
 
 /** virtio-blk (virtio 1.2 §5.2). */
-export const VIRTIO_BLK_DEVICE_ID = 2;
+export const VIRTIO_BLK_DEVICE_ID = DeviceId.BLOCK;
 
 /** VIRTIO_BLK_F_* device feature bits (virtio 1.2 §5.2.3). */
 export const BlkFeature = {

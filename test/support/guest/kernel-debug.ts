@@ -6,8 +6,8 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { queryScript, runScript } from './build.js';
-import type { EnsureOptions, KernelPaths } from './kernel.js';
+import { queryScript, runScript } from '../../../src/guest/build.js';
+import type { EnsureOptions, KernelPaths } from '../../../src/guest/kernel.js';
 
 function pathsIn(dir: string): KernelPaths {
   return { dir, vmlinux: join(dir, 'vmlinux'), bzImage: join(dir, 'bzImage'), config: join(dir, 'config') };
