@@ -28,17 +28,14 @@ export function formatIP(b: Uint8Array): string {
   return b.length === 4 ? formatIPv4(b) : formatIPv6(b);
 }
 
-/** 'a.b.c.d' → 4 bytes, or null. */
+/**
+ * 'a.b.c.d' → 4 bytes, or null. Only the canonical dotted quad (0-255, no leading zeros,
+ * as node:net's isIPv4 and canonicalAddress accept), so every parser of ours agrees on
+ * what an IPv4 address is: '010.0.2.15' is none (some tools read it as octal).
+ */
 export function ipv4FromString(s: string): Uint8Array | null {
-  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(s);
-  if (!m) return null;
-  const out = new Uint8Array(4);
-  for (let i = 0; i < 4; i++) {
-    const n = Number(m[i + 1]);
-    if (n > 255) return null;
-    out[i] = n;
-  }
-  return out;
+  if (typeof s !== 'string' || !isIPv4(s)) return null;
+  return Uint8Array.from(s.split('.'), Number);
 }
 
 /** The 4 bytes of an IPv4 text address; TypeError when it is none. */
