@@ -154,9 +154,9 @@ export class BalloonDevice implements VirtioDevice {
 
   #inflate(ctx: DeviceContext, q: Virtqueue, buffers: readonly Uint8Array[]): boolean {
     const r = pfnRanges(this.#memory, buffers, MAX_PFNS_PER_CHAIN);
-    if (r.error !== undefined) return this.#refuse(q, `inflate: ${r.error}`);
-    this.#discard(ctx, r.ranges);
-    for (const p of r.ranges) this.#stats.inflatedPages += p.len / BALLOON_PAGE_SIZE;
+    if (!r.ok) return this.#refuse(q, `inflate: ${r.error}`);
+    this.#discard(ctx, r.value);
+    for (const p of r.value) this.#stats.inflatedPages += p.len / BALLOON_PAGE_SIZE;
     return true;
   }
 
@@ -164,8 +164,8 @@ export class BalloonDevice implements VirtioDevice {
     // Nothing to give back: the pages fault in again on touch. Still checked, so a
     // hostile array is refused the same way on both queues.
     const r = pfnRanges(this.#memory, buffers, MAX_PFNS_PER_CHAIN);
-    if (r.error !== undefined) return this.#refuse(q, `deflate: ${r.error}`);
-    for (const p of r.ranges) this.#stats.deflatedPages += p.len / BALLOON_PAGE_SIZE;
+    if (!r.ok) return this.#refuse(q, `deflate: ${r.error}`);
+    for (const p of r.value) this.#stats.deflatedPages += p.len / BALLOON_PAGE_SIZE;
     return true;
   }
 
@@ -173,9 +173,9 @@ export class BalloonDevice implements VirtioDevice {
     const locator = this.#locator;
     if (locator === null) return false;
     const r = reportedRanges(this.#memory, locator, buffers, MAX_REPORT_BUFFERS);
-    if (r.error !== undefined) return this.#refuse(q, `report: ${r.error}`);
-    this.#discard(ctx, r.ranges);
-    for (const p of r.ranges) this.#stats.reportedBytes += p.len;
+    if (!r.ok) return this.#refuse(q, `report: ${r.error}`);
+    this.#discard(ctx, r.value);
+    for (const p of r.value) this.#stats.reportedBytes += p.len;
     return true;
   }
 

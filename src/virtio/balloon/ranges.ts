@@ -4,6 +4,7 @@
 // discarded, and a bad one yields a reason, never an exception.
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { MMIO_GAP_END, MMIO_GAP_START } from '../../memory/layout.js';
+import { fail, ok, type ParseResult } from '../../../netstack/result.js';
 import { gather } from '../iovec.js';
 import { BALLOON_PAGE_SIZE } from './constants.js';
 
@@ -19,8 +20,8 @@ export interface PageRange {
   readonly len: number;
 }
 
-/** Ranges that all passed the checks, or why the request is refused. */
-export type RangeResult = { readonly ranges: PageRange[]; readonly error?: undefined } | { readonly error: string };
+/** Ranges that all passed the checks, or why the request is refused (netstack's result shape). */
+export type RangeResult = ParseResult<PageRange[]>;
 
 const hex = (n: number): string => `0x${n.toString(16)}`;
 
@@ -71,17 +72,17 @@ export class ViewLocator {
  * buffer fails checkRange.
  */
 export function reportedRanges(memory: BalloonMemory, locator: ViewLocator, buffers: readonly Uint8Array[], maxBuffers: number): RangeResult {
-  if (buffers.length === 0) return { error: 'report chain has no buffers' };
-  if (buffers.length > maxBuffers) return { error: `report chain has ${buffers.length} buffers, more than ${maxBuffers}` };
+  if (buffers.length === 0) return fail('report chain has no buffers');
+  if (buffers.length > maxBuffers) return fail(`report chain has ${buffers.length} buffers, more than ${maxBuffers}`);
   const ranges: PageRange[] = [];
   for (const b of buffers) {
     const addr = locator.locate(b);
-    if (addr === null) return { error: 'report buffer is not a view of guest RAM' };
+    if (addr === null) return fail('report buffer is not a view of guest RAM');
     const why = checkRange(memory, addr, b.byteLength);
-    if (why !== null) return { error: why };
+    if (why !== null) return fail(why);
     ranges.push({ addr, len: b.byteLength });
   }
-  return { ranges };
+  return ok(ranges);
 }
 
 /**
@@ -95,8 +96,8 @@ export function reportedRanges(memory: BalloonMemory, locator: ViewLocator, buff
 export function pfnRanges(memory: BalloonMemory, buffers: readonly Uint8Array[], maxPfns: number): RangeResult {
   let bytes = 0;
   for (const b of buffers) bytes += b.byteLength;
-  if (bytes === 0 || bytes % 4 !== 0) return { error: `page frame array of ${bytes} bytes is not a non-empty array of u32` };
-  if (bytes / 4 > maxPfns) return { error: `page frame array has ${bytes / 4} entries, more than ${maxPfns}` };
+  if (bytes === 0 || bytes % 4 !== 0) return fail(`page frame array of ${bytes} bytes is not a non-empty array of u32`);
+  if (bytes / 4 > maxPfns) return fail(`page frame array has ${bytes / 4} entries, more than ${maxPfns}`);
   const raw = gather(buffers, 0, bytes, new Uint8Array(bytes));
   const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const pfns = new Uint32Array(bytes / 4);
@@ -110,7 +111,7 @@ export function pfnRanges(memory: BalloonMemory, buffers: readonly Uint8Array[],
     if (pfn === last) continue;
     const addr = pfn * BALLOON_PAGE_SIZE;
     const why = checkRange(memory, addr, BALLOON_PAGE_SIZE);
-    if (why !== null) return { error: `page frame ${pfn}: ${why}` };
+    if (why !== null) return fail(`page frame ${pfn}: ${why}`);
     if (runLen > 0 && pfn === last + 1 && memory.contains(runAddr, runLen + BALLOON_PAGE_SIZE)) {
       runLen += BALLOON_PAGE_SIZE;
     } else {
@@ -121,5 +122,5 @@ export function pfnRanges(memory: BalloonMemory, buffers: readonly Uint8Array[],
     last = pfn;
   }
   if (runLen > 0) ranges.push({ addr: runAddr, len: runLen });
-  return { ranges };
+  return ok(ranges);
 }
