@@ -16,6 +16,7 @@
 // as the gateway's own address and allowed only by a rule that names exactly that
 // address (see FramePolicyFilter): `0.0.0.0/0` never opens gvproxy's API.
 import { equalBytes, formatIP, ipv4FromString } from '../../netstack/index.js';
+import { HostAliases } from '../policy/host-aliases.js';
 
 export interface DestinationOptions {
   /** The guest's gateway (IPv4). */
@@ -48,7 +49,7 @@ export class FrameDestinations {
   readonly #mapGateway: boolean;
   readonly #dnsMatch: Uint8Array | null;
   readonly #dnsUpstream: string;
-  readonly #aliases: Array<[Uint8Array, string]>;
+  readonly #aliases: HostAliases;
   readonly #gatewayExplicit: boolean;
   readonly #inboundFrom: string;
 
@@ -57,11 +58,7 @@ export class FrameDestinations {
     this.#mapGateway = o.mapGatewayToHost;
     this.#dnsMatch = o.dnsForward ? ipv4FromString(o.dnsForward.match) : null;
     this.#dnsUpstream = o.dnsForward?.upstream ?? '';
-    this.#aliases = [];
-    for (const [alias, host] of o.hostAliases ?? []) {
-      const a = ipv4FromString(alias);
-      if (a !== null) this.#aliases.push([a, host]);
-    }
+    this.#aliases = new HostAliases(o.hostAliases ?? []);
     this.#gatewayExplicit = o.gatewayServices === 'explicit';
     this.#inboundFrom = o.inboundFrom ?? '127.0.0.1';
   }
@@ -81,9 +78,11 @@ export class FrameDestinations {
     if (isUnspecified(peer)) return { refused: 'unspecified' };
     if (this.#dnsMatch !== null && tcpOrUdp && port === 53 && equalBytes(peer, this.#dnsMatch)) return { address: this.#dnsUpstream };
     if (this.#mapGateway && this.isGateway(peer)) return { address: '127.0.0.1' };
-    for (const [a, host] of this.#aliases) if (equalBytes(peer, a)) return { address: host };
-    if (this.#gatewayExplicit && this.isGateway(peer)) return { address: formatIP(peer), explicitOnly: true };
-    return { address: formatIP(peer) };
+    const text = formatIP(peer);
+    const host = this.#aliases.size === 0 ? undefined : this.#aliases.resolve(text);
+    if (host !== undefined) return { address: host };
+    if (this.#gatewayExplicit && this.isGateway(peer)) return { address: text, explicitOnly: true };
+    return { address: text };
   }
 }
 

@@ -2,7 +2,7 @@
 // guest's getpeername() keeps the alias.
 import t from 'tap';
 import { Errno } from '../../proxies/protocol.js';
-import { HostAliases } from '../../proxies/context.js';
+import { HostAliases } from '../../src/policy/host-aliases.js';
 import { TsiCallError } from '../support/tsi/tsi-guest.js';
 import { echo, rig, tcpServer } from './helpers.js';
 
