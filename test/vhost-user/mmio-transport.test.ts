@@ -126,6 +126,45 @@ t.test('FEATURES_OK is refused without VERSION_1 or with features not offered', 
   t.equal(driver.status & Status.DRIVER_OK, 0, 'no DRIVER_OK without FEATURES_OK');
 });
 
+t.test('status bits only in the order of virtio 1.2 §3.1.1, as for our own devices', async (t) => {
+  const { driver, conn, transport } = await rig(t);
+  const v1High = Number(Feature.VERSION_1 >> 32n);
+  const writeV1 = (): void => { driver.writeReg(Reg.DriverFeaturesSel, 1); driver.writeReg(Reg.DriverFeatures, v1High); driver.writeReg(Reg.DriverFeaturesSel, 0); };
+
+  writeV1();
+  driver.writeReg(Reg.Status, Status.FEATURES_OK);
+  t.equal(driver.status, 0, 'FEATURES_OK without ACKNOWLEDGE and DRIVER is refused');
+  driver.writeReg(Reg.Status, Status.DRIVER);
+  t.equal(driver.status, 0, 'DRIVER without ACKNOWLEDGE is refused');
+  driver.writeReg(Reg.Status, Status.ACKNOWLEDGE);
+  writeV1();
+  driver.writeReg(Reg.Status, Status.ACKNOWLEDGE | Status.FEATURES_OK);
+  t.equal(driver.status, Status.ACKNOWLEDGE, 'FEATURES_OK without DRIVER is refused');
+  driver.addStatus(Status.DRIVER);
+  driver.writeReg(Reg.Status, Status.DRIVER | Status.FEATURES_OK);
+  t.equal(driver.status, Status.ACKNOWLEDGE | Status.DRIVER, 'a write that clears ACKNOWLEDGE is ignored');
+  driver.addStatus(Status.FEATURES_OK);
+  t.equal(driver.status & Status.FEATURES_OK, 0, 'driver features written before DRIVER were not kept: no VERSION_1');
+
+  driver.reset();
+  driver.addStatus(Status.ACKNOWLEDGE | Status.DRIVER);
+  writeV1();
+  driver.addStatus(Status.FEATURES_OK);
+  t.equal(driver.status, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK, 'in order, features written after DRIVER: accepted');
+  driver.setupQueue(0, { size: 64 });
+  driver.addStatus(Status.FAILED);
+  driver.addStatus(Status.DRIVER_OK);
+  t.equal(driver.status & Status.DRIVER_OK, 0, 'no DRIVER_OK after FAILED');
+  await transport.settled();
+  t.notOk(conn.backend.active, 'nothing reached the back end');
+
+  driver.negotiate(Feature.VERSION_1);
+  driver.setupQueue(0, { size: 64 });
+  driver.driverOk();
+  await transport.settled();
+  t.ok(conn.backend.active, 'after a reset the ordered sequence starts the ring');
+});
+
 t.test('a ring outside guest RAM: DEVICE_NEEDS_RESET, nothing sent', async (t) => {
   const { driver, conn, transport } = await rig(t);
   driver.negotiate(Feature.VERSION_1);

@@ -1,8 +1,10 @@
 // A virtio-mmio window (virtio 1.2 §4.2.2) whose device is an external vhost-user back
 // end (virtiofsd, qemu-storage-daemon). Register accesses exit to Node as for our
-// in-process devices (src/virtio/mmio.ts); the data path does not: every queue's kick
-// fd is a KVM ioeventfd on QueueNotify that only the back end reads, and every ring's
-// call fd is the device's irqfd. On DRIVER_OK the negotiated features, the memory
+// in-process devices (src/virtio/mmio.ts) and are decoded by the same MmioRegisters
+// (src/virtio/mmio-registers.ts, with the status order of virtio 1.2 §3.1.1); this file
+// holds its hooks: what the back end gets, config space, the sticky VRING bit. The data
+// path does not exit: every queue's kick fd is a KVM ioeventfd on QueueNotify that only
+// the back end reads, and every ring's call fd is the device's irqfd. On DRIVER_OK the negotiated features, the memory
 // table and the rings go to the back end; on reset the rings are stopped.
 //
 // Config space is a copy read from the back end once (GET_CONFIG) or made by us; the
@@ -23,11 +25,13 @@
 // where relaying each call through a Node watcher would add a main-loop wake-up per
 // interrupt.
 import { TsiboxError } from '../../../errors.js';
+import { rateLimitedLogger } from '../../../log-rate.js';
 import type { BusDevice } from '../../../vmm/bus.js';
 import type { GuestMemory } from '../../../memory/guest-memory.js';
 import type { Logger } from '../../../virtio/virtio-logger.js';
-import { checkLayout } from '../../../virtio/queue.js';
-import { Feature, Interrupt, MMIO_MAGIC, MMIO_VERSION, Reg, Status, VENDOR_ID } from '../../../virtio/constants.js';
+import type { QueueLayout } from '../../../virtio/queue.js';
+import { Feature, Interrupt, Status } from '../../../virtio/constants.js';
+import { MmioRegisters } from '../../../virtio/mmio-registers.js';
 import type { VhostUserFrontend } from './frontend.js';
 
 /**
@@ -77,21 +81,12 @@ export interface VhostUserMmioOptions {
 /** A byte range of config space (offset and size in bytes) tied to a feature bit. */
 export interface ConfigField { offset: number; size: number; feature: bigint }
 
-interface QueueRegs { size: number; ready: boolean; desc: number; avail: number; used: number }
-
 export class VhostUserMmioTransport implements BusDevice {
   readonly #o: VhostUserMmioOptions;
   readonly #offered: bigint;
   readonly #log: Logger;
-  #status = 0;
-  #featSel = 0;
-  #drvFeatSel = 0;
-  #driverFeatures = 0n;
-  #queueSel = 0;
-  #queues: QueueRegs[];
-  #configPending = 0;
+  readonly #regs: MmioRegisters;
   readonly #config: Uint8Array;
-  #configGeneration = 0;
   /** Rings handed to the back end in this session (stopped on reset). */
   #started = new Set<number>();
   /** Back-end work in order: a reset's stops run after the starts it follows. */
@@ -113,7 +108,27 @@ export class VhostUserMmioTransport implements BusDevice {
       throw new TsiboxError('DEVICE_ERROR', `${opts.name}: the back end does not offer VERSION_1 (legacy devices are not supported)`);
     }
     this.#config = Uint8Array.from(opts.config);
-    this.#queues = opts.kickFds.map(() => emptyQueue());
+    this.#regs = new MmioRegisters({
+      deviceId: opts.deviceId,
+      offeredFeatures: this.#offered,
+      queueMax: opts.kickFds.map(() => opts.queueSize),
+      memory: opts.memory,
+      interrupt: opts.interrupt,
+      // The guest decides how often the decoder's lines come.
+      log: rateLimitedLogger(this.#log),
+      hooks: {
+        readConfig: (from, data) => { if (from < this.#config.length) data.set(this.#config.subarray(from, from + data.length)); },
+        writeConfig: (from, data) => { this.#writeConfig(from, data); },
+        // QueueNotify only gets here for a width or value the ioeventfd did not match:
+        // the back end never sees it, as a real device would not either.
+        queueNotify: () => undefined,
+        ringRefused: (reason) => { this.#needsReset(reason); },
+        driverOk: (features, rings) => { if (this.#error === null) this.#driverOk(features, rings); },
+        reset: () => { this.#reset(); },
+        // Sticky VRING while DRIVER_OK: see the comment at the top of this file.
+        interruptStatus: (pending) => ((this.#regs.status & Status.DRIVER_OK) !== 0 ? Interrupt.USED_BUFFER : 0) | pending,
+      },
+    });
     opts.frontend.on('close', (err) => { if (err !== null) this.#fail(err); });
   }
 
@@ -124,7 +139,7 @@ export class VhostUserMmioTransport implements BusDevice {
 
   /** The status byte as the guest reads it. */
   get status(): number {
-    return this.#status;
+    return this.#regs.status;
   }
 
   /** Resolves when every back-end request issued so far has finished (tests). */
@@ -133,45 +148,11 @@ export class VhostUserMmioTransport implements BusDevice {
   }
 
   read(offset: number, data: Uint8Array): void {
-    data.fill(0);
-    if (offset >= Reg.Config) {
-      const from = offset - Reg.Config;
-      if (from < this.#config.length) data.set(this.#config.subarray(from, from + data.length));
-      return;
-    }
-    if (data.length !== 4 || offset % 4 !== 0) return;
-    new DataView(data.buffer, data.byteOffset, 4).setUint32(0, this.#reg(offset) >>> 0, true);
+    this.#regs.read(offset, data);
   }
 
   write(offset: number, data: Uint8Array): void {
-    if (offset >= Reg.Config) {
-      this.#writeConfig(offset - Reg.Config, data);
-      return;
-    }
-    if (data.length !== 4 || offset % 4 !== 0) return;
-    const v = new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true);
-    const q = this.#queues[this.#queueSel];
-    // Ring registers may change only between FEATURES_OK and DRIVER_OK, ring not ready.
-    const editable = q !== undefined && !q.ready && (this.#status & (Status.FEATURES_OK | Status.DRIVER_OK)) === Status.FEATURES_OK;
-    switch (offset) {
-      case Reg.DeviceFeaturesSel: this.#featSel = v; return;
-      case Reg.DriverFeaturesSel: this.#drvFeatSel = v; return;
-      case Reg.DriverFeatures: this.#writeDriverFeatures(v); return;
-      case Reg.QueueSel: this.#queueSel = v; return;
-      case Reg.QueueNum: if (editable) q.size = v; return;
-      case Reg.QueueDescLow: if (editable) q.desc = setLow(q.desc, v); return;
-      case Reg.QueueDescHigh: if (editable) q.desc = setHigh(q.desc, v); return;
-      case Reg.QueueDriverLow: if (editable) q.avail = setLow(q.avail, v); return;
-      case Reg.QueueDriverHigh: if (editable) q.avail = setHigh(q.avail, v); return;
-      case Reg.QueueDeviceLow: if (editable) q.used = setLow(q.used, v); return;
-      case Reg.QueueDeviceHigh: if (editable) q.used = setHigh(q.used, v); return;
-      case Reg.QueueReady: this.#writeQueueReady(q, v); return;
-      case Reg.InterruptAck: this.#configPending &= ~v; return;
-      case Reg.Status: this.#writeStatus(v & 0xff); return;
-      // QueueNotify only gets here for a width or value the ioeventfd did not match:
-      // the back end never sees it, as a real device would not either.
-      default: return;
-    }
+    this.#regs.write(offset, data);
   }
 
   /** Closes the connection (the back end sees end of stream). Idempotent. */
@@ -181,44 +162,18 @@ export class VhostUserMmioTransport implements BusDevice {
     this.#o.frontend.close();
   }
 
-  #reg(offset: number): number {
-    const q = this.#queues[this.#queueSel];
-    switch (offset) {
-      case Reg.MagicValue: return MMIO_MAGIC;
-      case Reg.Version: return MMIO_VERSION;
-      case Reg.DeviceId: return this.#o.deviceId;
-      case Reg.VendorId: return VENDOR_ID;
-      case Reg.DeviceFeatures: return this.#featSel > 1 ? 0 : Number((this.#offered >> BigInt(32 * this.#featSel)) & 0xffff_ffffn);
-      case Reg.QueueNumMax: return q === undefined ? 0 : this.#o.queueSize;
-      case Reg.QueueReady: return q?.ready === true ? 1 : 0;
-      // Sticky VRING while DRIVER_OK: see the comment at the top of this file.
-      case Reg.InterruptStatus: return ((this.#status & Status.DRIVER_OK) !== 0 ? Interrupt.USED_BUFFER : 0) | this.#configPending;
-      case Reg.Status: return this.#status;
-      case Reg.ConfigGeneration: return this.#configGeneration;
-      case Reg.ShmLenLow: case Reg.ShmLenHigh: case Reg.ShmBaseLow: case Reg.ShmBaseHigh:
-        return 0xffff_ffff; // no shared memory regions (virtio-fs DAX window: not offered)
-      default: return 0;
-    }
-  }
-
-  #writeDriverFeatures(v: number): void {
-    if ((this.#status & (Status.FEATURES_OK | Status.DRIVER_OK)) !== 0 || this.#drvFeatSel > 1) return;
-    const shift = BigInt(32 * this.#drvFeatSel);
-    this.#driverFeatures = (this.#driverFeatures & ~(0xffff_ffffn << shift)) | (BigInt(v >>> 0) << shift);
-  }
-
   /** A driver write into config space: applied and sent on when it lies inside a negotiated writable field. */
   #writeConfig(from: number, data: Uint8Array): void {
-    const negotiated = (this.#status & Status.FEATURES_OK) !== 0;
+    const negotiated = (this.#regs.status & Status.FEATURES_OK) !== 0;
     const field = this.#o.configWritable?.find((f) => from >= f.offset && from + data.length <= f.offset + f.size);
-    if (field === undefined || !negotiated || (this.#driverFeatures & field.feature) === 0n || from + data.length > this.#config.length) {
+    if (field === undefined || !negotiated || (this.#regs.driverFeatures & field.feature) === 0n || from + data.length > this.#config.length) {
       this.#log.debug({ offset: from, size: data.length }, 'config write ignored');
       return;
     }
     const wrote = Uint8Array.from(data);
     const old = this.#config.slice(from, from + wrote.length);
     this.#config.set(wrote, from);
-    this.#configGeneration++;
+    this.#regs.bumpConfigGeneration();
     const f = this.#o.frontend;
     this.#enqueue(async () => {
       try {
@@ -230,49 +185,15 @@ export class VhostUserMmioTransport implements BusDevice {
         this.#log.debug({ offset: from, size: wrote.length, reason: err instanceof Error ? err.message : String(err) }, 'the back end refused a config write');
         if (this.#config.subarray(from, from + wrote.length).every((b, i) => b === wrote[i])) {
           this.#config.set(old, from);
-          this.#configGeneration++;
+          this.#regs.bumpConfigGeneration();
         }
       }
     });
   }
 
-  #writeQueueReady(q: QueueRegs | undefined, v: number): void {
-    if (q === undefined || (this.#status & (Status.FEATURES_OK | Status.DRIVER_OK)) !== Status.FEATURES_OK) return;
-    if (v === 0) {
-      q.ready = false;
-      return;
-    }
-    const problem = checkLayout({ size: q.size, descAddr: q.desc, availAddr: q.avail, usedAddr: q.used }, this.#o.queueSize, this.#o.memory);
-    if (problem !== null) {
-      this.#needsReset(`queue ${this.#queueSel}: ${problem}`);
-      return;
-    }
-    q.ready = true;
-  }
-
-  #writeStatus(v: number): void {
-    if (v === 0) {
-      this.#reset();
-      return;
-    }
-    const added = v & ~this.#status & ~Status.DEVICE_NEEDS_RESET;
-    if ((added & Status.FEATURES_OK) !== 0) {
-      // Refused (the bit stays clear, virtio 1.2 §3.1.1): features we did not offer, or no VERSION_1.
-      if ((this.#driverFeatures & ~this.#offered) !== 0n || (this.#driverFeatures & Feature.VERSION_1) === 0n) {
-        this.#log.debug({ wanted: this.#driverFeatures.toString(16) }, 'FEATURES_OK refused');
-        this.#status |= added & ~Status.FEATURES_OK & ~Status.DRIVER_OK;
-        return;
-      }
-    }
-    if ((added & Status.DRIVER_OK) !== 0 && ((this.#status | added) & Status.FEATURES_OK) === 0) return;
-    this.#status |= added;
-    if ((added & Status.DRIVER_OK) !== 0 && this.#error === null) this.#driverOk();
-  }
-
   /** Hands the negotiated features, the memory table and every ready ring to the back end. */
-  #driverOk(): void {
-    const features = this.#driverFeatures;
-    const rings = this.#queues.flatMap((q, i) => (q.ready ? [{ i, layout: { size: q.size, desc: q.desc, avail: q.avail, used: q.used } }] : []));
+  #driverOk(features: bigint, layouts: ReadonlyArray<QueueLayout | null>): void {
+    const rings = layouts.flatMap((l, i) => (l === null ? [] : [{ i, layout: { size: l.size, desc: l.descAddr, avail: l.availAddr, used: l.usedAddr } }]));
     for (const r of rings) this.#started.add(r.i);
     const f = this.#o.frontend;
     this.#enqueue(async () => {
@@ -283,6 +204,7 @@ export class VhostUserMmioTransport implements BusDevice {
     });
   }
 
+  /** The driver reset the device (the registers clear after): stop the rings the back end has. */
   #reset(): void {
     const started = [...this.#started];
     this.#started.clear();
@@ -291,13 +213,6 @@ export class VhostUserMmioTransport implements BusDevice {
       // GET_VRING_BASE stops each ring; the next session starts again at index 0.
       this.#enqueue(async () => { for (const i of started) await f.stopVring(i); });
     }
-    this.#queues = this.#queues.map(() => emptyQueue());
-    this.#status = 0;
-    this.#featSel = 0;
-    this.#drvFeatSel = 0;
-    this.#driverFeatures = 0n;
-    this.#queueSel = 0;
-    this.#configPending = 0;
   }
 
   #enqueue(work: () => Promise<void>): void {
@@ -326,28 +241,9 @@ export class VhostUserMmioTransport implements BusDevice {
   }
 
   #needsReset(reason: string): void {
-    if ((this.#status & Status.DEVICE_NEEDS_RESET) !== 0) return;
-    this.#log.debug({ reason }, 'device needs reset');
-    this.#status |= Status.DEVICE_NEEDS_RESET;
-    if ((this.#status & Status.DRIVER_OK) !== 0) {
-      this.#configPending |= Interrupt.CONFIG_CHANGE;
-      this.#o.interrupt.trigger();
-    }
+    if (this.#regs.needsReset()) this.#log.debug({ reason }, 'device needs reset');
   }
 }
 
 /** Back-end requests a guest may have outstanding at once (each reset or DRIVER_OK is one). */
 export const MAX_PENDING_OPS = 64;
-
-function emptyQueue(): QueueRegs {
-  return { size: 0, ready: false, desc: 0, avail: 0, used: 0 };
-}
-
-// As in virtio/mmio.ts: addresses are exact numbers; checkLayout refuses any outside RAM.
-function setLow(addr: number, low: number): number {
-  return Math.floor(addr / 0x1_0000_0000) * 0x1_0000_0000 + (low >>> 0);
-}
-
-function setHigh(addr: number, high: number): number {
-  return (high >>> 0) * 0x1_0000_0000 + (addr % 0x1_0000_0000);
-}
