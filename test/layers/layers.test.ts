@@ -1,29 +1,36 @@
 // The one-way rule (docs/architecture.md) holds for the tree, and the checker that
 // enforces it catches each kind of breach in a small tree made for the purpose.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { checkLayers } from '../../scripts/layers.js';
 
 // dist/test/layers/ → the package root, where the .ts sources are.
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
-t.test('the source tree imports one way, without cycles', (t) => {
-  const v = checkLayers(ROOT);
-  t.same(v.map((x) => x.message), [], 'no violations');
-  t.end();
-});
-
-t.test('each kind of breach is reported', (t) => {
+/** A temporary tree (removed after the test) and a way to write files into it. */
+function scratchTree(t: Test): { root: string; write: (file: string, text: string) => void } {
   const root = mkdtempSync(join(tmpdir(), 'tsibox-layers-'));
   t.teardown(() => { rmSync(root, { recursive: true, force: true }); });
   const write = (file: string, text: string): void => {
     mkdirSync(dirname(join(root, file)), { recursive: true });
     writeFileSync(join(root, file), text);
   };
+  return { root, write };
+}
+
+t.test('the source tree imports one way, without cycles', (t) => {
+  t.ok(existsSync(join(ROOT, 'src', 'index.ts')), `the sources are at ${ROOT} (run from this checkout's dist/)`);
+  const v = checkLayers(ROOT);
+  t.same(v.map((x) => x.message), [], 'no violations');
+  t.end();
+});
+
+t.test('each kind of breach is reported', (t) => {
+  const { root, write } = scratchTree(t);
   write('netstack/a.ts', "import { TsiboxError } from '../src/errors.js';\nexport const a = TsiboxError;\n");
   write('src/errors.ts', 'export class TsiboxError extends Error {}\n');
   write('src/virtio/dev.ts', "import type { X } from '../../proxies/p.js';\nexport type Y = X;\n");
@@ -63,12 +70,7 @@ t.test('each kind of breach is reported', (t) => {
 });
 
 t.test('a shipped file that no entry point reaches is reported', (t) => {
-  const root = mkdtempSync(join(tmpdir(), 'tsibox-layers-'));
-  t.teardown(() => { rmSync(root, { recursive: true, force: true }); });
-  const write = (file: string, text: string): void => {
-    mkdirSync(dirname(join(root, file)), { recursive: true });
-    writeFileSync(join(root, file), text);
-  };
+  const { root, write } = scratchTree(t);
   writeFileSync(join(root, 'package.json'), JSON.stringify({ name: 'tsibox', main: 'dist/src/index.js', bin: { tsibox: 'bin/tsibox.js' } }));
   write('bin/tsibox.js', "import '../dist/src/cli/main.js';\n");
   write('src/index.ts', "export { e } from './errors.js';\n");
