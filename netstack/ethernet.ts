@@ -40,6 +40,11 @@ export function encodeEthernet(dst: Uint8Array, src: Uint8Array, etherType: numb
   return out;
 }
 
+/** Whether a MAC is a group (multicast or broadcast) address: the I/G bit, bit 0 of the first byte (IEEE 802). */
+export function isMulticastMac(mac: Uint8Array): boolean {
+  return (mac[0]! & 1) !== 0;
+}
+
 /** "aa:bb:cc:dd:ee:ff" (or '-' separated) as 6 bytes; null when malformed. The one MAC parser. */
 export function macFromString(mac: string): Uint8Array | null {
   if (typeof mac !== 'string') return null;

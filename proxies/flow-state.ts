@@ -5,7 +5,7 @@
 import { channel } from 'node:diagnostics_channel';
 import { TsiboxError } from '../src/errors.js';
 
-/** One transition, as published on `flowStateChannel`. */
+/** One transition, as published on the FLOW_STATE_CHANNEL diagnostics channel. */
 export interface FlowTransition {
   readonly kind: 'stream' | 'udp';
   /** The guest's vsock port: which guest socket this flow is. */
@@ -15,7 +15,7 @@ export interface FlowTransition {
 }
 
 export const FLOW_STATE_CHANNEL = 'tsibox:tsi:flow-state';
-export const flowStateChannel = channel(FLOW_STATE_CHANNEL);
+const flowStateChannel = channel(FLOW_STATE_CHANNEL);
 
 /** Every state and the states it may move to (terminal states map to none). */
 export type LegalMoves<S extends string> = { readonly [K in S]: readonly S[] };

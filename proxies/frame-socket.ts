@@ -4,7 +4,7 @@
 // the gateway, answered once the network process runs.
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { ArpOp, encodeArp, encodeEthernet, equalBytes, EtherType, ipv4FromString, macFromString, parseArp, parseEthernet } from '../netstack/index.js';
+import { ArpOp, encodeArp, encodeEthernet, equalBytes, EtherType, ipv4FromString, isMulticastMac, macFromString, parseArp, parseEthernet } from '../netstack/index.js';
 import { TsiboxError } from '../src/errors.js';
 import type { FrameBackend, FramePort } from '../netstack/frame-port.js';
 import { encodeFrame, FrameReader, FramingError } from './frame-stream.js';
@@ -106,7 +106,7 @@ export function macBytes(mac: string, who: string): Uint8Array {
   const b = macFromString(mac);
   if (b === null) throw new TsiboxError('INVALID_ARGUMENT', `${who}: MAC ${JSON.stringify(mac)} is not aa:bb:cc:dd:ee:ff`);
   // A guest NIC's address is unicast (the virtio-net device refuses the rest too).
-  if ((b[0]! & 1) !== 0) throw new TsiboxError('INVALID_ARGUMENT', `${who}: MAC ${mac} is a multicast address`);
+  if (isMulticastMac(b)) throw new TsiboxError('INVALID_ARGUMENT', `${who}: MAC ${mac} is a multicast address`);
   return b;
 }
 

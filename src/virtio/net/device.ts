@@ -15,7 +15,7 @@
 // throws because of the guest.
 import { randomBytes } from 'node:crypto';
 import { TsiboxError } from '../../errors.js';
-import { macFromString } from '../../../netstack/index.js';
+import { isMulticastMac, macFromString } from '../../../netstack/index.js';
 import { DeviceId, Feature } from '../constants.js';
 import { readConfigBytes, type DeviceContext, type VirtioDevice } from '../device.js';
 import { gather, scatter } from '../iovec.js';
@@ -91,7 +91,7 @@ export interface NetStats {
 export function parseMac(mac: string): Uint8Array {
   const b = macFromString(mac);
   if (b === null) throw new TsiboxError('INVALID_ARGUMENT', `MAC address ${JSON.stringify(mac)} is not aa:bb:cc:dd:ee:ff`);
-  if ((b[0]! & 1) !== 0) throw new TsiboxError('INVALID_ARGUMENT', `MAC address ${mac} is a multicast address`);
+  if (isMulticastMac(b)) throw new TsiboxError('INVALID_ARGUMENT', `MAC address ${mac} is a multicast address`);
   return b;
 }
 
