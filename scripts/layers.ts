@@ -39,6 +39,7 @@ export const LAYERS: readonly (readonly { group: string; paths: readonly string[
     { group: 'bench', paths: ['src/bench/'] },
     { group: 'vmm-api', paths: ['src/vmm-api.ts'] },
   ],
+  [{ group: 'oci', paths: ['src/oci/'] }],
   [
     { group: 'cli', paths: ['src/cli/'] },
     { group: 'index', paths: ['src/index.ts'] },

@@ -5,9 +5,11 @@ import { doctorCommand } from './commands/doctor.js';
 import { benchCommand } from './commands/bench.js';
 import { kernelCommand } from './commands/kernel.js';
 import { runCommand } from './commands/run.js';
+import { ociCommand } from './commands/oci.js';
 
 registerCommand(helpCommand);
 registerCommand(doctorCommand);
 registerCommand(benchCommand);
 registerCommand(kernelCommand);
 registerCommand(runCommand);
+registerCommand(ociCommand);

@@ -19,6 +19,11 @@ export interface Command {
   /** More help text after the options (optional). */
   help?: string;
   options: OptionSpecs;
+  /**
+   * The command parses its own arguments (`tsibox oci` speaks runc's flag syntax): it
+   * gets them untouched as `positionals`, and `--help` is its own to answer too.
+   */
+  rawArgs?: boolean;
   /** Runs with parsed arguments; resolves with the exit status. Throw UsageError for misuse. */
   run(args: ParsedArgs, io: CliIo): Promise<number>;
 }

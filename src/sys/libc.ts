@@ -22,6 +22,11 @@ export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
 export const EINTR = 4;
 export const EAGAIN = 11;
+export const EWOULDBLOCK = EAGAIN;
+/** flock(2) operations. */
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
 
 export const sys = {
   open: libc.func('int open(const char *path, int flags)'),
@@ -43,6 +48,8 @@ export const sys = {
   sigtimedwait: libc.func('int sigtimedwait(const void *set, void *info, const void *timeout)'),
   strerror: libc.func('const char *strerror(int errnum)'),
   libcSigrtmin: libc.func('int __libc_current_sigrtmin()'),
+  /** flock(2): an advisory lock on an open file, released by the kernel when the holder dies. */
+  flock: libc.func('int flock(int fd, int operation)'),
 };
 
 export function errno(): number {
