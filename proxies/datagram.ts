@@ -170,6 +170,7 @@ class UdpFlow {
     this.#onOpen = onOpen;
     const b = bind as { family: 'ipv4' | 'ipv6'; address: string; port: number };
     this.#family = b.family;
+    if (b.port !== 0) ctx.portMap.mirror('udp', b.port);
     this.#mapping = b.port !== 0 ? ctx.portMap.lookupGuest('udp', b.port) ?? null : null;
     if (this.#mapping !== null && exposed.has(b.port)) this.#mapping = null; // one exposed socket per guest port
     // Only a privileged guest context may be the published port (as for listeners); an

@@ -167,6 +167,9 @@ export class ListenerProxy {
       this.#ctx.guestLog.warn({ event: 'tsi.limit', limit: slot, guestPort }, `tsi: ${slot} limit reached; listener refused`);
       return reply(-Errno.ENOBUFS, 0, { family: 'none' });
     }
+    // Mirror mode adds the entry before the listener is registered, so the map's 'add'
+    // finds nothing to expose and the lookup below does it once.
+    this.#ctx.portMap.mirror('tcp', guestPort);
     const l: GuestListener = {
       id: this.#nextId++, guestPort, vsockPort: req.vsockPort, bind: req.bind, session: s, server: null, mapping: null, release: slot.release,
     };

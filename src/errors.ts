@@ -58,7 +58,12 @@ export type TsiboxErrorCode =
    * An exec'd program did not start (`errno` set): the handle's `pid` rejects with it,
    * while `exited` resolves with 125 (setup), 126 (not executable) or 127 (not found).
    */
-  | 'AGENT_EXEC_FAILED';
+  | 'AGENT_EXEC_FAILED'
+  /**
+   * `tsibox oci`: a container's monitor (the process its pid file names, docs/oci.md) is
+   * not running, did not answer on its control socket in time, or answered malformed.
+   */
+  | 'OCI_MONITOR';
 
 export class TsiboxError extends Error {
   readonly code: TsiboxErrorCode;

@@ -9,7 +9,7 @@ export {
 export type { FinishedConnection, ConnectionRecord, FlowRecord } from './connection-records.js';
 export { chooseEngine, type EngineDecision } from './engine/select.js';
 export { TsiboxError, type TsiboxErrorCode } from './errors.js';
-export { ensureKernel, ensureInitramfs, kernelPaths, initramfsPath, type KernelPaths } from './guest/index.js';
+export { ensureKernel, ensureInitramfs, kernelPaths, initramfsPath, type KernelPaths, type Rlimit, type RlimitName } from './guest/index.js';
 export { guestToolsArchive, ensureGuestTools, newcArchive, GUEST_TOOLS, type GuestToolName, type ArchiveEntry } from './guest/index.js';
 export { Policy, type PolicyOptions, type PolicyRule, type PolicyQuery, type Decision, type Action, type Protocol, type Direction } from './policy/index.js';
-export { PortMap, type PortMapping, type PortMappingSpec, type PortMapEvents, type MapProtocol } from './portmap/index.js';
+export { PortMap, type PortMapping, type PortMappingSpec, type PortMapEvents, type PortMapOptions, type MapProtocol } from './portmap/index.js';

@@ -5,7 +5,7 @@ import { EventEmitter } from 'node:events';
 import { PassThrough, Writable, type Readable } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import { TsiboxError } from './errors.js';
-import { checkTerminalSize, ensureInitramfs, ensureKernel, type InitConfig, type TerminalSize } from './guest/index.js';
+import { checkTerminalSize, ensureInitramfs, ensureKernel, type InitConfig, type Rlimit, type TerminalSize } from './guest/index.js';
 import { runKvm } from './engine/kvm.js';
 import { runQemu, type VhostUserDeviceSpec } from './engine/qemu.js';
 import { chooseEngine, kvmKind, qemuAccel, ring0ProbeOnce, type EngineChoice, type EngineName } from './engine/select.js';
@@ -48,6 +48,15 @@ export interface SandboxOptions {
   env?: Record<string, string>;
   /** Working directory in the guest (created when missing). */
   workdir?: string;
+  /** The guest's host name (sethostname(2) by init; 1..64 characters). Default: the kernel's. */
+  hostname?: string;
+  /**
+   * Run the program as this user and group (init's setgid/setuid before exec; no
+   * supplementary groups). Default: root (0:0). Non-negative integers, else INVALID_ARGUMENT.
+   */
+  user?: { uid: number; gid?: number };
+  /** Resource limits init sets (setrlimit(2)) before exec, e.g. `{ resource: 'NOFILE', cur: 1024, max: 4096 }`. */
+  rlimits?: Rlimit[];
   cpus?: number;
   memoryMiB?: number;
   /** 'auto' (default): KVM where ring 0 runs natively, else QEMU. */
@@ -463,6 +472,9 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       ...(opts.agent === false ? { agent: false } : {}),
       ...(env ? { env } : {}),
       ...(opts.workdir !== undefined ? { workdir: opts.workdir } : {}),
+      ...(opts.hostname !== undefined ? { hostname: opts.hostname } : {}),
+      ...(opts.user !== undefined ? { user: opts.user } : {}),
+      ...(opts.rlimits !== undefined && opts.rlimits.length > 0 ? { rlimits: opts.rlimits } : {}),
       ...(opts.tty !== undefined ? { tty: { cols: opts.tty.cols, rows: opts.tty.rows } } : {}),
     };
     if (opts.tty !== undefined) this.#ttySent = this.#ttyWanted = { cols: opts.tty.cols, rows: opts.tty.rows };

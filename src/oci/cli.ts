@@ -2,10 +2,8 @@
 // containerd (through its runc shim) can run containers in tsibox microVMs
 // (docs/oci.md). Global flags: --root DIR (state, default /run/tsibox-oci), --log FILE,
 // --log-format text|json, --debug, --systemd-cgroup (accepted, ignored), --rootless
-// VALUE (accepted, ignored). Subcommands: state, features (real); create, start, kill,
-// delete (arguments, bundle and state checked; the VM lifecycle across processes is the
-// next step, NOT_SUPPORTED until then, except that delete removes a stopped or missing
-// container's record).
+// VALUE (accepted, ignored). Subcommands: create, start, state, kill, delete, features
+// (src/oci/lifecycle.ts moves a container through its life).
 import { appendFileSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
@@ -14,7 +12,7 @@ import { loadBundle } from './config.js';
 import { features, OCI_VERSION_MAX } from './features.js';
 import { OciUsageError, parseFlags, parseSignal, type FlagSpecs } from './flags.js';
 import { DEFAULT_STATE_ROOT, StateStore, checkContainerId, notFound, ociState } from './state-store.js';
-import { requireStatusFor } from './status.js';
+import { createContainer, deleteContainer, killContainer, startContainer } from './lifecycle.js';
 
 export interface OciIo {
   stdout: Writable;
@@ -45,8 +43,6 @@ interface Subcommand {
   flags: FlagSpecs;
   run(args: { flags: Record<string, string | boolean | number>; positionals: string[] }, g: OciGlobals, io: OciIo): Promise<number>;
 }
-
-const NOT_YET = 'lifecycle not implemented yet: tsibox oci validates the arguments, the bundle and the state, but does not run VMs across processes yet (docs/oci.md)';
 
 const SUBCOMMANDS: Readonly<Record<string, Subcommand>> = {
   state: {
@@ -85,6 +81,7 @@ const SUBCOMMANDS: Readonly<Record<string, Subcommand>> = {
       const bundle = resolve(typeof flags['bundle'] === 'string' ? flags['bundle'] : '.');
       const consoleSocket = flags['console-socket'];
       if (typeof consoleSocket === 'string' && !isAbsolute(consoleSocket)) throw new OciUsageError(`--console-socket must be an absolute path`);
+      const pidFile = typeof flags['pid-file'] === 'string' ? resolve(flags['pid-file']) : undefined;
       const plan = loadBundle(bundle);
       if (plan.sandbox.tty !== undefined && consoleSocket === undefined) {
         throw new TsiboxError('INVALID_ARGUMENT', 'process.terminal is true: create needs --console-socket to hand the terminal to');
@@ -92,11 +89,12 @@ const SUBCOMMANDS: Readonly<Record<string, Subcommand>> = {
       if (plan.sandbox.tty === undefined && consoleSocket !== undefined) {
         throw new TsiboxError('INVALID_ARGUMENT', '--console-socket given but process.terminal is false');
       }
-      const store = new StateStore(g.root);
-      await store.withLock(id, () => {
-        if (store.read(id) !== null) throw new TsiboxError('INVALID_STATE', `container ${id} already exists`);
+      await createContainer(new StateStore(g.root), {
+        id, plan,
+        ...(pidFile !== undefined ? { pidFile } : {}),
+        ...(typeof consoleSocket === 'string' ? { consoleSocket } : {}),
       });
-      throw new TsiboxError('NOT_SUPPORTED', `create ${id}: ${NOT_YET}`);
+      return 0;
     },
   },
   start: {
@@ -106,12 +104,8 @@ const SUBCOMMANDS: Readonly<Record<string, Subcommand>> = {
       const id = oneId(positionals, this.usage);
       const store = new StateStore(g.root);
       if (store.read(id) === null) throw notFound(id);
-      await store.withLock(id, () => {
-        const s = store.read(id);
-        if (s === null) throw notFound(id);
-        requireStatusFor('start', id, ociState(s).status);
-      });
-      throw new TsiboxError('NOT_SUPPORTED', `start ${id}: ${NOT_YET}`);
+      await startContainer(store, id);
+      return 0;
     },
   },
   kill: {
@@ -123,12 +117,8 @@ const SUBCOMMANDS: Readonly<Record<string, Subcommand>> = {
       const signal = parseSignal(positionals[1] ?? 'SIGTERM');
       const store = new StateStore(g.root);
       if (store.read(id) === null) throw notFound(id);
-      await store.withLock(id, () => {
-        const s = store.read(id);
-        if (s === null) throw notFound(id);
-        requireStatusFor('kill', id, ociState(s).status);
-      });
-      throw new TsiboxError('NOT_SUPPORTED', `kill ${id} ${signal}: ${NOT_YET}`);
+      await killContainer(store, id, signal);
+      return 0;
     },
   },
   delete: {
@@ -139,20 +129,8 @@ const SUBCOMMANDS: Readonly<Record<string, Subcommand>> = {
       const force = flags['force'] === true;
       const store = new StateStore(g.root);
       if (!force && store.read(id) === null) throw notFound(id);
-      return store.withLock(id, () => {
-        const s = store.read(id);
-        if (s === null) {
-          // runc: deleting a missing container with --force succeeds (leftovers are removed).
-          if (!force) throw notFound(id);
-          store.remove(id);
-          return 0;
-        }
-        const status = ociState(s).status;
-        requireStatusFor('delete', id, status, force);
-        if (status !== 'stopped') throw new TsiboxError('NOT_SUPPORTED', `delete --force ${id} (${status}): ${NOT_YET}`);
-        store.remove(id);
-        return 0;
-      });
+      await deleteContainer(store, id, force);
+      return 0;
     },
   },
 };

@@ -5,7 +5,7 @@
 // paths, capabilities, ...) is accepted and listed in `notHonoured`, never a failure:
 // the VM is the isolation boundary those settings approximate.
 import { isAbsolute, join, resolve } from 'node:path';
-import type { SandboxOptions } from '../sandbox.js';
+import type { EngineChoice, SandboxOptions } from '../sandbox.js';
 import type { Rlimit, RlimitName } from '../guest/cmdline.js';
 import { planMounts, hostPathKind, type FileBind, type PathKind, type SkippedMount } from './config-mounts.js';
 import type { NotHonoured } from './notes.js';
@@ -33,6 +33,7 @@ export const ANNOTATION = {
   memory: 'io.tsibox.memory',
   network: 'io.tsibox.network',
   policy: 'io.tsibox.policy',
+  engine: 'io.tsibox.engine',
 } as const;
 
 export type OciNetworkMode = 'tsi' | 'passt' | 'none';
@@ -44,9 +45,9 @@ export interface OciPlan {
   bundle: string;
   /**
    * Sandbox options (all but `network`, which needs the policy the lifecycle loads):
-   * argv, env, workdir, root, rootReadOnly, mounts, cpus, memoryMiB, tty.
+   * argv, env, workdir, root, engine, hostname, user, rlimits, rootReadOnly, mounts, cpus, memoryMiB, tty.
    */
-  sandbox: Omit<SandboxOptions, 'network'> & { argv: string[]; env: Record<string, string>; workdir: string; root: string };
+  sandbox: Omit<SandboxOptions, 'network'> & { argv: string[]; env: Record<string, string>; workdir: string; root: string; engine: EngineChoice };
   network: {
     mode: OciNetworkMode;
     /** io.tsibox.policy: a policy file (absolute path); none: the container's network namespace is the only limit. */
@@ -54,11 +55,6 @@ export interface OciPlan {
     /** The network namespace (namespaces[type=network].path) the VMM enters before it makes host sockets. */
     netnsPath?: string;
   };
-  /**
-   * Settings the guest init honours (InitConfig hostname, user, rlimits) that SandboxOptions
-   * does not pass on yet: the lifecycle step adds them.
-   */
-  init: { hostname?: string; user: { uid: number; gid: number }; rlimits: Rlimit[] };
   /** Bind mounts of single host files (virtio-fs shares directories). */
   fileBinds: FileBind[];
   /** Mounts the guest init provides itself, or that are not honoured. */
@@ -147,6 +143,8 @@ export function planContainer(json: unknown, bundle: string, opts: PlanOptions =
   if (networkMode !== 'tsi' && networkMode !== 'passt' && networkMode !== 'none') {
     throw invalid(`annotations["${ANNOTATION.network}"]`, `must be tsi, passt or none, got ${JSON.stringify(networkMode)}`);
   }
+  const engine = annotations.get(ANNOTATION.engine) ?? 'auto';
+  if (engine !== 'auto' && engine !== 'kvm' && engine !== 'qemu') throw invalid(`annotations["${ANNOTATION.engine}"]`, `must be auto, kvm or qemu, got ${JSON.stringify(engine)}`);
   const policyFile = annotations.get(ANNOTATION.policy);
   if (policyFile !== undefined && !isAbsolute(policyFile)) throw invalid(`annotations["${ANNOTATION.policy}"]`, `must be an absolute path, got ${JSON.stringify(policyFile)}`);
   if (policyFile !== undefined && networkMode === 'none') throw invalid(`annotations["${ANNOTATION.policy}"]`, `makes no sense with ${ANNOTATION.network}=none`);
@@ -159,6 +157,10 @@ export function planContainer(json: unknown, bundle: string, opts: PlanOptions =
       env,
       workdir: cwd,
       root: rootPath,
+      engine,
+      ...(hostname !== undefined ? { hostname } : {}),
+      user,
+      ...(rlimits.length > 0 ? { rlimits } : {}),
       ...(rootReadOnly ? { rootReadOnly: true } : {}),
       ...(mounts.mounts.length > 0 ? { mounts: mounts.mounts } : {}),
       ...(cpus !== undefined ? { cpus } : {}),
@@ -170,7 +172,6 @@ export function planContainer(json: unknown, bundle: string, opts: PlanOptions =
       ...(policyFile !== undefined ? { policyFile } : {}),
       ...(ns.netnsPath !== undefined ? { netnsPath: ns.netnsPath } : {}),
     },
-    init: { ...(hostname !== undefined ? { hostname } : {}), user, rlimits },
     fileBinds: mounts.fileBinds,
     skippedMounts: mounts.skipped,
     notHonoured: [

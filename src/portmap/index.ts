@@ -42,8 +42,19 @@ export interface PortMapEvents {
 
 const WILDCARDS = new Set(['0.0.0.0', '::']);
 
+export interface PortMapOptions {
+  /**
+   * Mirror mode, for a sandbox that owns a network namespace (an OCI container): a guest
+   * port with no entry is published on the same host port at this address the first
+   * time the guest listens on it or binds a UDP socket to it (`mirror()`), as an ordinary
+   * entry ('add' event; removable). A host port another entry holds is not mirrored.
+   */
+  mirrorAddress?: string;
+}
+
 export class PortMap extends EventEmitter<PortMapEvents> {
   #entries: PortMapping[] = [];
+  readonly #mirrorAddress: string | null;
 
   /** Parses 'host:guest', 'host:guest/udp' or 'addr:host:guest[/proto]' (libkrun style plus protocol). */
   static parse(spec: string): PortMappingSpec {
@@ -54,9 +65,34 @@ export class PortMap extends EventEmitter<PortMapEvents> {
     return out;
   }
 
-  constructor(specs: ReadonlyArray<PortMappingSpec | string> = []) {
+  constructor(specs: ReadonlyArray<PortMappingSpec | string> = [], opts: PortMapOptions = {}) {
     super();
+    if (opts.mirrorAddress !== undefined && isIP(opts.mirrorAddress) === 0) {
+      throw new TsiboxError('INVALID_ARGUMENT', `mirror address ${JSON.stringify(opts.mirrorAddress)} is not an IP address`);
+    }
+    this.#mirrorAddress = opts.mirrorAddress ?? null;
     for (const s of specs) this.add(s);
+  }
+
+  /** The mirror mode's host address (PortMapOptions.mirrorAddress), or null. */
+  get mirrorAddress(): string | null {
+    return this.#mirrorAddress;
+  }
+
+  /**
+   * For the proxies, before they look a guest port up: in mirror mode, adds the entry
+   * `mirrorAddress:guestPort → guestPort` when the guest port has none and no entry holds
+   * that host port. Returns the entry added, or null (not mirror mode, already mapped, or
+   * the host port is another entry's).
+   */
+  mirror(protocol: MapProtocol, guestPort: number): PortMapping | null {
+    if (this.#mirrorAddress === null || this.lookupGuest(protocol, guestPort) !== undefined) return null;
+    try {
+      return this.add({ protocol, hostPort: guestPort, guestPort, hostAddress: this.#mirrorAddress });
+    } catch (err) {
+      if (err instanceof TsiboxError && err.code === 'PORT_MAP_CONFLICT') return null;
+      throw err;
+    }
   }
 
   get entries(): readonly PortMapping[] {

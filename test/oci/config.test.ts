@@ -62,10 +62,11 @@ t.test('podman\'s config maps to the Sandbox options', async (t) => {
   t.notOk('cpus' in p.sandbox, 'no size asked for: the default VM');
   t.notOk('memoryMiB' in p.sandbox);
   t.same(p.network, { mode: 'tsi', netnsPath: '/run/netns/netns-5f0c9c1e-8a5e-2b2d-1d7e-3f1a2b3c4d5e' });
-  t.same(p.init, {
+  t.same({ hostname: p.sandbox.hostname, user: p.sandbox.user, rlimits: p.sandbox.rlimits, engine: p.sandbox.engine }, {
     hostname: '6b1e1a0d3c2f',
     user: { uid: 0, gid: 0 },
     rlimits: [{ resource: 'NOFILE', cur: 1048576, max: 1048576 }, { resource: 'NPROC', cur: 4194304, max: 4194304 }],
+    engine: 'auto',
   });
   t.same(p.fileBinds.map((b) => b.destination), ['/etc/resolv.conf', '/etc/hosts', '/etc/hostname', '/run/.containerenv']);
   t.same(p.skippedMounts.map((m) => `${m.type} ${m.destination}`), [
@@ -108,6 +109,8 @@ t.test('annotations size the VM and choose the network', async (t) => {
   refused(t, podman({ annotations: { 'io.tsibox.network': 'host' } }), /io\.tsibox\.network.*tsi, passt or none/);
   refused(t, podman({ annotations: { 'io.tsibox.policy': 'web.json' } }), /io\.tsibox\.policy.*absolute/);
   refused(t, podman({ annotations: { 'io.tsibox.network': 'none', 'io.tsibox.policy': '/p.json' } }), /io\.tsibox\.policy/);
+  t.equal(plan(podman({ annotations: { 'io.tsibox.engine': 'qemu' } })).sandbox.engine, 'qemu');
+  refused(t, podman({ annotations: { 'io.tsibox.engine': 'firecracker' } }), /io\.tsibox\.engine.*auto, kvm or qemu/);
 });
 
 t.test('linux.resources size the VM when no annotation does', async (t) => {
@@ -133,13 +136,13 @@ t.test('terminal, read-only root, user, relative root, rlimit infinity', async (
   t.same(tty.sandbox.tty, { cols: 80, rows: 24 });
   t.same(plan(edited((c) => { c.process.terminal = true; c.process.consoleSize = { height: 50, width: 132 }; })).sandbox.tty, { cols: 132, rows: 50 });
   t.equal(plan(edited((c) => { c.root.readonly = true; })).sandbox.rootReadOnly, true);
-  t.same(plan(edited((c) => { c.process.user = { uid: 1000, gid: 100 }; })).init.user, { uid: 1000, gid: 100 });
+  t.same(plan(edited((c) => { c.process.user = { uid: 1000, gid: 100 }; })).sandbox.user, { uid: 1000, gid: 100 });
   t.equal(plan(edited((c) => { c.root.path = 'rootfs'; })).sandbox.root, `${BUNDLE}/rootfs`, 'root.path relative to the bundle');
   const inf = plan(edited((c) => {
     // 2^64-1 as podman writes RLIM_INFINITY; JSON.parse rounds it to 2^64.
     c.process.rlimits = JSON.parse('[{"type":"RLIMIT_CORE","soft":18446744073709551615,"hard":18446744073709551615}]');
   }));
-  t.same(inf.init.rlimits, [{ resource: 'CORE', cur: 'unlimited', max: 'unlimited' }]);
+  t.same(inf.sandbox.rlimits, [{ resource: 'CORE', cur: 'unlimited', max: 'unlimited' }]);
   const proto = plan(edited((c) => { c.process.env.push('__proto__=x'); }));
   t.equal(Object.getPrototypeOf(proto.sandbox.env), Object.prototype, 'a "__proto__" variable does not replace the prototype');
   t.equal(Object.getOwnPropertyDescriptor(proto.sandbox.env, '__proto__')?.value, 'x');
