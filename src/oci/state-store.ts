@@ -3,7 +3,7 @@
 // fsync, rename) so that a reader sees the old state or the new one, never half of
 // either. Commands on one id serialise on a lock (`<root>/<id>.lock`, flock); status
 // changes go through status.ts's one transition table.
-import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import { join, isAbsolute } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { TsiboxError } from '../errors.js';
@@ -144,13 +144,22 @@ export function notFound(id: string): TsiboxError {
   return new TsiboxError('INVALID_STATE', `container ${id} does not exist`);
 }
 
-/** Whether a process exists (signal 0); EPERM means it exists under another user. */
+/**
+ * Whether a process exists (signal 0; EPERM means it exists under another user) and has
+ * not exited: a zombie its parent has not reaped yet (/proc/PID/stat state Z) is gone.
+ */
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // "PID (COMM) STATE ...": COMM may hold spaces and parentheses; the state follows the last ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false; // gone between the two looks
   }
 }
 

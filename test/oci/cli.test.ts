@@ -1,6 +1,6 @@
 // src/oci/cli.ts: `tsibox oci`, called the way podman (conmon) and containerd (the runc
-// shim) call runc. state and features are real; create/start/kill check their arguments,
-// the bundle and the state, then say NOT_SUPPORTED (the lifecycle is the next step).
+// shim) call runc: arguments, the bundle and the state are checked before anything runs.
+// A container's whole life (a real monitor process and VM) is test/e2e/oci-runtime.test.ts.
 import t from 'tap';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,7 +10,7 @@ import { parseSignal, parseFlags } from '../../src/oci/flags.js';
 import { StateStore } from '../../src/oci/state-store.js';
 import { runCli } from '../../src/cli/run.js';
 import { capture, tsibox } from '../cli/helpers.js';
-import { podmanConfig, CONTAINER_ID } from './podman-config.js';
+import { podmanConfig } from './podman-config.js';
 
 async function oci(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const stdout = capture();
@@ -45,7 +45,7 @@ t.test('features: the runc features shape', async (t) => {
   t.same(f['linux'].namespaces, ['cgroup', 'ipc', 'mount', 'network', 'pid', 'uts'], 'no user namespace');
   t.same(f['linux'].cgroup, { v1: false, v2: false, systemd: false, systemdUser: false });
   t.equal(f['linux'].seccomp.enabled, false);
-  t.match(f['annotations'], { 'io.tsibox.version': /^[0-9]/, 'io.tsibox.annotations': 'io.tsibox.cpus,io.tsibox.memory,io.tsibox.network,io.tsibox.policy' });
+  t.match(f['annotations'], { 'io.tsibox.version': /^[0-9]/, 'io.tsibox.annotations': 'io.tsibox.cpus,io.tsibox.memory,io.tsibox.network,io.tsibox.policy,io.tsibox.engine' });
   t.equal((await oci(['features', 'extra'])).code, 2);
 });
 
@@ -87,18 +87,8 @@ t.test('containerd\'s global flags; errors go to --log as runc\'s JSON lines', a
   t.match(v.stdout, /^tsibox-oci version .*\nspec: 1\.0\.2-dev\n$/, 'podman info asks `runtime --version`');
 });
 
-t.test('create (containerd and podman argv): validated, then NOT_SUPPORTED, no state left', async (t) => {
+t.test('create: the config and the arguments are checked before anything starts', async (t) => {
   const { root, bundle, dir } = setup(t);
-  const log = join(dir, 'log.json');
-  const containerd = await oci(['--root', root, '--log', log, '--log-format', 'json', 'create', '--bundle', bundle, '--pid-file', join(dir, 'init.pid'), 'c1']);
-  t.equal(containerd.code, 1);
-  t.match(containerd.stderr, /create c1: lifecycle not implemented yet.*\[NOT_SUPPORTED\]/);
-  t.match(readFileSync(log, 'utf8'), /lifecycle not implemented yet/);
-  const podman = await oci(['--root', root, 'create', '--bundle', bundle, '--pid-file', join(dir, 'pidfile'), CONTAINER_ID]);
-  t.match(podman.stderr, /NOT_SUPPORTED/);
-  t.notOk(existsSync(join(root, 'c1')), 'no state directory for a container that was not made');
-  t.notOk(existsSync(join(dir, 'init.pid')), 'no pid file');
-
   writeFileSync(join(bundle, 'config.json'), '{"ociVersion":"1.0.2-dev","root":{"path":"rootfs"},"process":{"args":[1],"cwd":"/"}}');
   const bad = await oci(['--root', root, 'create', '-b', bundle, 'c2']);
   t.equal(bad.code, 1);
@@ -108,14 +98,18 @@ t.test('create (containerd and podman argv): validated, then NOT_SUPPORTED, no s
   t.equal((await oci(['--root', root, 'create', '--bundle', bundle, 'a', 'b'])).code, 2, 'two ids');
   t.equal((await oci(['--root', root, 'create', '--frob', 'a'])).code, 2);
   t.equal((await oci(['--root', root, 'create', '--preserve-fds', 'x', 'a'])).code, 2);
+  const fresh = setup(t);
+  const long = await oci(['--root', join(dir, 'x'.repeat(100)), 'create', '--bundle', fresh.bundle, 'c3']);
+  t.match(long.stderr, /control socket path .* longer than the 107 bytes.*\[INVALID_ARGUMENT\]/, 'a state path too long for a unix socket fails at create');
+  t.notOk(existsSync(join(root, 'c2')), 'no state directory for a container that was not made');
 });
 
 t.test('create with a terminal needs --console-socket (podman -t), and only then', async (t) => {
   const { root, bundle } = setup(t, { terminal: true });
   const without = await oci(['--root', root, 'create', '--bundle', bundle, 'c']);
   t.match(without.stderr, /needs --console-socket/);
-  const withSock = await oci(['--root', root, 'create', '--bundle', bundle, '--console-socket', '/run/conmon/sock', 'c']);
-  t.match(withSock.stderr, /NOT_SUPPORTED/);
+  t.equal(without.code, 1);
+  t.match((await oci(['--root', root, 'create', '--bundle', bundle, '--console-socket', 'rel/sock', 'c'])).stderr, /--console-socket must be an absolute path/);
   const plain = setup(t);
   const stray = await oci(['--root', plain.root, 'create', '--bundle', plain.bundle, '--console-socket', '/run/x.sock', 'c']);
   t.match(stray.stderr, /--console-socket given but process\.terminal is false/);
@@ -129,24 +123,25 @@ t.test('create refuses an id that exists', async (t) => {
   t.match(r.stderr, /container dup already exists \[INVALID_STATE\]/);
 });
 
-t.test('start and kill: state checked, then NOT_SUPPORTED', async (t) => {
+t.test('start and kill: the state is checked, then the monitor is asked', async (t) => {
   const { root } = setup(t);
   const store = new StateStore(root);
   store.create({ id: 'c', ...base });
-  store.update('c', 'created', { pid: process.pid });
-  t.match((await oci(['--root', root, 'start', 'c'])).stderr, /start c: lifecycle not implemented yet/);
-  t.match((await oci(['--root', root, 'kill', 'c', '15'])).stderr, /kill c 15: lifecycle not implemented yet/);
-  t.match((await oci(['--root', root, 'kill', 'c', 'KILL'])).stderr, /kill c 9: /);
-  t.match((await oci(['--root', root, 'kill', '--all', 'c'])).stderr, /kill c 15: /, 'SIGTERM by default');
+  store.update('c', 'created', { pid: process.pid }); // a live pid, but no monitor listens
+  t.match((await oci(['--root', root, 'start', 'c'])).stderr, /container monitor is not running .*\[OCI_MONITOR\]/);
+  t.equal(store.read('c')?.status, 'created', 'a start that did not reach the monitor changes nothing');
+  t.match((await oci(['--root', root, 'kill', 'c', '15'])).stderr, /\[OCI_MONITOR\]/);
   t.equal((await oci(['--root', root, 'kill', 'c', 'SIGFOO'])).code, 2);
   store.update('c', 'running');
   t.match((await oci(['--root', root, 'start', 'c'])).stderr, /cannot start container c: it is running, not created \[INVALID_STATE\]/);
   t.match((await oci(['--root', root, 'start', 'nope'])).stderr, /container nope does not exist/);
   t.match((await oci(['--root', root, 'kill', 'nope', '9'])).stderr, /container nope does not exist/);
   t.notOk(existsSync(join(root, 'nope.lock')), 'a missing container leaves no lock file');
+  store.update('c', 'stopped');
+  t.match((await oci(['--root', root, 'kill', 'c', '9'])).stderr, /\[INVALID_STATE\]/, 'a stopped container cannot be signalled');
 });
 
-t.test('delete: stopped or missing (--force) is real; a live one with --force waits for the lifecycle', async (t) => {
+t.test('delete: stopped or missing (--force); a live one needs --force', async (t) => {
   const { root } = setup(t);
   const store = new StateStore(root);
   t.equal((await oci(['--root', root, 'delete', '--force', 'never-was'])).code, 0, 'runc: --force on a missing container succeeds');
@@ -161,7 +156,6 @@ t.test('delete: stopped or missing (--force) is real; a live one with --force wa
   store.update('live', 'created', { pid: process.pid });
   store.update('live', 'running');
   t.match((await oci(['--root', root, 'delete', 'live'])).stderr, /cannot delete container live: it is running/);
-  t.match((await oci(['--root', root, 'delete', '-f', 'live'])).stderr, /delete --force live \(running\): lifecycle not implemented yet/);
   t.not(store.read('live'), null, 'still there');
 });
 

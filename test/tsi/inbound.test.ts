@@ -177,3 +177,32 @@ t.test('a guest UDP server reached through a UDP port map', async (t) => {
   t.equal(text, 'dns:query');
   t.equal(from, hostPort, 'the reply comes from the mapped port');
 });
+
+t.test('mirror mode (an OCI container\'s namespace): a guest listener or UDP port is published on the same host port', async (t) => {
+  const port = await freePort(t);
+  const udpProbe = await udpSocket(t, 'udp4', '127.0.0.1');
+  const udpPort = udpProbe.port;
+  udpProbe.socket.close();
+  const held = await freePort(t);
+  // An explicit entry holds host port `held`: a guest listener on `held` is not mirrored over it.
+  const portMap = new PortMap([{ protocol: 'tcp', hostPort: held, guestPort: 7, hostAddress: '127.0.0.1' }], { mirrorAddress: '127.0.0.1' });
+  t.equal(portMap.mirrorAddress, '127.0.0.1');
+  const added: number[] = [];
+  portMap.on('add', (m) => { added.push(m.guestPort); });
+  const { guest } = await rig(t, { portMap });
+  const r = await guest.listen({ family: 'ipv4', address: '0.0.0.0', port }, serveUpper);
+  t.equal(r.result, 0, 'exposed without an entry of its own');
+  t.same(r.host, { family: 'ipv4', address: '127.0.0.1', port }, 'on the same port');
+  t.same(added, [port], "the mirrored entry is an ordinary one ('add')");
+  t.equal(portMap.lookupGuest('tcp', port)!.boundPort, port);
+  const c = await hostConnect(t, port);
+  c.write('mirror');
+  t.equal(await new Promise<string>((res) => c.once('data', (d) => res(d.toString()))), 'MIRROR');
+  const blocked = await guest.listen({ family: 'ipv4', address: '0.0.0.0', port: held }, serveUpper);
+  t.equal(blocked.result, -Errno.EADDRNOTAVAIL, "a host port another entry holds is not taken");
+  const u = await guest.udp({ family: 'ipv4', address: '0.0.0.0', port: udpPort });
+  t.equal(u.exposed, true, 'a bound UDP port is mirrored too');
+  t.same(u.local, { family: 'ipv4', address: '127.0.0.1', port: udpPort });
+  t.throws(() => new PortMap([], { mirrorAddress: 'any' }), { code: 'INVALID_ARGUMENT' });
+  t.equal(new PortMap().mirror('tcp', 80), null, 'no mirror mode: nothing added');
+});
