@@ -4,7 +4,7 @@
 export {
   Sandbox, type SandboxOptions, type SandboxResult, type SandboxEvents, type VsockPort, type TsiNetwork, type PasstNetwork,
   type GvproxyNetwork, type EngineChoice, type EngineName, type ConnectionEvent, type PublishSpec, type PublishedPort,
-  type PublishOptions, type SandboxPorts, type TsiLimitOptions, type TerminalSize, type DirectoryMount,
+  type PublishOptions, type SandboxPorts, type TsiLimitOptions, type TerminalSize, type DirectoryMount, type GuestBind,
 } from './sandbox.js';
 export type { FinishedConnection, ConnectionRecord, FlowRecord } from './connection-records.js';
 export { chooseEngine, type EngineDecision } from './engine/select.js';

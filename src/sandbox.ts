@@ -149,6 +149,16 @@ export interface SandboxOptions {
    */
   mounts?: DirectoryMount[];
   /**
+   * Bind mounts inside the guest, made by init after `mounts`: the guest path `source` (a
+   * file or a directory, typically inside a `mounts` entry) is bound onto `path`, read-only
+   * with `readOnly`. A missing `path` is created (an empty file for a file), except on a
+   * read-only root, where it is the workload's failure (125, the reason on stderr). This
+   * is how single host files reach the guest: share their directory, bind the file.
+   * Absolute paths without NUL, at most 4096 bytes each; at most 64 binds; else
+   * INVALID_ARGUMENT.
+   */
+  binds?: GuestBind[];
+  /**
    * Host image files the guest sees as virtio-blk disks, each served by a
    * qemu-storage-daemon that tsibox starts and stops with the sandbox (vhost-user-blk,
    * under either engine). The guest names them /dev/vda, /dev/vdb, ... in this
@@ -184,6 +194,13 @@ export interface SandboxOptions {
  * A vsock port bridged to a host unix socket (like libkrun's krun_add_vsock_port2);
  * bytes pass through unchanged, one unix connection per vsock connection.
  */
+/** SandboxOptions.binds: `source` bound onto `path`, both guest paths. */
+export interface GuestBind {
+  source: string;
+  path: string;
+  readOnly?: boolean;
+}
+
 export interface VsockPort {
   /** 'guest-to-host': host vsock port the guest connects to (CID 2). 'host-to-guest': the guest port tsibox connects to. */
   port: number;
@@ -513,6 +530,7 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
       if (shares.root !== null) init.root = { tag: shares.root.tag, readOnly: shares.root.readOnly };
       if (shares.mounts.length > 0) init.mounts = shares.mounts.map((m) => ({ tag: m.tag, path: m.guestPath, readOnly: m.readOnly }));
     }
+    if (opts.binds !== undefined) init.binds = checkGuestBinds(opts.binds);
     if (disks !== null) {
       if (disks.root !== null) init.rootDisk = { device: `/dev/${disks.root.guestDevice}`, fsType: disks.root.fsType, readOnly: disks.root.readOnly };
     }
@@ -647,6 +665,19 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     // unhandled rejection; run() and anyone awaiting it still get the error.
     this.#exited.catch(() => { /* seen by whoever awaits exited */ });
   }
+}
+
+function checkGuestBinds(binds: readonly GuestBind[]): GuestBind[] {
+  if (!Array.isArray(binds) || binds.length > 64) throw new TsiboxError('INVALID_ARGUMENT', 'binds must be an array of at most 64 entries');
+  return binds.map((b, i) => {
+    for (const k of ['source', 'path'] as const) {
+      const p = b?.[k];
+      if (typeof p !== 'string' || !p.startsWith('/') || p.includes('\0') || Buffer.byteLength(p) > 4096) {
+        throw new TsiboxError('INVALID_ARGUMENT', `binds[${i}].${k} must be an absolute guest path (no NUL, at most 4096 bytes), got ${JSON.stringify(p)}`);
+      }
+    }
+    return { source: b.source, path: b.path, ...(b.readOnly === true ? { readOnly: true } : {}) };
+  });
 }
 
 function checkVsockPorts(ports: readonly VsockPort[]): void {

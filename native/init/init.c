@@ -500,15 +500,18 @@ fail:
 	return -1;
 }
 
-/* tsibox.root=TAG,ro|rw and tsibox.mount=TAG,ro|rw,PATH (one token per mount; root.c). */
+/* tsibox.root=TAG,ro|rw, tsibox.mount=TAG,ro|rw,PATH and tsibox.bind=/SOURCE,ro|rw,PATH (one token each; root.c). */
 static int share_token(const char *k, const char *val)
 {
 	struct strv l = { 0 };
 	int is_root = !strcmp(k, "root");
+	int is_bind = !strcmp(k, "bind");
 	if (decode_list(val, k, &l)) return -1;
 	if (l.n != (is_root ? 2u : 3u) || !*l.v[0] || (strcmp(l.v[1], "ro") && strcmp(l.v[1], "rw"))
-	    || (!is_root && l.v[2][0] != '/')) {
-		err(is_root ? "tsibox.root: want TAG,ro|rw, got \"%s\"" : "tsibox.mount: want TAG,ro|rw,/PATH, got \"%s\"", val);
+	    || (!is_root && l.v[2][0] != '/') || (is_bind && l.v[0][0] != '/')) {
+		err(is_root ? "tsibox.root: want TAG,ro|rw, got \"%s\""
+		    : is_bind ? "tsibox.bind: want /SOURCE,ro|rw,/PATH, got \"%s\""
+		    : "tsibox.mount: want TAG,ro|rw,/PATH, got \"%s\"", val);
 		for (size_t i = 0; i < l.n; i++) free(l.v[i]);
 		free(l.v);
 		return -1;
@@ -519,6 +522,9 @@ static int share_token(const char *k, const char *val)
 		free(rootcfg.tag);
 		rootcfg.tag = l.v[0];
 		rootcfg.ro = ro;
+	} else if (is_bind) {
+		rootcfg.binds = xrealloc(rootcfg.binds, (rootcfg.nbinds + 1) * sizeof *rootcfg.binds);
+		rootcfg.binds[rootcfg.nbinds++] = (struct share_mount){ l.v[0], l.v[2], ro };
 	} else {
 		rootcfg.mounts = xrealloc(rootcfg.mounts, (rootcfg.nmounts + 1) * sizeof *rootcfg.mounts);
 		rootcfg.mounts[rootcfg.nmounts++] = (struct share_mount){ l.v[0], l.v[2], ro };
@@ -573,7 +579,7 @@ static int apply_token(const char *key, size_t klen, const char *val)
 		return 0;
 	}
 	if (!strcmp(k, "ports")) return decode_list(val, k, &cfg.ports);
-	if (!strcmp(k, "root") || !strcmp(k, "mount")) return share_token(k, val);
+	if (!strcmp(k, "root") || !strcmp(k, "mount") || !strcmp(k, "bind")) return share_token(k, val);
 	if (!strcmp(k, "rootdisk")) return rootdisk_token(val);
 	if (!strcmp(k, "net")) return net_parse(val);
 	if (!strcmp(k, "rlimit")) {
@@ -1239,6 +1245,11 @@ static int parse_mode(const char *cmdline)
 		put_hex("mount_path", rootcfg.mounts[i].path);
 		printf("mount_ro %d\n", rootcfg.mounts[i].ro);
 	}
+	for (size_t i = 0; i < rootcfg.nbinds; i++) {
+		put_hex("bind", rootcfg.binds[i].tag);
+		put_hex("bind_path", rootcfg.binds[i].path);
+		printf("bind_ro %d\n", rootcfg.binds[i].ro);
+	}
 	return 0;
 }
 
@@ -1277,7 +1288,7 @@ int main(int argc, char **argv)
 	if (net_setup()) finish(ST_SETUP);
 	if (find_ports()) finish(ST_SETUP);
 	/* After the ports (its errors go to stderr), before anything the workload sees. */
-	if ((rootcfg.tag || rootcfg.nmounts) && root_setup()) finish(ST_SETUP);
+	if ((rootcfg.tag || rootcfg.nmounts || rootcfg.nbinds) && root_setup()) finish(ST_SETUP);
 	/* Before the agent, which sets the terminal's window size (WINSIZE). */
 	if (cfg.tty && (tty_master = tty_open_master(cfg.tty_cols, cfg.tty_rows)) < 0) finish(ST_SETUP);
 	/* Before the workload: once it runs, the host can already exec beside it. */

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -61,6 +62,50 @@ int root_enter(void)
 	return 0;
 }
 
+/* The mount point of a bind: a directory for a directory, an empty file for a file. */
+static int bind_target(const char *path, int dir)
+{
+	struct stat st;
+	if (stat(path, &st) == 0) return 0;
+	if (dir) return mkdir_p(path, 0755);
+	char *parent = strdup(path);
+	if (!parent) return -1;
+	char *slash = strrchr(parent, '/');
+	int rc = 0;
+	if (slash && slash != parent) {
+		*slash = 0;
+		rc = mkdir_p(parent, 0755);
+	}
+	free(parent);
+	if (rc < 0) return -1;
+	int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0) return -1;
+	close(fd);
+	return 0;
+}
+
+static int bind_one(const struct share_mount *b)
+{
+	struct stat st;
+	if (stat(b->tag, &st) < 0) {
+		rerr("bind %s: the source %s: %s", b->path, b->tag, strerror(errno));
+		return -1;
+	}
+	if (bind_target(b->path, S_ISDIR(st.st_mode)) < 0) {
+		if (errno == EROFS)
+			rerr("bind %s: the mount point does not exist and the root is read-only", b->path);
+		else
+			rerr("bind %s: cannot create the mount point: %s", b->path, strerror(errno));
+		return -1;
+	}
+	if (mount(b->tag, b->path, NULL, MS_BIND, NULL) < 0
+	    || (b->ro && mount(NULL, b->path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)) {
+		rerr("bind %s on %s: %s", b->tag, b->path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 int root_mounts(void)
 {
 	for (size_t i = 0; i < rootcfg.nmounts; i++) {
@@ -77,6 +122,8 @@ int root_mounts(void)
 			return -1;
 		}
 	}
+	for (size_t i = 0; i < rootcfg.nbinds; i++)
+		if (bind_one(&rootcfg.binds[i]) < 0) return -1;
 	return 0;
 }
 

@@ -20,6 +20,9 @@ struct root_config {
 	char *fstype; /* NULL: tag is a virtio-fs tag; else tag is a block device (tsibox.rootdisk) */
 	struct share_mount *mounts;
 	size_t nmounts;
+	/* tsibox.bind: guest path (tag) bound onto another (path) after the mounts. */
+	struct share_mount *binds;
+	size_t nbinds;
 };
 
 extern struct root_config rootcfg;
@@ -28,8 +31,10 @@ extern struct root_config rootcfg;
  * afterwards "/" is the virtio-fs root. 0, or -1 with the reason logged. */
 int root_enter(void);
 
-/* Mount every tsibox.mount tag at its path; a missing mount point is created unless
- * that fails (a read-only root): then -1 with the reason logged. */
+/* Mount every tsibox.mount tag at its path, then bind every tsibox.bind source (a file
+ * or directory, typically inside a mount) onto its path; a missing mount point is
+ * created (a file for a file) unless that fails (a read-only root): then -1 with the
+ * reason logged. */
 int root_mounts(void);
 
 /* /etc/resolv.conf of the new root shows the DNS servers init wrote on the initramfs

@@ -91,6 +91,12 @@ export interface InitConfig {
   rootDisk?: { device: string; fsType: string; readOnly?: boolean };
   /** virtio-fs tags mounted at `path` (in the new root, if any): `tsibox.mount=TAG,ro|rw,PATH`, one token each. */
   mounts?: Array<{ tag: string; path: Bytes; readOnly?: boolean }>;
+  /**
+   * Bind mounts made after `mounts`: guest path `source` (a file or directory, absolute)
+   * onto `path` (absolute; created when missing, an empty file for a file):
+   * `tsibox.bind=SOURCE,ro|rw,PATH`, one token each (docs/guest-init.md).
+   */
+  binds?: Array<{ source: Bytes; path: Bytes; readOnly?: boolean }>;
 }
 
 /** A terminal's window size in character cells. */
@@ -232,6 +238,7 @@ export function initTokens(cfg: InitConfig): string[] {
   if (cfg.root !== undefined) t.push(`tsibox.root=${encodeValue(cfg.root.tag)},${cfg.root.readOnly === true ? 'ro' : 'rw'}`);
   if (cfg.rootDisk !== undefined) t.push(`tsibox.rootdisk=${encodeValue(cfg.rootDisk.device)},${encodeValue(cfg.rootDisk.fsType)},${cfg.rootDisk.readOnly === true ? 'ro' : 'rw'}`);
   for (const m of cfg.mounts ?? []) t.push(`tsibox.mount=${encodeValue(m.tag)},${m.readOnly === true ? 'ro' : 'rw'},${encodeValue(m.path)}`);
+  for (const b of cfg.binds ?? []) t.push(`tsibox.bind=${encodeValue(b.source)},${b.readOnly === true ? 'ro' : 'rw'},${encodeValue(b.path)}`);
   return t;
 }
 

@@ -3,7 +3,7 @@
 // expects (proc, sysfs, devpts, /dev, mqueue, cgroup) are made by our guest init, so
 // those entries are skipped and listed; bind mounts of single files (podman's
 // /etc/resolv.conf, /etc/hosts, /etc/hostname, /run/.containerenv) cannot be a virtio-fs
-// share and are handed on as `fileBinds` for the lifecycle to place.
+// share and are handed on as `fileBinds`, which the monitor stages (src/oci/file-binds.ts).
 import { statSync } from 'node:fs';
 import { posix, resolve } from 'node:path';
 import { MAX_MOUNTS, type DirectoryMount } from '../engine/directory-share-options.js';
@@ -104,8 +104,10 @@ export function planMounts(v: unknown, bundle: string, kind: (p: string) => Path
         throw invalid(`${field}.source`, `${JSON.stringify(hostPath)} is neither a file nor a directory`);
     }
   });
-  if (plan.mounts.length > MAX_MOUNTS) {
-    throw invalid('mounts', `has ${plan.mounts.length} directory bind mounts; a tsibox VM takes at most ${MAX_MOUNTS} (one virtiofsd each)`);
+  // File binds travel in one more share (src/oci/file-binds.ts).
+  const shares = plan.mounts.length + (plan.fileBinds.length > 0 ? 1 : 0);
+  if (shares > MAX_MOUNTS) {
+    throw invalid('mounts', `has ${plan.mounts.length} directory bind mounts${plan.fileBinds.length > 0 ? ' and file binds (one more share)' : ''}; a tsibox VM takes at most ${MAX_MOUNTS} shares (one virtiofsd each)`);
   }
   const seen = new Set<string>();
   for (const m of plan.mounts) {

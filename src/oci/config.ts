@@ -55,7 +55,7 @@ export interface OciPlan {
     /** The network namespace (namespaces[type=network].path) the VMM enters before it makes host sockets. */
     netnsPath?: string;
   };
-  /** Bind mounts of single host files (virtio-fs shares directories). */
+  /** Bind mounts of single host files (virtio-fs shares directories: src/oci/file-binds.ts stages them). */
   fileBinds: FileBind[];
   /** Mounts the guest init provides itself, or that are not honoured. */
   skippedMounts: SkippedMount[];
@@ -174,10 +174,7 @@ export function planContainer(json: unknown, bundle: string, opts: PlanOptions =
     },
     fileBinds: mounts.fileBinds,
     skippedMounts: mounts.skipped,
-    notHonoured: [
-      ...notHonoured,
-      ...(mounts.fileBinds.length > 0 ? [{ field: 'mounts', reason: `file bind mounts (${mounts.fileBinds.map((b) => b.destination).join(', ')}) are not placed in the guest yet` }] : []),
-    ],
+    notHonoured,
     annotations: Object.fromEntries(annotations),
   };
 }

@@ -9,6 +9,7 @@
 import { pino, type Logger } from 'pino';
 import type { Server } from 'node:net';
 import { rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { Sandbox } from '../sandbox.js';
 import { TsiboxError } from '../errors.js';
 import { ensureInitramfs, ensureKernel } from '../guest/index.js';
@@ -16,6 +17,7 @@ import { loadBundle, type OciPlan } from './config.js';
 import { containerNetwork } from './container-network.js';
 import { controlSocketPath, serveControl, type ControlRequest } from './control.js';
 import { StateStore } from './state-store.js';
+import { stageFileBinds } from './file-binds.js';
 
 export interface MonitorArgs {
   /** The runtime's state root (--root). */
@@ -41,6 +43,7 @@ export async function runMonitor(args: MonitorArgs, ready: () => void): Promise<
   const network = containerNetwork(plan);
   const kernel = plan.sandbox.kernel ?? (await ensureKernel()).bzImage;
   const initrd = plan.sandbox.initrd ?? await ensureInitramfs();
+  const files = stageFileBinds(plan.fileBinds, join(store.dir(args.id), 'files'));
   const consoleRelay = plan.sandbox.tty !== undefined && args.consoleSocket !== undefined
     ? await (await import('./console.js')).openConsole(args.consoleSocket, plan.sandbox.tty)
     : null;
@@ -89,6 +92,7 @@ export async function runMonitor(args: MonitorArgs, ready: () => void): Promise<
   try {
     sandbox = await Sandbox.start({
       ...plan.sandbox,
+      ...(files !== null ? { mounts: [...plan.sandbox.mounts ?? [], files.mount], binds: files.binds } : {}),
       kernel,
       initrd,
       ...(network !== undefined ? { network } : {}),

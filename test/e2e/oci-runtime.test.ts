@@ -44,6 +44,7 @@ t.teardown(() => { rmSync(work, { recursive: true, force: true }); });
 
 interface Config {
   args: string[];
+  mounts?: Array<{ destination: string; type: string; source: string; options: string[] }>;
   netns?: string;
   annotations?: Record<string, string>;
   hostname?: string;
@@ -58,6 +59,7 @@ function bundle(name: string, c: Config): string {
     root: { path: root, readonly: true },
     process: { args: c.args, env: ['PATH=/usr/local/bin:/usr/bin:/bin', 'PYTHONDONTWRITEBYTECODE=1'], cwd: '/', user: { uid: 0, gid: 0 } },
     hostname: c.hostname ?? name,
+    mounts: [{ destination: '/proc', type: 'proc', source: 'proc' }, ...c.mounts ?? []],
     annotations: { 'io.tsibox.engine': E2E_ENGINE, ...c.annotations },
     linux: { namespaces: [{ type: 'pid' }, { type: 'mount' }, ...(c.netns !== undefined ? [{ type: 'network', path: c.netns }] : [{ type: 'network' }])] },
   }));
@@ -115,7 +117,26 @@ async function until(what: string, cond: () => boolean | Promise<boolean>, ms: n
 
 t.test('create, start, state, exit status, delete: one container\'s whole life', { skip }, async (t) => {
   const id = `life-${randomBytes(3).toString('hex')}`;
-  const dir = bundle(id, { args: ['python3', '-c', 'import socket,sys; l=sys.stdin.readline(); print(l.strip().upper(), socket.gethostname()); print("to stderr", file=sys.stderr); sys.exit(3)'], hostname: 'box1' });
+  const resolv = join(work, `${id}-resolv.conf`);
+  writeFileSync(resolv, 'nameserver 10.1.2.3\n');
+  const secret = join(work, `${id}-secret`);
+  writeFileSync(secret, 's3cret');
+  const dir = bundle(id, {
+    args: ['python3', '-c', [
+      'import socket,sys',
+      'l=sys.stdin.readline()',
+      'print(l.strip().upper(), socket.gethostname(), open("/etc/resolv.conf").read().split()[1], open("/run/secrets/token").read())',
+      'try: open("/run/secrets/token", "w")',
+      'except OSError as e: print("ro:", e.errno, file=sys.stderr)',
+      'sys.exit(3)',
+    ].join('\n')],
+    hostname: 'box1',
+    // File binds, as podman gives /etc/resolv.conf (over a file the read-only root has) and secrets (a new path on init's /run).
+    mounts: [
+      { destination: '/etc/resolv.conf', type: 'bind', source: resolv, options: ['rbind', 'rw'] },
+      { destination: '/run/secrets/token', type: 'bind', source: secret, options: ['rbind', 'ro'] },
+    ],
+  });
   const c = await create(t, id, dir);
   t.equal(state(id)?.status, 'created');
   t.equal(state(id)?.pid, c.pid, 'state names the pid file\'s process');
@@ -131,8 +152,8 @@ t.test('create, start, state, exit status, delete: one container\'s whole life',
   const status = await reap(c.pid, 120_000);
   t.equal(status, 3, 'the container process exits with the workload\'s status');
   await until('the output', () => c.out().includes('\n') && c.err().includes('\n'), 5_000).catch(() => {});
-  t.equal(c.out(), 'HELLO box1\n', 'stdout inherited from create; stdin reached the workload; hostname set');
-  t.equal(c.err(), 'to stderr\n');
+  t.equal(c.out(), 'HELLO box1 10.1.2.3 s3cret\n', 'stdout inherited from create; stdin reached the workload; hostname and file binds in place');
+  t.equal(c.err(), 'ro: 30\n', 'a read-only file bind is read-only (EROFS) in the guest');
   t.same(state(id), { ociVersion: '1.0.2', id, status: 'stopped', pid: 0, bundle: dir, annotations: { 'io.tsibox.engine': E2E_ENGINE } });
   t.equal(rt(['delete', id]).code, 0);
   t.equal(state(id), null);

@@ -98,10 +98,14 @@ t.test('init parses tsibox.root and tsibox.mount as the encoder writes them (ini
     `mount ${hex('tsibox-m0')}`, `mount_path ${hex('/a b,c')}`, 'mount_ro 0',
     `mount ${hex('tsibox-m1')}`, `mount_path ${hex('/r')}`, 'mount_ro 1',
   ]);
-  for (const bad of ['tsibox.root=x', 'tsibox.root=x,rx', 'tsibox.mount=t,ro', 'tsibox.mount=t,rw,relative', 'tsibox.root=,ro']) {
+  t.same(parse({ binds: [{ source: '/run/files/0', path: '/etc/a b,c', readOnly: true }, { source: '/x', path: '/y' }] }).slice(-6), [
+    `bind ${hex('/run/files/0')}`, `bind_path ${hex('/etc/a b,c')}`, 'bind_ro 1',
+    `bind ${hex('/x')}`, `bind_path ${hex('/y')}`, 'bind_ro 0',
+  ]);
+  for (const bad of ['tsibox.root=x', 'tsibox.root=x,rx', 'tsibox.mount=t,ro', 'tsibox.mount=t,rw,relative', 'tsibox.root=,ro', 'tsibox.bind=rel,ro,/p', 'tsibox.bind=/s,ro,rel', 'tsibox.bind=/s,ro']) {
     const r = spawnSync(init, ['--parse', bad], { encoding: 'utf8' });
     t.equal(r.status, 125, bad);
-    t.match(r.stderr, /tsibox\.(root|mount): want/, bad);
+    t.match(r.stderr, /tsibox\.(root|mount|bind): want/, bad);
   }
 });
 

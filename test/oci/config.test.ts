@@ -80,7 +80,7 @@ t.test('what a VM cannot honour is listed, never refused', async (t) => {
   const fields = plan(podman()).notHonoured.map((n) => n.field).sort();
   t.same(fields, [
     'linux.cgroupsPath', 'linux.maskedPaths', 'linux.readonlyPaths', 'linux.resources', 'linux.seccomp', 'linux.sysctl',
-    'mounts', 'process.capabilities', 'process.oomScoreAdj', 'process.user.additionalGids', 'process.user.umask',
+    'process.capabilities', 'process.oomScoreAdj', 'process.user.additionalGids', 'process.user.umask',
   ]);
   const withUserNs = plan(edited((c) => {
     c.linux.namespaces.push({ type: 'user' });
@@ -191,7 +191,11 @@ t.test('more directory binds than a VM takes is refused; the same guest path twi
     for (let i = 0; i < 9; i++) c.mounts.push({ destination: `/v${i}`, type: 'bind', source: VOLUME, options: ['rbind'] });
     c.mounts = c.mounts.filter((m: { destination: string }) => m.destination !== '/data');
   });
-  refused(t, many, /mounts has 9 directory bind mounts; a tsibox VM takes at most 8/);
+  refused(t, many, /mounts has 9 directory bind mounts and file binds \(one more share\); a tsibox VM takes at most 8 shares/);
+  const eightAndFiles = edited((c) => {
+    for (let i = 0; i < 7; i++) c.mounts.push({ destination: `/v${i}`, type: 'bind', source: VOLUME, options: ['rbind'] });
+  });
+  refused(t, eightAndFiles, /has 8 directory bind mounts and file binds/, '8 volumes plus the file-bind share do not fit');
   refused(t, edited((c) => { c.mounts.push({ destination: '/data/', type: 'bind', source: VOLUME, options: ['bind'] }); }), /mounts binds two directories at \/data/);
   refused(t, edited((c) => { c.mounts.push({ destination: '/', type: 'bind', source: VOLUME, options: ['bind'] }); }), /is "\/": the root is root\.path/);
   const tmpfs = plan(edited((c) => { c.mounts.push({ destination: '/scratch', type: 'tmpfs', source: 'tmpfs', options: [] }); }));
