@@ -12,7 +12,12 @@ die() { printf 'guest deps: error: %s\n' "$*" >&2; exit 1; }
 # debootstrap: scripts/build-test-root.sh makes the Debian test root (python3, curl, iperf3) with it.
 # iperf3: the host-side server and baseline client of `tsibox bench iperf`.
 # qemu-utils: test/e2e/disks.test.ts makes and reads qcow2 images with qemu-img (qemu-storage-daemon itself is in qemu-system-common).
-PACKAGES=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils busybox-static qemu-system-x86 passt iproute2 tmux debootstrap iperf3 qemu-utils)
+# podman, conmon, runc, containerd, containernetworking-plugins, golang-github-containers-common, iptables:
+#   the container engines test/e2e/oci-podman.test.ts and oci-containerd.test.ts drive tsibox-oci with
+#   (rootful; CNI networking, netavark is only recommended and stays out).
+# python3: test/oci/console.test.ts receives the console master with it (socket.recv_fds, 3.9+).
+PACKAGES=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils busybox-static qemu-system-x86 passt iproute2 tmux debootstrap iperf3 qemu-utils
+  podman conmon runc containerd containernetworking-plugins golang-github-containers-common iptables python3)
 # --check: exit 1 (naming them) when any is missing; installs nothing, needs no root.
 if [ "${1:-}" = --check ]; then
   missing=()

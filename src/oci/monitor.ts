@@ -38,6 +38,11 @@ const EXIT_START_FAILED = 125;
  */
 export async function runMonitor(args: MonitorArgs, ready: () => void): Promise<number> {
   const log: Logger = pino({ name: 'tsibox-oci', level: process.env['TSIBOX_LOG'] ?? 'silent' }, pino.destination(2));
+  // One listener per signal for the whole life, installed before the terminal is taken:
+  // an engine closing the console master sends SIGHUP, whose default action would end
+  // us before we report anything. What a signal does depends on the phase.
+  let onSignal: (signal: number) => void = () => {};
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => { onSignal(sigNumber(sig)); });
   const store = new StateStore(args.root);
   const plan: OciPlan = loadBundle(args.bundle);
   const network = containerNetwork(plan);
@@ -59,7 +64,7 @@ export async function runMonitor(args: MonitorArgs, ready: () => void): Promise<
       if (req.op === 'start') resolve({ start: true });
       else resolve({ signal: req.signal });
     };
-    for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => { resolve({ signal: sigNumber(sig) }); });
+    onSignal = (signal) => { resolve({ signal }); };
     ready();
   });
   if ('signal' in go) {
@@ -83,10 +88,7 @@ export async function runMonitor(args: MonitorArgs, ready: () => void): Promise<
     if (req.op === 'start') throw new TsiboxError('INVALID_STATE', `container ${args.id} is already started`);
     await deliver(req.signal);
   };
-  process.removeAllListeners('SIGTERM');
-  process.removeAllListeners('SIGINT');
-  process.removeAllListeners('SIGHUP');
-  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => { void deliver(sigNumber(sig)).catch(() => {}); });
+  onSignal = (signal) => { void deliver(signal).catch(() => {}); };
 
   let code: number;
   try {
