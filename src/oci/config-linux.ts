@@ -8,7 +8,7 @@ import type { NotHonoured } from './notes.js';
 const NAMESPACE_TYPES = new Set(['pid', 'network', 'mount', 'ipc', 'uts', 'user', 'cgroup', 'time']);
 
 /** namespaces[] → the network namespace to enter; a user namespace or a joined (path) one is noted. */
-export function planNamespaces(v: unknown, notHonoured: NotHonoured[]): { netnsPath?: string } {
+export function planNamespaces(v: unknown, notHonoured: NotHonoured[]): { netnsPath?: string; newNetns?: true } {
   const list = optionalArray(v, 'linux.namespaces', 16, (x, f) => {
     const o = objectField(x, f);
     const type = stringField(o['type'], `${f}.type`, 16);
@@ -19,18 +19,20 @@ export function planNamespaces(v: unknown, notHonoured: NotHonoured[]): { netnsP
   }) ?? [];
   const seen = new Set<string>();
   let netnsPath: string | undefined;
+  let newNetns = false;
   for (const ns of list) {
     if (seen.has(ns.type)) throw invalid('linux.namespaces', `lists ${ns.type} twice`);
     seen.add(ns.type);
     if (ns.type === 'network') {
       if (ns.path !== undefined) netnsPath = ns.path;
+      else newNetns = true;
     } else if (ns.type === 'user') {
       notHonoured.push({ field: ns.field, reason: 'no user namespace: the VM is the boundary, the workload\'s ids are the guest\'s' });
     } else if (ns.path !== undefined) {
       notHonoured.push({ field: `${ns.field}.path`, reason: `joining another ${ns.type} namespace (a pod sharing one VM) is not supported yet; the container gets the VM's own` });
     }
   }
-  return netnsPath !== undefined ? { netnsPath } : {};
+  return netnsPath !== undefined ? { netnsPath } : newNetns ? { newNetns: true } : {};
 }
 
 /** The VM's size from linux.resources: memory.limit (bytes → MiB, rounded up), cpu quota/period (rounded up). Everything else there is noted. */

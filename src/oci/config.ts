@@ -52,8 +52,14 @@ export interface OciPlan {
     mode: OciNetworkMode;
     /** io.tsibox.policy: a policy file (absolute path); none: the container's network namespace is the only limit. */
     policyFile?: string;
-    /** The network namespace (namespaces[type=network].path) the VMM enters before it makes host sockets. */
+    /** The network namespace (namespaces[type=network].path) the monitor enters before it makes host sockets. */
     netnsPath?: string;
+    /**
+     * namespaces lists a network namespace without a path: the container gets a new one
+     * of its own (loopback only, as runc makes it), and so do its host sockets. Neither
+     * this nor netnsPath: the container shares the runtime's namespace (`--network host`).
+     */
+    newNetns?: true;
   };
   /** Bind mounts of single host files (virtio-fs shares directories: src/oci/file-binds.ts stages them). */
   fileBinds: FileBind[];
@@ -171,6 +177,7 @@ export function planContainer(json: unknown, bundle: string, opts: PlanOptions =
       mode: networkMode,
       ...(policyFile !== undefined ? { policyFile } : {}),
       ...(ns.netnsPath !== undefined ? { netnsPath: ns.netnsPath } : {}),
+      ...(ns.newNetns === true ? { newNetns: true as const } : {}),
     },
     fileBinds: mounts.fileBinds,
     skippedMounts: mounts.skipped,

@@ -19,6 +19,10 @@ import { requireStatusFor } from './status.js';
 const MONITOR_MAIN = fileURLToPath(new URL('./monitor-main.js', import.meta.url));
 /** nsenter(1) from util-linux: enters the container's network namespace, then execs (same pid). */
 const NSENTER = '/usr/bin/nsenter';
+/** unshare(1) from util-linux: a new network namespace, then execs (same pid; no --fork). */
+const UNSHARE = '/usr/bin/unshare';
+/** ip(8) from iproute2: brings the new namespace's loopback up, as runc does. */
+const IP = '/usr/sbin/ip';
 /** How long create waits for the monitor (a first run may build the guest kernel: minutes). */
 const READY_TIMEOUT_MS = 30 * 60_000;
 /** How long delete --force waits for a killed monitor to exit before SIGKILLing it. */
@@ -42,6 +46,9 @@ export async function createContainer(store: StateStore, o: CreateOptions): Prom
   if (netns !== undefined && !existsSync(NSENTER)) {
     throw new TsiboxError('NOT_SUPPORTED', `config.json names network namespace ${netns}, and entering it needs ${NSENTER} (Debian: util-linux)`);
   }
+  if (o.plan.network.newNetns === true && !(existsSync(UNSHARE) && existsSync(IP))) {
+    throw new TsiboxError('NOT_SUPPORTED', `config.json asks for a new network namespace, which needs ${UNSHARE} (Debian: util-linux) and ${IP} (Debian: iproute2)`);
+  }
   return store.withLock(o.id, async () => {
     if (store.read(o.id) !== null) throw new TsiboxError('INVALID_STATE', `container ${o.id} already exists`);
     store.create({ id: o.id, bundle: o.plan.bundle, configOciVersion: o.plan.ociVersion, annotations: o.plan.annotations });
@@ -59,11 +66,16 @@ export async function createContainer(store: StateStore, o: CreateOptions): Prom
   });
 }
 
-/** Spawns the monitor and waits for its readiness line; resolves with its pid. */
+/**
+ * Spawns the monitor (in the config's network namespace, a new one, or ours) and waits
+ * for its readiness line; resolves with its pid (nsenter, unshare and sh exec: one pid).
+ */
 async function startMonitor(root: string, o: CreateOptions, netns: string | undefined): Promise<number> {
   const args: MonitorArgs = { root, id: o.id, bundle: o.plan.bundle, ...(o.consoleSocket !== undefined ? { consoleSocket: o.consoleSocket } : {}) };
   const node = [process.execPath, MONITOR_MAIN, JSON.stringify(args)];
-  const argv = netns !== undefined ? [NSENTER, `--net=${netns}`, '--', ...node] : node;
+  const argv = netns !== undefined ? [NSENTER, `--net=${netns}`, '--', ...node]
+    : o.plan.network.newNetns === true ? [UNSHARE, '--net', '--', '/bin/sh', '-c', `${IP} link set lo up && exec "$@"`, 'tsibox-oci-netns', ...node]
+      : node;
   // Our stdin/stdout/stderr are what the engine meant for the container (conmon's pipes,
   // the shim's fifos): the monitor keeps them. fd 3 is the readiness pipe.
   const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['inherit', 'inherit', 'inherit', 'pipe'] });
@@ -91,7 +103,7 @@ async function startMonitor(root: string, o: CreateOptions, netns: string | unde
     else child.once('exit', (c) => { resolve(c); });
   });
   if (m !== null) throw new TsiboxError(m[1] as TsiboxError['code'], m[2]!.trim());
-  throw new TsiboxError('OCI_MONITOR', `the container monitor exited (status ${exited}) before it was ready${netns !== undefined ? ` (entering network namespace ${netns})` : ''}`);
+  throw new TsiboxError('OCI_MONITOR', `the container monitor exited (status ${exited}) before it was ready${netns !== undefined ? ` (entering network namespace ${netns})` : o.plan.network.newNetns === true ? ' (making its network namespace)' : ''}`);
 }
 
 /** The pid file, written whole (temporary file + rename): conmon and the shim read it once create returns. */

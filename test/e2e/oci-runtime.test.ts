@@ -15,7 +15,7 @@
  */
 import t, { type Test } from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readlinkSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -142,6 +142,7 @@ t.test('create, start, state, exit status, delete: one container\'s whole life',
   t.equal(state(id)?.pid, c.pid, 'state names the pid file\'s process');
   t.ok(alive(c.pid), 'the container process waits between create and start');
   t.match(readFileSync(`/proc/${c.pid}/cmdline`, 'utf8'), /monitor-main/);
+  t.not(readlinkSync(`/proc/${c.pid}/ns/net`), readlinkSync('/proc/self/ns/net'), 'a network namespace without a path: the container gets a new one, as with runc');
   t.match(rt(['create', '--bundle', dir, id]).stderr, /already exists \[INVALID_STATE\]/);
   const started = Date.now();
   t.equal(rt(['start', id]).code, 0);

@@ -62,6 +62,8 @@ t.test('podman\'s config maps to the Sandbox options', async (t) => {
   t.notOk('cpus' in p.sandbox, 'no size asked for: the default VM');
   t.notOk('memoryMiB' in p.sandbox);
   t.same(p.network, { mode: 'tsi', netnsPath: '/run/netns/netns-5f0c9c1e-8a5e-2b2d-1d7e-3f1a2b3c4d5e' });
+  t.same(plan(edited((c) => { delete c.linux.namespaces.find((n: { type: string }) => n.type === 'network').path; })).network, { mode: 'tsi', newNetns: true }, 'a network namespace without a path: a new one (ctr without --cni)');
+  t.same(plan(edited((c) => { c.linux.namespaces = c.linux.namespaces.filter((n: { type: string }) => n.type !== 'network'); })).network, { mode: 'tsi' }, 'none listed: the runtime\'s own (--network host)');
   t.same({ hostname: p.sandbox.hostname, user: p.sandbox.user, rlimits: p.sandbox.rlimits, engine: p.sandbox.engine }, {
     hostname: '6b1e1a0d3c2f',
     user: { uid: 0, gid: 0 },
