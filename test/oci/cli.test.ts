@@ -178,7 +178,7 @@ t.test('`tsibox oci` through the CLI: raw runc arguments pass through', async (t
   t.equal(JSON.parse(stdout.text()).ociVersionMax, '1.0.2-dev');
   const help = capture();
   await runCli(['help'], { stdout: help, stderr: capture() });
-  t.match(help.text(), /\n {2}oci +the runc command-line interface/);
+  t.match(help.text(), /\n {2}oci +the OCI runtime/);
   const bin = await tsibox(['oci', '--version']);
   t.equal(bin.code, 0, bin.stderr);
   t.match(bin.stdout, /^tsibox-oci version/);

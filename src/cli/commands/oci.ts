@@ -3,8 +3,8 @@ import type { Command } from '../registry.js';
 
 export const ociCommand: Command = {
   name: 'oci',
-  summary: 'the runc command-line interface for podman and containerd (groundwork: state and features work; docs/oci.md)',
-  usage: 'oci [--root DIR] [--log FILE] [--log-format text|json] <state|features|create|start|kill|delete> ...',
+  summary: 'the OCI runtime (runc\'s command line; also the tsibox-oci program) for podman and containerd: each container a microVM (docs/oci.md)',
+  usage: 'oci [--root DIR] [--log FILE] [--log-format text|json] <create|start|state|kill|delete|features> ...',
   options: {},
   rawArgs: true,
   help: ociUsage(),
