@@ -55,6 +55,7 @@
 #include "tty.h"
 
 #define CMDLINE_FILE "/.tsibox/cmdline"
+#define PRIVATE_CMDLINE_FILE "/.tsibox/cmdline.private"
 #define STATUS_MARKER "tsibox: exit-status="
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -1274,9 +1275,14 @@ int main(int argc, char **argv)
 	if (!cl) { err("read /proc/cmdline: %s", strerror(errno)); finish(ST_SETUP); }
 	if (parse_cmdline(cl)) finish(ST_SETUP);
 	free(cl);
-	char *extra = read_file(CMDLINE_FILE);
-	if (extra) {
-		dbg("reading %s", CMDLINE_FILE);
+	/* The extra command line, then the private one (the environment): both gone before
+	 * the workload (or a guest user) can look. */
+	static const char *const extra_files[] = { CMDLINE_FILE, PRIVATE_CMDLINE_FILE };
+	for (size_t i = 0; i < sizeof extra_files / sizeof *extra_files; i++) {
+		char *extra = read_file(extra_files[i]);
+		if (!extra) continue;
+		dbg("reading %s", extra_files[i]);
+		unlink(extra_files[i]);
 		if (parse_cmdline(extra)) finish(ST_SETUP);
 		free(extra);
 	}

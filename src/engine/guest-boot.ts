@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import { TsiboxError } from '../errors.js';
-import { buildCmdline, cmdlineArchive, initTokens, padTo4, type InitConfig } from '../guest/cmdline.js';
+import { buildCmdline, cmdlineArchive, initTokens, padTo4, PRIVATE_CMDLINE_FILE, type InitConfig } from '../guest/cmdline.js';
 
 /**
  * How long the host waits, after init reported the workload's exit status, for the VM
@@ -45,18 +45,25 @@ export interface BootArguments {
 }
 
 /**
- * The command line `base` + init's tokens, and the initramfs. When the tokens do not
- * fit (the kernel's command-line limit), they travel in an extra newc archive instead.
+ * The command line `base` + init's tokens, and the initramfs. The environment never goes
+ * on the command line: the host's `ps` shows QEMU's `-append` to every user, and the
+ * guest's /proc/cmdline to every guest user, while an environment holds secrets (runc
+ * keeps it in /proc/PID/environ, readable by its owner only). It travels in an extra
+ * newc archive (`/.tsibox/cmdline.private`, 0600, removed by init once read); all the
+ * tokens go in `/.tsibox/cmdline` when they do not fit the kernel's command-line limit.
  */
 export function bootArguments(base: string, init: InitConfig, initrdPath: string, extraArchives: readonly Buffer[] = []): BootArguments {
   const archives = [...extraArchives];
+  const { env, ...visible } = init;
+  const envTokens = env === undefined ? [] : initTokens({ env });
   let cmdline: string;
   try {
-    cmdline = buildCmdline(base, init);
+    cmdline = buildCmdline(base, visible);
+    if (envTokens.length > 0) archives.push(cmdlineArchive(envTokens, PRIVATE_CMDLINE_FILE));
   } catch (err) {
     if (!(err instanceof TsiboxError && err.code === 'INVALID_ARGUMENT' && /command line is/.test(err.message))) throw err;
     cmdline = base;
-    archives.push(cmdlineArchive(initTokens(init)));
+    archives.push(cmdlineArchive([...initTokens(visible), ...envTokens]));
   }
   if (archives.length === 0) return { cmdline, initrd: null };
   // newc archives concatenate; each but the last is padded to 4 bytes.

@@ -24,6 +24,8 @@ export const X86_COMMAND_LINE_SIZE = 2048;
 
 /** Path inside the guest of the optional extra command-line file. */
 export const CMDLINE_FILE = '/.tsibox/cmdline';
+/** The same for the tokens that must not be on the kernel command line (the environment); read after CMDLINE_FILE. */
+export const PRIVATE_CMDLINE_FILE = '/.tsibox/cmdline.private';
 
 export type Bytes = string | Uint8Array;
 
@@ -291,11 +293,12 @@ export function newcArchive(entries: readonly ArchiveEntry[]): Buffer {
  * A gzip'd newc archive holding CMDLINE_FILE with the given tokens (one per line);
  * init reads the file after /proc/cmdline.
  */
-export function cmdlineArchive(tokens: string[]): Buffer {
+export function cmdlineArchive(tokens: string[], file: string = CMDLINE_FILE): Buffer {
   const body = Buffer.from(tokens.join('\n') + '\n', 'utf8');
   return newcArchive([
     { name: '.tsibox', mode: 0o040755 },
-    { name: CMDLINE_FILE.slice(1), mode: 0o100644, data: body },
+    // 0600: it may hold the environment; init removes it once read.
+    { name: file.slice(1), mode: 0o100600, data: body },
   ]);
 }
 

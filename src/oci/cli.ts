@@ -38,6 +38,9 @@ const GLOBAL_FLAGS: FlagSpecs = {
   help: { type: 'boolean', short: 'h' },
 };
 
+/** runc subcommands an engine may call that tsibox-oci does not have: a plain NOT_SUPPORTED, not a usage error. */
+const NOT_YET: ReadonlySet<string> = new Set(['exec', 'run', 'ps', 'list', 'pause', 'resume', 'update', 'events', 'checkpoint', 'restore', 'spec']);
+
 interface Subcommand {
   usage: string;
   flags: FlagSpecs;
@@ -187,6 +190,7 @@ export async function runOci(argv: readonly string[], io: OciIo): Promise<number
       return name === undefined && !g.help ? 2 : 0;
     }
     const sub = Object.hasOwn(SUBCOMMANDS, name) ? SUBCOMMANDS[name] : undefined;
+    if (sub === undefined && NOT_YET.has(name)) throw new TsiboxError('NOT_SUPPORTED', `tsibox-oci does not implement \`${name}\` yet (docs/oci.md lists what it does)`);
     if (sub === undefined) throw new OciUsageError(`unknown subcommand ${JSON.stringify(name)}`);
     return await sub.run(parseFlags(rest, sub.flags), globals, io);
   } catch (err) {

@@ -12,6 +12,9 @@ import type { TsiNetwork } from '../engine/network-tsi.js';
 import type { OciPlan } from './config.js';
 import { isObject, readJsonFile } from './json-fields.js';
 
+/** The fields of a PolicyRule (src/policy/index.ts). */
+const RULE_FIELDS: ReadonlySet<string> = new Set(['action', 'protocol', 'direction', 'cidr', 'ports', 'path', 'name']);
+
 /** A policy file is a few rules; larger is refused. */
 const MAX_POLICY_BYTES = 1024 * 1024;
 
@@ -45,6 +48,15 @@ export function loadPolicyFile(path: string): Policy {
   const known = new Set(['default', 'rules']);
   const extra = Object.keys(json).filter((k) => !known.has(k));
   if (extra.length > 0) throw new TsiboxError('INVALID_ARGUMENT', `policy file ${path}: unknown field ${JSON.stringify(extra[0])} (only "default" and "rules")`);
+  // A misspelt rule field ("port" for "ports", "cidrs") would otherwise widen the rule
+  // silently: the policy ignores what it does not know.
+  const rules = json['rules'];
+  if (Array.isArray(rules)) {
+    rules.forEach((r: unknown, i) => {
+      const bad = isObject(r) ? Object.keys(r).find((k) => !RULE_FIELDS.has(k)) : undefined;
+      if (bad !== undefined) throw new TsiboxError('INVALID_ARGUMENT', `policy file ${path}: rules[${i}] has an unknown field ${JSON.stringify(bad)} (known: ${[...RULE_FIELDS].join(', ')})`);
+    });
+  }
   try {
     return new Policy(json as unknown as PolicyOptions);
   } catch (err) {

@@ -109,8 +109,12 @@ async function startMonitor(root: string, o: CreateOptions, netns: string | unde
 /** The pid file, written whole (temporary file + rename): conmon and the shim read it once create returns. */
 function writePidFile(path: string, pid: number): void {
   const tmp = join(dirname(path), `.${process.pid}.tsibox-oci-pid`);
-  writeFileSync(tmp, String(pid), { mode: 0o644 });
-  renameSync(tmp, path);
+  try {
+    writeFileSync(tmp, String(pid), { mode: 0o644 });
+    renameSync(tmp, path);
+  } catch (err) {
+    throw new TsiboxError('INVALID_ARGUMENT', `cannot write the pid file ${path}: ${(err as Error).message}`, { cause: err });
+  }
 }
 
 /** `start`: the container must be `created`; its monitor boots the VM and runs the workload. */

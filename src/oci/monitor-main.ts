@@ -8,17 +8,25 @@ import { runMonitor, type MonitorArgs } from './monitor.js';
 
 const READY_FD = 3;
 
-function report(line: string): void {
+/** Writes the readiness line; false when create is gone (EPIPE: killed, or it gave up waiting). */
+function report(line: string): boolean {
   try {
     writeSync(READY_FD, line.replace(/\n/g, ' ') + '\n');
     closeSync(READY_FD);
-  } catch { /* create gave up waiting and closed its end */ }
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 let readied = false;
 try {
   const args = JSON.parse(process.argv[2] ?? '') as MonitorArgs;
-  const code = await runMonitor(args, () => { readied = true; report('ok'); });
+  const code = await runMonitor(args, () => {
+    readied = true;
+    // Nobody recorded us: no state names our pid, no engine waits for it. Leave nothing behind.
+    if (!report('ok')) process.exit(1);
+  });
   process.exit(code);
 } catch (err) {
   const code = err instanceof TsiboxError ? err.code : 'OCI_MONITOR';

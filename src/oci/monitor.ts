@@ -48,7 +48,7 @@ export async function runMonitor(args: MonitorArgs, ready: () => void): Promise<
   const network = containerNetwork(plan);
   const kernel = plan.sandbox.kernel ?? (await ensureKernel()).bzImage;
   const initrd = plan.sandbox.initrd ?? await ensureInitramfs();
-  const files = stageFileBinds(plan.fileBinds, join(store.dir(args.id), 'files'));
+  const files = stageFileBinds(plan.fileBinds, join(store.dir(args.id), 'files'), (line) => { process.stderr.write(line); });
   const consoleRelay = plan.sandbox.tty !== undefined && args.consoleSocket !== undefined
     ? await (await import('./console.js')).openConsole(args.consoleSocket, plan.sandbox.tty)
     : null;

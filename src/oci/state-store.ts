@@ -15,9 +15,13 @@ export const DEFAULT_STATE_ROOT = '/run/tsibox-oci';
 /** The runtime-spec version our state JSON follows. */
 export const STATE_OCI_VERSION = '1.0.2';
 const STATE_FILE = 'state.json';
-const MAX_STATE_BYTES = 1024 * 1024;
-/** runc's rule for ids: letters, digits and _ + - . ; not "." or "..". */
-const ID = /^[A-Za-z0-9_+\-.]{1,1024}$/;
+/** config.json is at most 4 MiB (MAX_CONFIG_BYTES), and the state holds its annotations. */
+const MAX_STATE_BYTES = 5 * 1024 * 1024;
+/**
+ * runc's rule for ids: letters, digits and _ + - . ; not "." or "..". At most 250
+ * characters: the id names a directory and `<id>.lock` (NAME_MAX 255).
+ */
+const ID = /^[A-Za-z0-9_+\-.]{1,250}$/;
 
 /** What we keep about a container (a superset of the OCI state). */
 export interface StoredState {
@@ -46,7 +50,7 @@ export interface OciState {
 
 /** Throws INVALID_ARGUMENT unless `id` is a container id we accept (it names a directory). */
 export function checkContainerId(id: string): string {
-  if (!ID.test(id) || id === '.' || id === '..') throw new TsiboxError('INVALID_ARGUMENT', `invalid container id ${JSON.stringify(id.slice(0, 80))}: letters, digits and _ + - . only (1..1024)`);
+  if (!ID.test(id) || id === '.' || id === '..') throw new TsiboxError('INVALID_ARGUMENT', `invalid container id ${JSON.stringify(id.slice(0, 80))}: letters, digits and _ + - . only (1..250)`);
   return id;
 }
 

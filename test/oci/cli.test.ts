@@ -81,6 +81,9 @@ t.test('containerd\'s global flags; errors go to --log as runc\'s JSON lines', a
   t.equal((await oci(['--root', 'rel', 'features'])).code, 2);
   t.equal((await oci(['--bogus', 'features'])).code, 2);
   t.equal((await oci(['frobnicate'])).code, 2);
+  const exec = await oci(['exec', 'c1', 'sh']);
+  t.equal(exec.code, 1, 'a runc subcommand we lack is a plain failure, not a usage error');
+  t.match(exec.stderr, /^tsibox oci: tsibox-oci does not implement `exec` yet .*\[NOT_SUPPORTED\]\n$/);
   t.equal((await oci([])).code, 2);
   t.equal((await oci(['--help'])).code, 0);
   const v = await oci(['--version']);

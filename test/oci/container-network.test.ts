@@ -40,5 +40,7 @@ t.test('a malformed policy file is refused with the reason', async (t) => {
   t.throws(() => loadPolicyFile(file('c.json', '{"default":"deny","rules":[{"action":"allow","cidr":"10.0.0.0/99"}]}')), { code: 'POLICY_INVALID', message: /policy file .*c\.json/ });
   t.throws(() => loadPolicyFile(file('d.json', '{"default":"deny","extra":1}')), { code: 'INVALID_ARGUMENT', message: /unknown field "extra"/ });
   t.throws(() => loadPolicyFile(file('e.json', '{"default":')), { code: 'INVALID_ARGUMENT', message: /not valid JSON/ });
+  t.throws(() => loadPolicyFile(file('f.json', '{"default":"deny","rules":[{"action":"allow","protocol":"tcp","cidr":"10.0.0.1","port":443}]}')), { code: 'INVALID_ARGUMENT', message: /rules\[0\] has an unknown field "port"/ }, 'a misspelt field would widen the rule');
+  t.throws(() => loadPolicyFile(file('g.json', '{"default":"deny","rules":[{"action":"allow","cidrs":"10.0.0.0/8"}]}')), { code: 'INVALID_ARGUMENT', message: /unknown field "cidrs"/ });
   t.throws(() => loadPolicyFile(file('big.json', ' '.repeat(1024 * 1024 + 1))), { code: 'INVALID_ARGUMENT', message: /more than/ });
 });

@@ -42,8 +42,8 @@ t.test('the transition table: creating → created → running → stopped, noth
 });
 
 t.test('container ids name a directory: no separators, no dot names', async (t) => {
-  for (const ok of ['abc', 'a.b-c_d+e', 'x'.repeat(1024), '6b1e1a0d3c2f']) t.equal(checkContainerId(ok), ok);
-  for (const bad of ['', '.', '..', 'a/b', '../x', 'a b', 'x'.repeat(1025), 'a\u0000b', 'é']) {
+  for (const ok of ['abc', 'a.b-c_d+e', 'x'.repeat(250), '6b1e1a0d3c2f']) t.equal(checkContainerId(ok), ok);
+  for (const bad of ['', '.', '..', 'a/b', '../x', 'a b', 'x'.repeat(251), 'a\u0000b', 'é']) {
     t.throws(() => checkContainerId(bad), { code: 'INVALID_ARGUMENT' }, JSON.stringify(bad.slice(0, 20)));
   }
   t.throws(() => new StateStore('relative/root'), { code: 'INVALID_ARGUMENT', message: /--root must be an absolute path/ });
