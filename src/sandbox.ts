@@ -24,7 +24,7 @@ import { Policy } from './policy/index.js';
 import { PortMap } from './portmap/index.js';
 import { SandboxPorts } from './sandbox-ports.js';
 import { AgentClient, type ExecHandle, type ExecOptions } from './agent/index.js';
-import { checkDirectoryShares, type DirectoryMount } from './engine/directory-share-options.js';
+import { checkDirectoryShares, checkGuestBinds, type DirectoryMount, type GuestBind } from './engine/directory-share-options.js';
 import { checkVirtiofsdUsable, startVirtiofsShares, type VirtiofsShares } from './engine/virtiofsd.js';
 import { checkDeviceSlots } from './engine/device-slots.js';
 import { checkDisks, type DiskImage, type RootDiskImage } from './engine/disk-options.js';
@@ -39,7 +39,7 @@ export type { ConnectionEvent } from './connection-records.js';
 export type { PublishSpec, PublishedPort, PublishOptions, SandboxPorts } from './sandbox-ports.js';
 export type { ExecHandle, ExecOptions, ExecExit } from './agent/index.js';
 export type { TerminalSize } from './guest/index.js';
-export type { DirectoryMount } from './engine/directory-share-options.js';
+export type { DirectoryMount, GuestBind } from './engine/directory-share-options.js';
 export type { DiskFormat, DiskImage, RootDiskFsType, RootDiskImage } from './engine/disk-options.js';
 
 export interface SandboxOptions {
@@ -194,13 +194,6 @@ export interface SandboxOptions {
  * A vsock port bridged to a host unix socket (like libkrun's krun_add_vsock_port2);
  * bytes pass through unchanged, one unix connection per vsock connection.
  */
-/** SandboxOptions.binds: `source` bound onto `path`, both guest paths. */
-export interface GuestBind {
-  source: string;
-  path: string;
-  readOnly?: boolean;
-}
-
 export interface VsockPort {
   /** 'guest-to-host': host vsock port the guest connects to (CID 2). 'host-to-guest': the guest port tsibox connects to. */
   port: number;
@@ -665,19 +658,6 @@ export class Sandbox extends EventEmitter<SandboxEvents> implements AsyncDisposa
     // unhandled rejection; run() and anyone awaiting it still get the error.
     this.#exited.catch(() => { /* seen by whoever awaits exited */ });
   }
-}
-
-function checkGuestBinds(binds: readonly GuestBind[]): GuestBind[] {
-  if (!Array.isArray(binds) || binds.length > 64) throw new TsiboxError('INVALID_ARGUMENT', 'binds must be an array of at most 64 entries');
-  return binds.map((b, i) => {
-    for (const k of ['source', 'path'] as const) {
-      const p = b?.[k];
-      if (typeof p !== 'string' || !p.startsWith('/') || p.includes('\0') || Buffer.byteLength(p) > 4096) {
-        throw new TsiboxError('INVALID_ARGUMENT', `binds[${i}].${k} must be an absolute guest path (no NUL, at most 4096 bytes), got ${JSON.stringify(p)}`);
-      }
-    }
-    return { source: b.source, path: b.path, ...(b.readOnly === true ? { readOnly: true } : {}) };
-  });
 }
 
 function checkVsockPorts(ports: readonly VsockPort[]): void {

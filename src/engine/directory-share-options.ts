@@ -73,10 +73,44 @@ function hostDirectory(what: string, p: unknown): string {
   return realpathSync(p);
 }
 
-/** A normalised absolute guest path other than "/" and outside /proc, /sys, /dev, else INVALID_ARGUMENT. */
-function guestDirectory(what: string, p: unknown): string {
+/** An absolute guest path without NUL bytes, else INVALID_ARGUMENT. */
+function absoluteGuestPath(what: string, p: unknown): string {
   if (typeof p !== 'string' || !p.startsWith('/')) throw new TsiboxError('INVALID_ARGUMENT', `${what} must be an absolute guest path, got ${JSON.stringify(p)}`);
   if (p.includes('\0')) throw new TsiboxError('INVALID_ARGUMENT', `${what} contains a NUL byte`);
+  return p;
+}
+
+/** SandboxOptions.binds: guest bind mounts init makes after the mounts. */
+export interface GuestBind {
+  source: string;
+  path: string;
+  readOnly?: boolean;
+}
+
+/** At most this many SandboxOptions.binds. */
+export const MAX_BINDS = 64;
+/** Longest bind path (bytes): Linux PATH_MAX. */
+const MAX_BIND_PATH = 4096;
+
+/**
+ * Checks SandboxOptions.binds: at most MAX_BINDS, each `source` and `path` an absolute
+ * guest path without NUL of at most 4096 bytes; returns clean copies. INVALID_ARGUMENT
+ * naming the entry otherwise.
+ */
+export function checkGuestBinds(binds: readonly GuestBind[]): GuestBind[] {
+  if (!Array.isArray(binds) || binds.length > MAX_BINDS) throw new TsiboxError('INVALID_ARGUMENT', `binds must be an array of at most ${MAX_BINDS} entries`);
+  return binds.map((b, i) => {
+    for (const k of ['source', 'path'] as const) {
+      const p = absoluteGuestPath(`binds[${i}].${k}`, (b as Partial<GuestBind> | undefined)?.[k]);
+      if (Buffer.byteLength(p) > MAX_BIND_PATH) throw new TsiboxError('INVALID_ARGUMENT', `binds[${i}].${k} is longer than ${MAX_BIND_PATH} bytes`);
+    }
+    return { source: b.source, path: b.path, ...(b.readOnly === true ? { readOnly: true } : {}) };
+  });
+}
+
+/** A normalised absolute guest path other than "/" and outside /proc, /sys, /dev, else INVALID_ARGUMENT. */
+function guestDirectory(what: string, given: unknown): string {
+  const p = absoluteGuestPath(what, given);
   const parts = p.split('/').filter((s) => s !== '' && s !== '.');
   if (parts.includes('..')) throw new TsiboxError('INVALID_ARGUMENT', `${what} must not contain "..", got ${JSON.stringify(p)}`);
   if (parts.length === 0) throw new TsiboxError('INVALID_ARGUMENT', `${what} cannot be "/" (use root for the guest's root)`);

@@ -6,7 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { checkDirectoryShares, MAX_MOUNTS } from '../../src/engine/directory-share-options.js';
+import { checkDirectoryShares, checkGuestBinds, MAX_MOUNTS, type GuestBind } from '../../src/engine/directory-share-options.js';
 import { virtiofsdArgs, virtiofsdArgv } from '../../src/engine/virtiofsd.js';
 import { checkDeviceSlots } from '../../src/engine/device-slots.js';
 import { buildCmdline, initTokens, type InitConfig } from '../../src/guest/cmdline.js';
@@ -107,6 +107,21 @@ t.test('init parses tsibox.root and tsibox.mount as the encoder writes them (ini
     t.equal(r.status, 125, bad);
     t.match(r.stderr, /tsibox\.(root|mount|bind): want/, bad);
   }
+});
+
+t.test('binds: absolute guest paths without NUL, bounded in length and count', (t) => {
+  t.same(checkGuestBinds([{ source: '/run/f/0', path: '/etc/hosts', readOnly: true }, { source: '/a', path: '/b', readOnly: false }]),
+    [{ source: '/run/f/0', path: '/etc/hosts', readOnly: true }, { source: '/a', path: '/b' }]);
+  for (const [bad, msg] of [
+    [{ source: 'rel', path: '/b' }, /binds\[0\]\.source must be an absolute guest path/],
+    [{ source: '/a', path: '/b\0c' }, /binds\[0\]\.path contains a NUL byte/],
+    [{ source: '/a', path: `/${'x'.repeat(4096)}` }, /binds\[0\]\.path is longer than 4096 bytes/],
+    [{ source: '/a' }, /binds\[0\]\.path must be an absolute guest path, got undefined/],
+  ] as const) {
+    t.throws(() => checkGuestBinds([bad as GuestBind]), { code: 'INVALID_ARGUMENT', message: msg });
+  }
+  t.throws(() => checkGuestBinds(Array.from({ length: 65 }, () => ({ source: '/a', path: '/b' }))), { code: 'INVALID_ARGUMENT', message: /at most 64/ });
+  t.end();
 });
 
 t.test('guest paths that init mounts itself are refused', (t) => {
